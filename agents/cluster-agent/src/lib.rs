@@ -1,0 +1,46 @@
+//! The cluster agent's native actions. Later issues add the cluster's control logic
+//! (nodes, modules, repositories, backups) here.
+
+use agent_runtime::{ActionContext, ActionError, NativeActions};
+use bus::fred::prelude::*;
+use protocol::keys;
+use serde_json::{Value, json};
+
+/// NS8's default label.
+const DEFAULT_NAME: &str = "NethServer 8";
+
+pub fn natives() -> NativeActions {
+    NativeActions::new()
+        .add(
+            "get-name",
+            None,
+            Some(json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}})),
+            get_name,
+        )
+        .add(
+            "set-name",
+            Some(json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f]*$"}}
+            })),
+            None,
+            set_name,
+        )
+}
+
+async fn get_name(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
+    let name: Option<String> = ctx.redis.get(keys::cluster_ui_name()).await?;
+    Ok(json!({"name": name.unwrap_or_else(|| DEFAULT_NAME.to_owned())}))
+}
+
+async fn set_name(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
+    // The input schema guarantees a string.
+    let name = data["name"].as_str().unwrap_or_default().trim();
+    if name.is_empty() {
+        return Err(ActionError::invalid("name", data["name"].clone(), "string_gte"));
+    }
+    ctx.redis.set::<(), _, _>(keys::cluster_ui_name(), name, None, None, false).await?;
+    Ok(Value::Null)
+}
+

@@ -1,0 +1,192 @@
+//! The agent's main loop: recover, pop, run, drain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus::fred::prelude::*;
+use bus::fred::types::ClientUnblockFlag;
+use bus::fred::types::lists::LMoveDirection;
+use protocol::keys;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::AgentConfig;
+use crate::events;
+use crate::native::NativeActions;
+use crate::runner::{Outcome, Shared, finish, run_task};
+use crate::validate::SchemaCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+}
+
+/// Run an agent until `shutdown` resolves, then stop taking tasks, let the running ones
+/// finish, and return.
+///
+/// Tasks are taken with `BLMOVE <agent>/tasks -> task/<agent>/inflight` only when one of
+/// the `max_concurrency` slots is free: a burst waits in the queue instead of being
+/// rejected (NS8 rejects it with exit code 11). The result transaction removes the task
+/// from the in-flight list, so whatever is left there at start-up was interrupted by a
+/// crash: it is closed with exit code 12 (see [`Outcome::interrupted`]).
+pub async fn run(
+    cfg: AgentConfig,
+    natives: NativeActions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::StateDir {
+        path: cfg.state_dir.display().to_string(),
+        source,
+    })?;
+    let name = cfg.agent_id.to_string();
+    let redis = bus::connect_retrying(&cfg.redis, &name).await;
+    let pop = bus::connect_retrying(&cfg.redis, &name).await;
+    let definitions = cfg.install_dir.join("validator-definitions.json");
+    let sh = Arc::new(Shared {
+        schemas: SchemaCache::new(Some(definitions)),
+        cfg,
+        redis,
+        natives,
+        running: Mutex::new(HashMap::new()),
+        held: Mutex::new(HashMap::new()),
+    });
+
+    close_interrupted(&sh).await;
+
+    let (stop_events_tx, stop_events) = watch::channel(false);
+    let events = events::start(sh.clone(), stop_events).await;
+
+    let (stop_tx, mut stop) = watch::channel(false);
+    let unblock = pop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        // Wake the blocking pop now rather than at its timeout.
+        let _ = unblock.unblock_self(Some(ClientUnblockFlag::Timeout)).await;
+    });
+    tracing::info!("agent {name} started");
+
+    let slots = Arc::new(Semaphore::new(sh.cfg.max_concurrency));
+    let queue = keys::tasks(&sh.cfg.agent_id);
+    let inflight = keys::inflight(&sh.cfg.agent_id);
+    let timeout = sh.cfg.poll_interval.as_secs_f64();
+    let mut last_error = String::new();
+    let mut reconcile = false;
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        if *stop.borrow() {
+            break;
+        }
+        let popped: Result<Option<String>, _> = pop
+            .blmove(queue.as_str(), inflight.as_str(), LMoveDirection::Right, LMoveDirection::Left, timeout)
+            .await;
+        match popped {
+            Ok(Some(raw)) => {
+                last_error.clear();
+                sh.hold(&raw);
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    run_task(sh, raw).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {
+                last_error.clear();
+                drop(permit);
+                if reconcile {
+                    reconcile = !adopt_orphans(&sh, &slots).await;
+                }
+            }
+            Err(_) if *stop.borrow() => break,
+            Err(e) => {
+                drop(permit);
+                // A reply lost with the connection may have moved a task nobody runs.
+                reconcile = true;
+                let msg = e.to_string();
+                if msg != last_error {
+                    tracing::warn!("cannot pop from {queue}: {msg}; retrying");
+                    last_error = msg;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+
+    let running = sh.cfg.max_concurrency - slots.available_permits();
+    if running > 0 {
+        tracing::info!("stopping: waiting for {running} running task(s)");
+    }
+    let _all = slots.acquire_many(sh.cfg.max_concurrency as u32).await;
+    let _ = stop_events_tx.send(true);
+    events.stop().await;
+    let _ = pop.quit().await;
+    let _ = sh.redis.quit().await;
+    tracing::info!("agent {name} stopped");
+    Ok(())
+}
+
+async fn inflight_items(sh: &Shared) -> Option<Vec<String>> {
+    match sh.redis.lrange(keys::inflight(&sh.cfg.agent_id), 0, -1).await {
+        Ok(items) => Some(items),
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", keys::inflight(&sh.cfg.agent_id));
+            None
+        }
+    }
+}
+
+/// At start-up, every in-flight task belonged to a previous run of this agent that
+/// died before storing its result. Close each one with a terminal result.
+async fn close_interrupted(sh: &Shared) {
+    let items = loop {
+        if let Some(items) = inflight_items(sh).await {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    for raw in items {
+        match protocol::task::Task::decode(&raw) {
+            Ok((task, _)) => {
+                tracing::warn!(
+                    "task/{}/{}: action \"{}\" was interrupted by an agent restart",
+                    sh.cfg.agent_id,
+                    task.id,
+                    task.action
+                );
+                finish(sh, &task.id, &task.action, &raw, Outcome::interrupted(&sh.cfg.agent_id)).await;
+            }
+            Err(e) => {
+                tracing::error!("{}: interrupted task ignored: {e}", keys::tasks(&sh.cfg.agent_id));
+                let _ = sh.redis.lrem::<i64, _, _>(keys::inflight(&sh.cfg.agent_id), 1, raw.as_str()).await;
+            }
+        }
+    }
+}
+
+/// After a connection error: run in-flight tasks this process popped but never saw
+/// (the pop's reply was lost). They never started, so running them is safe.
+/// Returns `false` if the list could not be read (try again later).
+async fn adopt_orphans(sh: &Arc<Shared>, slots: &Arc<Semaphore>) -> bool {
+    let Some(items) = inflight_items(sh).await else { return false };
+    for raw in items {
+        if sh.holds(&raw) {
+            continue;
+        }
+        tracing::warn!("running a task whose pop reply was lost: {}", keys::inflight(&sh.cfg.agent_id));
+        sh.hold(&raw);
+        let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            run_task(sh, raw).await;
+            drop(permit);
+        });
+    }
+    true
+}

@@ -1,0 +1,130 @@
+//! Native actions: Rust functions registered under an action name, with the same
+//! contract as script actions (input/output schema, progress, stored results).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bus::fred::prelude::*;
+use protocol::AgentId;
+use protocol::task::{Progress, TaskStatus, ValidationError};
+use protocol::{exit, keys};
+use serde_json::Value;
+
+/// Why a native action failed. The exit code follows the protocol's ranges.
+#[derive(Debug)]
+pub enum ActionError {
+    /// Bad input found by the action itself: exit 10, output = the error array.
+    Validation(Vec<ValidationError>),
+    /// Any other failure: its exit code and a message for the task's `error`.
+    Failed { exit_code: i32, message: String },
+}
+
+impl ActionError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        ActionError::Failed { exit_code: exit::GENERIC, message: message.into() }
+    }
+
+    pub fn invalid(parameter: &str, value: Value, error: &str) -> Self {
+        ActionError::Validation(vec![ValidationError {
+            field: parameter.to_owned(),
+            parameter: parameter.to_owned(),
+            value,
+            error: format!("{parameter}_{error}"),
+        }])
+    }
+}
+
+impl From<bus::fred::error::Error> for ActionError {
+    fn from(e: bus::fred::error::Error) -> Self {
+        ActionError::failed(format!("redis error: {e}"))
+    }
+}
+
+/// What a native action can see and do.
+#[derive(Clone)]
+pub struct ActionContext {
+    pub agent: AgentId,
+    pub task_id: String,
+    pub user: String,
+    pub state_dir: PathBuf,
+    /// The agent's read-write Redis connection.
+    pub redis: Client,
+}
+
+impl ActionContext {
+    /// Publish the action's progress (0-100), like a step's `set-progress`.
+    pub async fn set_progress(&self, percent: u8) {
+        let msg = Progress { status: TaskStatus::Running, progress: percent.min(100) }.to_json();
+        let channel = keys::progress_channel(&self.agent, &self.task_id);
+        if let Err(e) = self.redis.publish::<i64, _, _>(channel, msg).await {
+            tracing::warn!("task/{}/{}: cannot publish progress: {e}", self.agent, self.task_id);
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, ActionError>> + Send>>;
+type Handler = Arc<dyn Fn(ActionContext, Value) -> BoxFuture + Send + Sync>;
+
+#[derive(Clone)]
+pub struct NativeAction {
+    pub(crate) handler: Handler,
+    pub(crate) input: Option<Arc<jsonschema::Validator>>,
+    pub(crate) output: Option<Arc<jsonschema::Validator>>,
+}
+
+/// The native actions of one agent, by name.
+#[derive(Clone, Default)]
+pub struct NativeActions {
+    actions: BTreeMap<String, NativeAction>,
+}
+
+impl NativeActions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Register `name`. `input_schema`/`output_schema` are JSON Schemas checked like a
+    /// script action's `validate-input.json`/`validate-output.json`.
+    ///
+    /// # Panics
+    /// When a schema does not compile: schemas are part of the program, so this is a
+    /// bug caught by the first test that builds the registry.
+    pub fn add<F, Fut>(
+        mut self,
+        name: &str,
+        input_schema: Option<Value>,
+        output_schema: Option<Value>,
+        f: F,
+    ) -> Self
+    where
+        F: Fn(ActionContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ActionError>> + Send + 'static,
+    {
+        let compile = |s: Option<Value>, which: &str| {
+            s.map(|s| {
+                Arc::new(
+                    crate::validate::compile(&s, None)
+                        .unwrap_or_else(|e| panic!("{which} schema of native action {name}: {e}")),
+                )
+            })
+        };
+        let action = NativeAction {
+            handler: Arc::new(move |ctx, data| Box::pin(f(ctx, data))),
+            input: compile(input_schema, "input"),
+            output: compile(output_schema, "output"),
+        };
+        self.actions.insert(name.to_owned(), action);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&NativeAction> {
+        self.actions.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.actions.keys().map(String::as_str)
+    }
+}

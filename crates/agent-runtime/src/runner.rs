@@ -1,0 +1,493 @@
+//! Running one task, from the moment it is popped to its stored result.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus::fred::prelude::*;
+use bus::fred::types::Expiration;
+use protocol::comfd::Command as ComCommand;
+use protocol::task::{Progress, Task, TaskStatus, ValidationError, mask_secrets};
+use protocol::{AgentId, envfile, exit, keys};
+use serde_json::Value;
+
+use crate::actions;
+use crate::config::AgentConfig;
+use crate::native::{ActionContext, ActionError, NativeActions};
+use crate::progress::ProgressTracker;
+use crate::step::{CancelHandle, StepEvent, StepProcess, StepSpec};
+use crate::validate::{SchemaCache, check};
+
+pub(crate) const LIST_ACTIONS: &str = "list-actions";
+pub(crate) const CANCEL_TASK: &str = "cancel-task";
+
+/// State shared by every task of one agent.
+pub(crate) struct Shared {
+    pub cfg: AgentConfig,
+    pub redis: Client,
+    pub natives: NativeActions,
+    pub schemas: SchemaCache,
+    /// Running tasks by id, for `cancel-task`.
+    pub running: Mutex<HashMap<String, Arc<CancelHandle>>>,
+    /// Raw queue items this process holds (popped, result not yet stored), counted:
+    /// the same JSON may be queued twice.
+    pub held: Mutex<HashMap<String, usize>>,
+}
+
+impl Shared {
+    pub fn hold(&self, raw: &str) {
+        *self.held.lock().expect("held poisoned").entry(raw.to_owned()).or_default() += 1;
+    }
+
+    fn release(&self, raw: &str) {
+        let mut held = self.held.lock().expect("held poisoned");
+        if let Some(n) = held.get_mut(raw) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(raw);
+            }
+        }
+    }
+
+    pub fn holds(&self, raw: &str) -> bool {
+        self.held.lock().expect("held poisoned").contains_key(raw)
+    }
+
+    fn agent(&self) -> &AgentId {
+        &self.cfg.agent_id
+    }
+
+    /// The agent's environment for a child: its own settings, then `state/environment`
+    /// as it is now (steps may have changed it), then `extra`.
+    pub fn child_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("AGENT_ID".to_owned(), self.cfg.agent_id.to_string()),
+            ("AGENT_INSTALL_DIR".to_owned(), self.cfg.install_dir.display().to_string()),
+            ("AGENT_STATE_DIR".to_owned(), self.cfg.state_dir.display().to_string()),
+        ];
+        env.extend(read_environment(&self.cfg));
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env
+    }
+}
+
+pub(crate) fn read_environment(cfg: &AgentConfig) -> Vec<(String, String)> {
+    std::fs::read_to_string(cfg.state_dir.join("environment"))
+        .map(|t| envfile::parse(&t))
+        .unwrap_or_default()
+}
+
+/// How a task ended.
+pub(crate) struct Outcome {
+    pub output: String,
+    pub error: String,
+    pub exit_code: i32,
+    pub status: TaskStatus,
+    pub progress: u8,
+    /// Copy `state/environment` to Redis (actions do, builtins do not).
+    pub copy_env: bool,
+    /// The step it ended at, for the log.
+    pub step: String,
+}
+
+impl Outcome {
+    fn new(status: TaskStatus, exit_code: i32, progress: u8) -> Self {
+        Outcome {
+            output: String::new(),
+            error: String::new(),
+            exit_code,
+            status,
+            progress,
+            copy_env: true,
+            step: String::new(),
+        }
+    }
+
+    fn validation_failed(errors: &[ValidationError], step: &str) -> Self {
+        let json = serde_json::to_string(errors).unwrap_or_else(|_| "[]".into());
+        let mut o = Outcome::new(TaskStatus::ValidationFailed, exit::VALIDATION_FAILED, 0);
+        o.error = format!("Validation errors: {json}\n");
+        o.output = json;
+        o.step = step.to_owned();
+        o
+    }
+
+    fn aborted(exit_code: i32, error: String, step: &str) -> Self {
+        let mut o = Outcome::new(TaskStatus::Aborted, exit_code, 0);
+        o.error = error;
+        o.step = step.to_owned();
+        o
+    }
+
+    pub fn interrupted(agent: &AgentId) -> Self {
+        let mut o = Outcome::aborted(
+            exit::INTERRUPTED,
+            format!(
+                "Task interrupted: agent {agent} stopped while running it and was restarted. \
+                 The action was not run again because actions are not guaranteed to be idempotent; \
+                 check its effects and submit it again if needed.\n"
+            ),
+            "",
+        );
+        o.copy_env = false;
+        o
+    }
+}
+
+async fn publish(sh: &Shared, task_id: &str, status: TaskStatus, progress: u8) {
+    let msg = Progress { status, progress }.to_json();
+    if let Err(e) = sh.redis.publish::<i64, _, _>(keys::progress_channel(sh.agent(), task_id), msg).await {
+        tracing::warn!("task/{}/{task_id}: cannot publish progress: {e}", sh.agent());
+    }
+}
+
+fn log_child_output(line: &[u8]) {
+    // Raw, so journald still sees a step's own `<N>` priority prefixes.
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line);
+    if !line.ends_with(b"\n") {
+        let _ = err.write_all(b"\n");
+    }
+}
+
+/// Run a popped queue item to the end. Never fails: every path stores a result,
+/// except an undecodable item, which is dropped (there is no id to store it under).
+pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
+    let agent = sh.agent().clone();
+    let (task, value) = match Task::decode(&raw) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{}: task ignored: {e}", keys::tasks(&agent));
+            remove_inflight(&sh, &raw).await;
+            return;
+        }
+    };
+    let cancel = Arc::new(CancelHandle::default());
+    sh.running.lock().expect("running poisoned").insert(task.id.clone(), cancel.clone());
+
+    let context = serde_json::to_string(&mask_secrets(&value)).unwrap_or_default();
+    let accept = sh.redis.pipeline();
+    let _: Result<(), _> = accept
+        .set(
+            keys::task_context(&agent, &task.id),
+            context,
+            Some(Expiration::EX(keys::RUNNING_CONTEXT_TTL_SECS)),
+            None,
+            false,
+        )
+        .await;
+    let pending = Progress { status: TaskStatus::Pending, progress: 0 }.to_json();
+    let _: Result<(), _> = accept.publish(keys::progress_channel(&agent, &task.id), pending).await;
+    let native = sh.natives.get(&task.action).cloned();
+    if native.is_some() || task.action == LIST_ACTIONS || task.action == CANCEL_TASK {
+        // No step to wait for: announce `running` in the same round trip.
+        let running = Progress { status: TaskStatus::Running, progress: 0 }.to_json();
+        let _: Result<(), _> = accept.publish(keys::progress_channel(&agent, &task.id), running).await;
+    }
+    if let Err(e) = accept.all::<bus::fred::types::Value>().await {
+        tracing::warn!("task/{agent}/{}: cannot store the context: {e}", task.id);
+    }
+
+    let outcome = match (task.action.as_str(), native) {
+        (LIST_ACTIONS, _) => list_actions(&sh),
+        (CANCEL_TASK, _) => cancel_task(&sh, &task.data),
+        (_, Some(native)) => run_native(&sh, &task, native, &cancel).await,
+        _ => run_script(&sh, &task, &cancel).await,
+    };
+    {
+        let mut running = sh.running.lock().expect("running poisoned");
+        if running.get(&task.id).is_some_and(|c| Arc::ptr_eq(c, &cancel)) {
+            running.remove(&task.id);
+        }
+    }
+    finish(&sh, &task.id, &task.action, &raw, outcome).await;
+    sh.release(&raw);
+}
+
+async fn remove_inflight(sh: &Shared, raw: &str) {
+    if let Err(e) = sh.redis.lrem::<i64, _, _>(keys::inflight(sh.agent()), 1, raw).await {
+        tracing::warn!("cannot remove a task from {}: {e}", keys::inflight(sh.agent()));
+    }
+    sh.release(raw);
+}
+
+/// Store the result and close the task in one transaction: environment copy, result
+/// keys, context TTL, removal from the in-flight list, final progress. A client that
+/// sees the final status finds the result; a crash before it leaves the task in flight.
+/// Retried until Redis takes it: a result is never dropped.
+pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, o: Outcome) {
+    let agent = sh.agent();
+    let ttl = Some(Expiration::EX(keys::RESULT_TTL_SECS));
+    let mut delay = Duration::from_millis(100);
+    let mut last_error = String::new();
+    loop {
+        let tx = sh.redis.multi();
+        let queued: Result<(), bus::fred::error::Error> = async {
+            if o.copy_env {
+                let vars = read_environment(&sh.cfg);
+                tx.del::<(), _>(keys::environment(agent)).await?;
+                // NS8 sends an empty HSET here, Redis rejects it and the whole result
+                // is lost: skip it instead.
+                if !vars.is_empty() {
+                    tx.hset::<(), _, _>(keys::environment(agent), vars).await?;
+                }
+            }
+            tx.set::<(), _, _>(keys::task_output(agent, task_id), o.output.as_str(), ttl.clone(), None, false).await?;
+            tx.set::<(), _, _>(keys::task_error(agent, task_id), o.error.as_str(), ttl.clone(), None, false).await?;
+            tx.set::<(), _, _>(keys::task_exit_code(agent, task_id), o.exit_code, ttl.clone(), None, false).await?;
+            tx.expire::<(), _>(keys::task_context(agent, task_id), keys::RESULT_TTL_SECS, None).await?;
+            tx.lrem::<(), _, _>(keys::inflight(agent), 1, raw).await?;
+            let fin = Progress { status: o.status, progress: o.progress }.to_json();
+            tx.publish::<(), _, _>(keys::progress_channel(agent, task_id), fin).await?;
+            Ok(())
+        }
+        .await;
+        let result = match queued {
+            Ok(()) => tx.exec::<bus::fred::types::Value>(true).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_error {
+                    tracing::error!("task/{agent}/{task_id}: cannot store the result, retrying: {msg}");
+                    last_error = msg;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let at = if o.step.is_empty() { String::new() } else { format!(" at step {}", o.step) };
+    let line = format!(
+        "task/{agent}/{task_id}: action \"{action}\" status is \"{}\" ({}){at}",
+        o.status.as_str(),
+        o.exit_code
+    );
+    if o.status == TaskStatus::Completed {
+        tracing::debug!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
+}
+
+fn list_actions(sh: &Shared) -> Outcome {
+    let mut names: BTreeSet<String> = actions::list(&sh.cfg.action_dirs);
+    names.extend(sh.natives.names().map(str::to_owned));
+    names.insert(LIST_ACTIONS.to_owned());
+    names.insert(CANCEL_TASK.to_owned());
+    let mut o = Outcome::new(TaskStatus::Completed, exit::SUCCESS, 100);
+    o.output = serde_json::to_string(&names).unwrap_or_default();
+    o.copy_env = false;
+    o
+}
+
+fn cancel_task(sh: &Shared, data: &Value) -> Outcome {
+    let task = data.get("task").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let timeout = match data.get("timeout") {
+        None | Some(Value::Null) => Some(0),
+        Some(v) => v.as_u64(),
+    };
+    let (Some(task), Some(timeout)) = (task, timeout) else {
+        let mut o = Outcome::new(TaskStatus::ValidationFailed, exit::VALIDATION_FAILED, 0);
+        o.error = "Action cancel-task validation-failed at step builtin-validation.json: invalid task ID or timeout value".into();
+        o.copy_env = false;
+        return o;
+    };
+    let handle = sh.running.lock().expect("running poisoned").get(task).cloned();
+    let Some(handle) = handle else {
+        let mut o = Outcome::new(TaskStatus::ValidationFailed, exit::TASK_NOT_FOUND, 0);
+        o.error = "Action cancel-task validation-failed at step task-lookup: task ID not found".into();
+        o.copy_env = false;
+        return o;
+    };
+    handle.cancel();
+    if timeout > 0 {
+        // Beyond NS8, which parses `timeout` but ignores it: a step that ignores
+        // SIGTERM for that many seconds gets SIGKILL.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(timeout)).await;
+            handle.signal(nix::sys::signal::Signal::SIGKILL);
+        });
+    }
+    let mut o = Outcome::new(TaskStatus::Completed, exit::SUCCESS, 100);
+    o.copy_env = false;
+    o
+}
+
+async fn run_native(
+    sh: &Shared,
+    task: &Task,
+    native: crate::native::NativeAction,
+    cancel: &CancelHandle,
+) -> Outcome {
+    if let Some(v) = &native.input {
+        let errors = check(v, &task.data);
+        if !errors.is_empty() {
+            return Outcome::validation_failed(&errors, "validate-input");
+        }
+    }
+    let ctx = ActionContext {
+        agent: sh.agent().clone(),
+        task_id: task.id.clone(),
+        user: task.user.clone(),
+        state_dir: sh.cfg.state_dir.clone(),
+        redis: sh.redis.clone(),
+    };
+    let result = tokio::select! {
+        r = (native.handler)(ctx, task.data.clone()) => r,
+        _ = cancel.cancelled() => Err(ActionError::Failed { exit_code: exit::SIGNALED, message: "Task cancelled\n".into() }),
+    };
+    match result {
+        Ok(value) => {
+            if let Some(v) = &native.output {
+                let errors = check(v, &value);
+                if !errors.is_empty() {
+                    return Outcome::aborted(
+                        exit::GENERIC,
+                        format!("Output validation failed: {}\n", serde_json::to_string(&errors).unwrap_or_default()),
+                        "validate-output",
+                    );
+                }
+            }
+            let mut o = Outcome::new(TaskStatus::Completed, exit::SUCCESS, 100);
+            o.output = if value.is_null() { String::new() } else { value.to_string() };
+            o
+        }
+        Err(ActionError::Validation(errors)) => Outcome::validation_failed(&errors, &task.action),
+        Err(ActionError::Failed { exit_code, message }) => {
+            let mut message = message;
+            if !message.ends_with('\n') {
+                message.push('\n');
+            }
+            Outcome::aborted(exit_code, message, &task.action)
+        }
+    }
+}
+
+async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Outcome {
+    let agent = sh.agent();
+    let tag = format!("task/{agent}/{}", task.id);
+    let plan = actions::plan(&sh.cfg.action_dirs, &task.action);
+    if plan.steps.is_empty() {
+        return Outcome::aborted(
+            exit::UNDEFINED_ACTION,
+            format!("Action {} is not defined\n", task.action),
+            "",
+        );
+    }
+    if let Some(path) = &plan.input_schema {
+        match sh.schemas.get(path) {
+            Ok(v) => {
+                let errors = check(&v, &task.data);
+                if !errors.is_empty() {
+                    return Outcome::validation_failed(&errors, actions::VALIDATE_INPUT);
+                }
+            }
+            Err(e) => {
+                return Outcome::aborted(exit::GENERIC, format!("Cannot load the input schema {e}\n"), actions::VALIDATE_INPUT);
+            }
+        }
+    }
+    publish(sh, &task.id, TaskStatus::Running, 0).await;
+
+    let stdin = serde_json::to_vec(&task.data).unwrap_or_else(|_| b"null".to_vec());
+    let mut progress = ProgressTracker::new(plan.steps.iter().map(|(n, _)| n.clone()));
+    let mut output: Vec<u8> = Vec::new();
+    let mut error: Vec<u8> = Vec::new();
+    let mut validation_failed = false;
+    let finish_with = |status: TaskStatus, code: i32, pct: u8, output: &[u8], error: &[u8], step: &str| {
+        let mut o = Outcome::new(status, code, pct);
+        o.output = String::from_utf8_lossy(output).into_owned();
+        o.error = String::from_utf8_lossy(error).into_owned();
+        o.step = step.to_owned();
+        o
+    };
+
+    for (index, (name, path)) in plan.steps.iter().enumerate() {
+        if cancel.is_cancelled() {
+            error.extend_from_slice(format!("Task cancelled before step {name}\n").as_bytes());
+            return finish_with(TaskStatus::Aborted, exit::SIGNALED, progress.percent(), &output, &error, name);
+        }
+        progress.start_step(index);
+        let env = sh.child_env(&[
+            ("AGENT_COMFD", "3"),
+            ("AGENT_TASK_ID", &task.id),
+            ("AGENT_TASK_ACTION", &task.action),
+            ("AGENT_TASK_USER", &task.user),
+        ]);
+        tracing::debug!("{tag}: {}/{name} is starting", task.action);
+        let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: stdin.clone(), comfd: true };
+        let mut process = match StepProcess::spawn(spec, cancel.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                // NS8 keeps non-executable placeholder steps on purpose: skip, count as done.
+                tracing::warn!("{tag}: step {name} skipped, it cannot be executed: {e}");
+                progress.set_step_progress(100);
+                continue;
+            }
+        };
+        let code = loop {
+            let heartbeat = tokio::time::sleep(sh.cfg.poll_interval);
+            tokio::select! {
+                event = process.next() => match event {
+                    StepEvent::Stderr(line) => {
+                        log_child_output(&line);
+                        error.extend_from_slice(&line);
+                    }
+                    StepEvent::Command(ComCommand::SetProgress(p)) => {
+                        progress.set_step_progress(p);
+                        publish(sh, &task.id, TaskStatus::Running, progress.percent()).await;
+                    }
+                    StepEvent::Command(ComCommand::SetWeight { step, weight }) => progress.set_weight(step, weight),
+                    StepEvent::Command(ComCommand::SetValidationFailed) => validation_failed = true,
+                    StepEvent::Command(ComCommand::Unknown(line)) => {
+                        tracing::warn!("{tag}: unknown command from step {name}: {line:?}");
+                    }
+                    StepEvent::Exited { code, stdout } => {
+                        output.extend_from_slice(&stdout);
+                        break code;
+                    }
+                },
+                _ = heartbeat => {
+                    // A long step: keep the context alive and tell clients we are here.
+                    let _ = sh.redis.expire::<(), _>(keys::task_context(agent, &task.id), keys::RUNNING_CONTEXT_TTL_SECS, None).await;
+                    publish(sh, &task.id, TaskStatus::Running, progress.percent()).await;
+                }
+            }
+        };
+        if code != exit::SUCCESS {
+            let status = if validation_failed { TaskStatus::ValidationFailed } else { TaskStatus::Aborted };
+            return finish_with(status, code, progress.percent(), &output, &error, name);
+        }
+        if validation_failed {
+            return finish_with(TaskStatus::ValidationFailed, exit::VALIDATION_FAILED, 0, &output, &error, name);
+        }
+        progress.set_step_progress(100);
+        publish(sh, &task.id, TaskStatus::Running, progress.percent()).await;
+    }
+
+    if let Some(path) = &plan.output_schema {
+        let problem = match sh.schemas.get(path) {
+            Err(e) => Some(format!("Cannot load the output schema {e}")),
+            Ok(v) => match serde_json::from_slice::<Value>(&output) {
+                Err(e) => Some(format!("Output validation failed: the output is not JSON: {e}")),
+                Ok(value) => {
+                    let errors = check(&v, &value);
+                    (!errors.is_empty()).then(|| {
+                        format!("Output validation failed: {}", serde_json::to_string(&errors).unwrap_or_default())
+                    })
+                }
+            },
+        };
+        if let Some(problem) = problem {
+            error.extend_from_slice(problem.as_bytes());
+            error.push(b'\n');
+            return finish_with(TaskStatus::Aborted, exit::GENERIC, progress.percent(), &output, &error, actions::VALIDATE_OUTPUT);
+        }
+    }
+    let last = plan.steps.last().map(|(n, _)| n.as_str()).unwrap_or("");
+    finish_with(TaskStatus::Completed, exit::SUCCESS, 100, &output, &error, last)
+}

@@ -1,0 +1,156 @@
+//! Submitting tasks and waiting for their results, as NS8's Python `agent.tasks` does
+//! over Redis: subscribe to the progress channel before the push, stop at a terminal
+//! status, then read the result keys; a poller covers a missed Pub/Sub message.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::clients::SubscriberClient;
+use fred::types::client::ClientKillType;
+use protocol::task::{Progress, Task, TaskResult};
+use protocol::{AgentId, keys};
+
+use crate::{BusError, RedisConfig, connect, connect_subscriber};
+
+/// How often the waiting side re-reads the result keys in case the final progress
+/// message was missed (Redis restart, slow subscriber).
+const RESULT_POLL: Duration = Duration::from_secs(1);
+
+/// NS8's liveness rule: an agent is alive when a connection named after it has been
+/// active within `max_idle_secs` (the agent's blocking pop keeps it below 5 s).
+pub async fn agent_is_alive(client: &Client, agent: &AgentId, max_idle_secs: u64) -> Result<bool, BusError> {
+    let list: String = client.client_list::<String, String>(Some(ClientKillType::Normal), None)
+.await?;
+    let name = agent.to_string();
+    Ok(list.lines().any(|line| {
+        let mut named = false;
+        let mut idle = u64::MAX;
+        for field in line.split(' ') {
+            if let Some(n) = field.strip_prefix("name=") {
+                named = n == name;
+            } else if let Some(i) = field.strip_prefix("idle=") {
+                idle = i.parse().unwrap_or(u64::MAX);
+            }
+        }
+        named && idle <= max_idle_secs
+    }))
+}
+
+pub struct TaskClient {
+    client: Client,
+    subscriber: SubscriberClient,
+}
+
+impl TaskClient {
+    pub async fn connect(cfg: &RedisConfig, name: &str) -> Result<Self, BusError> {
+        let client = connect(cfg, name).await?;
+        let subscriber = connect_subscriber(cfg, name).await?;
+        Ok(TaskClient { client, subscriber })
+    }
+
+    pub fn redis(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn ensure_alive(&self, agent: &AgentId, max_idle_secs: u64) -> Result<(), BusError> {
+        if agent_is_alive(&self.client, agent, max_idle_secs).await? {
+            Ok(())
+        } else {
+            Err(BusError::AgentNotAlive(agent.clone(), max_idle_secs))
+        }
+    }
+
+    /// `LPUSH` the task on the agent's queue, giving it an id first if it has none.
+    pub async fn push(&self, agent: &AgentId, task: &mut Task) -> Result<(), BusError> {
+        if task.id.is_empty() {
+            task.id = uuid::Uuid::new_v4().to_string();
+        }
+        let json = serde_json::to_string(task).map_err(|e| BusError::BadResult {
+            task: task.id.clone(),
+            detail: e.to_string(),
+        })?;
+        let _: i64 = self.client.lpush(keys::tasks(agent), json).await?;
+        Ok(())
+    }
+
+    /// The stored result, or `None` while the task has not finished.
+    pub async fn result(&self, agent: &AgentId, task_id: &str) -> Result<Option<TaskResult>, BusError> {
+        let (output, error, code): (Option<String>, Option<String>, Option<String>) = self
+            .client
+            .mget(vec![
+                keys::task_output(agent, task_id),
+                keys::task_error(agent, task_id),
+                keys::task_exit_code(agent, task_id),
+            ])
+            .await?;
+        let Some(code) = code else { return Ok(None) };
+        let exit_code = code.trim().parse().map_err(|_| BusError::BadResult {
+            task: task_id.to_owned(),
+            detail: format!("exit_code is {code:?}"),
+        })?;
+        Ok(Some(TaskResult::from_stored(
+            output.as_deref().unwrap_or(""),
+            error.unwrap_or_default(),
+            exit_code,
+        )))
+    }
+
+    /// Push a task and wait for its result, calling `on_progress` for every progress
+    /// message. Waits as long as the task runs: there is no task timeout in the protocol.
+    pub async fn run(
+        &self,
+        agent: &AgentId,
+        task: &mut Task,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Result<TaskResult, BusError> {
+        if task.id.is_empty() {
+            task.id = uuid::Uuid::new_v4().to_string();
+        }
+        let channel = keys::progress_channel(agent, &task.id);
+        let mut rx = self.subscriber.message_rx();
+        self.subscriber.subscribe(channel.as_str()).await?;
+        let outcome = async {
+            self.push(agent, task).await?;
+            let mut poll = tokio::time::interval(RESULT_POLL);
+            poll.tick().await;
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Ok(msg) if *msg.channel == *channel => {
+                            let progress = msg.value.as_str().and_then(|s| serde_json::from_str::<Progress>(s.as_ref()).ok())
+;
+                            if let Some(p) = progress {
+                                on_progress(p);
+                                if p.status.is_terminal() {
+                                    if let Some(r) = self.result(agent, &task.id).await? {
+                                        return Ok(r);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            return Err(BusError::Redis(fred::error::Error::new(
+                                fred::error::ErrorKind::Canceled,
+                                "subscriber connection closed",
+                            )));
+                        }
+                    },
+                    _ = poll.tick() => {
+                        if let Some(r) = self.result(agent, &task.id).await? {
+                            return Ok(r);
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        let _ = self.subscriber.unsubscribe(channel.as_str()).await;
+        outcome
+    }
+
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}

@@ -1,0 +1,146 @@
+//! Redis connections for agents and clients, configured like NS8.
+//!
+//! * [`RedisConfig::from_env`] reads `REDIS_ADDRESS`, `REDIS_USER`, `REDIS_PASSWORD`.
+//! * Every connection is named after its agent (`CLIENT SETNAME`), at connect time and
+//!   after every reconnect: NS8's liveness check looks for that name in `CLIENT LIST`.
+//! * Connections come back by themselves with exponential back-off after Redis restarts.
+//! * [`TaskClient`] submits tasks and waits for their results (what `api-cli` and the
+//!   tests use).
+
+mod client;
+mod config;
+
+pub use client::{TaskClient, agent_is_alive};
+pub use config::{Address, RedisConfig};
+pub use fred;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::clients::SubscriberClient;
+use fred::types::RespVersion;
+use fred::types::config::ReconnectPolicy;
+use protocol::AgentId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid REDIS_ADDRESS {0:?}: expected host:port, or the path of a Unix socket")]
+    Address(String),
+    #[error("cannot connect to Redis at {address} as user {user:?}: {source}")]
+    Connect { address: String, user: String, source: fred::error::Error },
+    #[error("redis error: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error(
+        "agent {0} is not running: no Redis connection named {0:?} was active in the last {1} s"
+    )]
+    AgentNotAlive(AgentId, u64),
+    #[error("stored result of task {task} is malformed: {detail}")]
+    BadResult { task: String, detail: String },
+}
+
+/// Back-off between reconnection attempts, forever: an agent never gives up on Redis.
+fn reconnect_policy() -> ReconnectPolicy {
+    let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+    policy.set_jitter(50);
+    policy
+}
+
+fn builder(cfg: &RedisConfig, resp3: bool) -> Builder {
+    let mut config = Config {
+        server: cfg.address.server_config(),
+        username: cfg.user.clone(),
+        password: cfg.password.clone(),
+        ..Default::default()
+    };
+    if resp3 {
+        // In RESP3 a subscribed connection still accepts CLIENT SETNAME, so the event
+        // connection can carry the agent's name like NS8's does.
+        config.version = RespVersion::RESP3;
+    }
+    let mut builder = Builder::from_config(config);
+    builder.set_policy(reconnect_policy()).with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(5);
+        c.reconnect_on_auth_error = true;
+        c.tcp.nodelay = Some(true);
+    });
+    builder
+}
+
+fn connect_error(cfg: &RedisConfig, source: fred::error::Error) -> BusError {
+    BusError::Connect {
+        address: cfg.address.to_string(),
+        user: cfg.user.clone().unwrap_or_else(|| "default".into()),
+        source,
+    }
+}
+
+async fn keep_named<C: ClientLike + ClientInterface + EventInterface + Clone + Send + Sync + 'static>(
+client: &C, name: &str) -> Result<(), BusError> {
+    client.client_setname(name).await?;
+    let (c, n) = (client.clone(), name.to_owned());
+    client.on_reconnect(move |_| {
+        let (c, n) = (c.clone(), n.clone());
+        async move {
+            // Spawned so that a reconnect while a blocking command is queued does not
+            // stall the event stream; the name follows as soon as the connection is free.
+            tokio::spawn(async move {
+                if let Err(e) = c.client_setname(&n).await {
+                    tracing::warn!("cannot restore the Redis client name {n}: {e}");
+                }
+            });
+            Ok(())
+        }
+    });
+    Ok(())
+}
+
+/// Connect once and name the connection; fail with a clear error if Redis is not there.
+pub async fn connect(cfg: &RedisConfig, name: &str) -> Result<Client, BusError> {
+    let client = builder(cfg, false).build()?;
+    client.init().await.map_err(|e| connect_error(cfg, e))?;
+    keep_named(&client, name).await?;
+    Ok(client)
+}
+
+/// Connect a subscriber (RESP3), named, whose subscriptions survive reconnects.
+pub async fn connect_subscriber(cfg: &RedisConfig, name: &str) -> Result<SubscriberClient, BusError> {
+    let client = builder(cfg, true).build_subscriber_client()?;
+    client.init().await.map_err(|e| connect_error(cfg, e))?;
+    keep_named(&client, name).await?;
+    client.manage_subscriptions();
+    Ok(client)
+}
+
+/// Like [`connect`], but wait for Redis as long as it takes (agents start before or
+/// while Redis starts, and a worker's ACL user may not be replicated yet). Each distinct
+/// error is logged once.
+pub async fn connect_retrying(cfg: &RedisConfig, name: &str) -> Client {
+    retry(cfg, || connect(cfg, name)).await
+}
+
+pub async fn connect_subscriber_retrying(cfg: &RedisConfig, name: &str) -> SubscriberClient {
+    retry(cfg, || connect_subscriber(cfg, name)).await
+}
+
+async fn retry<T, F, Fut>(cfg: &RedisConfig, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BusError>>,
+{
+    let mut last = String::new();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(c) => return c,
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last {
+                    tracing::warn!("{msg}; retrying (Redis at {})", cfg.address);
+                    last = msg;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

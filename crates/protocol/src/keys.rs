@@ -1,0 +1,142 @@
+//! Every Redis key and Pub/Sub channel name the core uses.
+//!
+//! Callers never build these strings themselves. The NS8 schema (reference section 2.4)
+//! is kept as-is; the keys marked *beyond NS8* are ours and live under prefixes the
+//! agent's ACL user may already write, so no new grant is needed for them.
+
+use crate::AgentId;
+
+/// Results stay this long after a task ends (NS8: 8 h).
+pub const RESULT_TTL_SECS: i64 = 8 * 3600;
+/// TTL of a running task's context, refreshed by the heartbeat (NS8: 60 s).
+pub const RUNNING_CONTEXT_TTL_SECS: i64 = 60;
+/// Bound of each agent's event stream (beyond NS8): about this many recent events.
+pub const EVENT_STREAM_MAXLEN: u64 = 1000;
+
+/// The task queue: producers `LPUSH`, the agent pops from the right (FIFO).
+pub fn tasks(agent: &AgentId) -> String {
+    format!("{agent}/tasks")
+}
+
+/// Beyond NS8: tasks the agent has taken and not finished. The pop moves a task here
+/// atomically, the final result transaction removes it, so a crash cannot lose one.
+/// It lives under the private `task/` prefix because task data holds secrets.
+pub fn inflight(agent: &AgentId) -> String {
+    format!("task/{agent}/inflight")
+}
+
+pub fn task_prefix(agent: &AgentId, task_id: &str) -> String {
+    format!("task/{agent}/{task_id}")
+}
+
+pub fn task_context(agent: &AgentId, task_id: &str) -> String {
+    format!("task/{agent}/{task_id}/context")
+}
+
+pub fn task_output(agent: &AgentId, task_id: &str) -> String {
+    format!("task/{agent}/{task_id}/output")
+}
+
+pub fn task_error(agent: &AgentId, task_id: &str) -> String {
+    format!("task/{agent}/{task_id}/error")
+}
+
+pub fn task_exit_code(agent: &AgentId, task_id: &str) -> String {
+    format!("task/{agent}/{task_id}/exit_code")
+}
+
+/// Copy of the agent's `state/environment`, refreshed after every task.
+pub fn environment(agent: &AgentId) -> String {
+    format!("{agent}/environment")
+}
+
+pub fn progress_channel(agent: &AgentId, task_id: &str) -> String {
+    format!("progress/{agent}/task/{task_id}")
+}
+
+/// Pattern matching the progress of every task of one agent.
+pub fn progress_pattern(agent: &AgentId) -> String {
+    format!("progress/{agent}/task/*")
+}
+
+pub fn event_channel(source: &AgentId, name: &str) -> String {
+    format!("{source}/event/{name}")
+}
+
+/// Every agent listens to all events.
+pub const EVENT_PATTERN: &str = "*/event/*";
+
+/// Split `<source>/event/<name>` into its parts. `None` for anything else, including
+/// a source that is not a valid agent id (nobody could have published it legally).
+pub fn parse_event_channel(channel: &str) -> Option<(AgentId, String)> {
+    let (source, name) = channel.rsplit_once("/event/")?;
+    // The name becomes a directory name under the events root: no path tricks.
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return None;
+    }
+    Some((source.parse().ok()?, name.to_owned()))
+}
+
+/// Beyond NS8: the durable copy of the events published by `source`, a bounded stream
+/// written by the source agent itself (its ACL already covers `<source>/*`).
+pub fn event_stream(source: &AgentId) -> String {
+    format!("{source}/events")
+}
+
+/// `SCAN` pattern for all event streams.
+pub const EVENT_STREAM_PATTERN: &str = "*/events";
+
+pub fn parse_event_stream(key: &str) -> Option<AgentId> {
+    key.strip_suffix("/events")?.parse().ok()
+}
+
+/// Beyond NS8: hash `<stream key> -> last handled entry id` of one consuming agent,
+/// plus the field [`EVENT_CURSOR_SINCE`].
+pub fn event_cursors(agent: &AgentId) -> String {
+    format!("{agent}/event_cursors")
+}
+
+/// Field of [`event_cursors`]: stream id at the agent's first start. Streams the agent
+/// has no cursor for are read from there, so events of a source that appeared while
+/// the agent was down are not skipped.
+pub const EVENT_CURSOR_SINCE: &str = "*since";
+
+pub fn cluster_ui_name() -> &'static str {
+    "cluster/ui_name"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_ns8_schema() {
+        let m = AgentId::Module("mail1".into());
+        let t = "6f0a";
+        assert_eq!(tasks(&m), "module/mail1/tasks");
+        assert_eq!(task_context(&m, t), "task/module/mail1/6f0a/context");
+        assert_eq!(task_output(&m, t), "task/module/mail1/6f0a/output");
+        assert_eq!(task_error(&m, t), "task/module/mail1/6f0a/error");
+        assert_eq!(task_exit_code(&m, t), "task/module/mail1/6f0a/exit_code");
+        assert_eq!(environment(&AgentId::Node(1)), "node/1/environment");
+        assert_eq!(progress_channel(&AgentId::Cluster, t), "progress/cluster/task/6f0a");
+        assert_eq!(event_channel(&AgentId::Cluster, "module-added"), "cluster/event/module-added");
+        assert_eq!(inflight(&AgentId::Node(2)), "task/node/2/inflight");
+        assert_eq!(event_stream(&m), "module/mail1/events");
+    }
+
+    #[test]
+    fn event_channels_round_trip() {
+        let (src, name) = parse_event_channel("module/traefik1/event/certificate-changed").unwrap();
+        assert_eq!(src, AgentId::Module("traefik1".into()));
+        assert_eq!(name, "certificate-changed");
+        assert_eq!(parse_event_channel("node/1/event/x").unwrap().0, AgentId::Node(1));
+        assert!(parse_event_channel("bogus/event/x").is_none());
+        assert!(parse_event_channel("cluster/event/").is_none());
+        assert!(parse_event_channel("cluster/event/..").is_none());
+
+        assert!(parse_event_channel("progress/cluster/task/1").is_none());
+        assert_eq!(parse_event_stream("node/3/events"), Some(AgentId::Node(3)));
+        assert_eq!(parse_event_stream("foo/events"), None);
+    }
+}

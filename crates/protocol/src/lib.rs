@@ -1,0 +1,16 @@
+//! The wire format of the NS8 task protocol, with no I/O.
+//!
+//! Everything that crosses Redis or the step boundary is defined here: agent ids,
+//! every key and channel name ([`keys`]), the task JSON ([`task`]), progress and
+//! results, the fd-3 command channel ([`comfd`]), the `state/environment` file
+//! ([`envfile`]) and exit codes ([`exit`]). Keeping it in one I/O-free crate means the
+//! agents, the api-server and the tests cannot drift apart on a key name.
+
+pub mod comfd;
+pub mod envfile;
+pub mod exit;
+mod id;
+pub mod keys;
+pub mod task;
+
+pub use id::{AgentId, IdError, validate_module_id, validate_task_id};
