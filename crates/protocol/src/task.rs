@@ -109,7 +109,10 @@ impl TaskResult {
         TaskResult { output: decode_output(output), error, exit_code }
     }
 
-    pub fn status(&self) -> TaskStatus {
+    /// The status the exit code implies. The real final status travels only in the
+    /// last progress message and can differ: `cancel-task` for an unknown task ends
+    /// `validation-failed` with exit code 2.
+    pub fn status_from_exit_code(&self) -> TaskStatus {
         match self.exit_code {
             0 => TaskStatus::Completed,
             crate::exit::VALIDATION_FAILED => TaskStatus::ValidationFailed,

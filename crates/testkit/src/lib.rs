@@ -49,14 +49,17 @@ impl RedisServer {
             .spawn()
             .context("cannot start redis-server: is the redis-server package installed?")?;
         self.child = Some(child);
+        // Ready means answering PING, not just a socket file: a server loading its
+        // append-only file answers LOADING until it is done.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
+        while !(sock.exists() && self.cli(&["PING"]).is_ok_and(|r| r == "PONG")) {
             if Instant::now() > deadline {
-                bail!("redis-server did not create {} within 10 s", sock.display());
+                bail!("redis-server on {} did not answer PING within 10 s", sock.display());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -142,4 +145,149 @@ mod tests {
         r.restart().unwrap();
         assert_eq!(r.cli(&["GET", "k"]).unwrap(), "v");
     }
+}
+
+/// An agent's install dir on disk: `actions/`, `events/`, `state/`, and its log.
+pub struct AgentTree {
+    dir: tempfile::TempDir,
+}
+
+impl AgentTree {
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        for sub in ["actions", "events", "state"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        Ok(AgentTree { dir })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn actions(&self) -> PathBuf {
+        self.root().join("actions")
+    }
+
+    pub fn events(&self) -> PathBuf {
+        self.root().join("events")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.root().join("agent.log")
+    }
+
+    /// Add an executable step to an action.
+    pub fn step(&self, action: &str, step: &str, body: &str) -> Result<PathBuf> {
+        write_step(&self.actions(), action, step, body)
+    }
+
+    /// Add a file (schema, non-executable placeholder) to an action.
+    pub fn file(&self, action: &str, name: &str, body: &str) -> Result<PathBuf> {
+        let dir = self.actions().join(action);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        std::fs::write(&path, body)?;
+        Ok(path)
+    }
+
+    /// Add an executable step to an event handler.
+    pub fn handler(&self, event: &str, step: &str, body: &str) -> Result<PathBuf> {
+        write_step(&self.events(), event, step, body)
+    }
+
+    pub fn read_state(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state().join(name)).unwrap_or_default()
+    }
+}
+
+/// An agent binary running as a child process; killed (SIGKILL) on drop.
+pub struct AgentProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Start `bin --agentid <id>` on `tree`, talking to `redis`. Output goes to the
+    /// tree's `agent.log` (appended, so restarts keep the history).
+    pub fn spawn(bin: &Path, agent_id: &str, tree: &AgentTree, redis: &RedisServer, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_args(bin, &[format!("--agentid={agent_id}")], tree, redis, env)
+    }
+
+    /// Like [`spawn`](Self::spawn) with the whole command line given.
+    pub fn spawn_args(bin: &Path, args: &[String], tree: &AgentTree, redis: &RedisServer, env: &[(&str, &str)]) -> Result<Self> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(tree.log())?;
+        let child = Command::new(bin)
+            .args(args)
+            .env("REDIS_ADDRESS", redis.address())
+            .env("AGENT_INSTALL_DIR", tree.root())
+            .env("AGENT_STATE_DIR", tree.state())
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(AgentProcess { child: Some(child), log: tree.log() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// What the agent logged so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`, and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// Wait for the process to exit on its own; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self.child.as_mut().context("agent already reaped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not exit within {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether a process exists (`kill -0`).
+pub fn process_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(true)
 }
