@@ -1,1 +1,77 @@
-fn main() {}
+//! `cargo xtask`: the project's commands, in Rust so they run wherever cargo does.
+//!
+//! * `up` / `down`: a working single-node cluster on this machine (Redis, the cluster
+//!   agent and node 1's agent under the supervisor).
+//! * `test`: install what the tests need, then run the whole suite.
+//! * `bench`: the agent benchmarks (see docs/benchmarks.md).
+
+mod bench;
+mod cluster;
+mod packages;
+mod resp;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing, build, and start a single-node cluster.
+    Up(cluster::UpArgs),
+    /// Stop the local cluster (its data is kept unless --purge).
+    Down(cluster::DownArgs),
+    /// Measure agent latency, throughput and memory (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
+    /// Install what the tests need, then run the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+/// Run a command, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Packages the test suite needs on a fresh Debian 12 machine.
+const TEST_PACKAGES: &[packages::Package] = &[packages::REDIS];
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Up(args) => cluster::up(args),
+        Cmd::Down(args) => cluster::down(args),
+        Cmd::Bench(args) => bench::bench(args),
+        Cmd::Test { args } => {
+            packages::ensure(TEST_PACKAGES)?;
+            run(Command::new(env!("CARGO"))
+                .current_dir(workspace())
+                .args(["test", "--workspace"])
+                .args(args))
+        }
+    }
+}

@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 pub const VALIDATE_INPUT: &str = "validate-input.json";
 pub const VALIDATE_OUTPUT: &str = "validate-output.json";
 
+/// The directory entry's type comes with the listing; only a symlink needs a `stat`
+/// (a linked step is still a step, a linked directory is not).
+fn is_dir(entry: &std::fs::DirEntry) -> bool {
+    match entry.file_type() {
+        Ok(t) if t.is_symlink() => entry.path().is_dir(),
+        Ok(t) => t.is_dir(),
+        Err(_) => entry.path().is_dir(),
+    }
+}
+
 /// What running one action means: its steps in order, and its schemas.
 #[derive(Debug, Default, PartialEq)]
 pub struct ActionPlan {
@@ -24,11 +34,12 @@ pub fn plan(roots: &[PathBuf], action: &str) -> ActionPlan {
         return ActionPlan::default();
     }
     for root in roots {
-        let Ok(entries) = std::fs::read_dir(root.join(action)) else { continue };
+        let Ok(entries) = std::fs::read_dir(root.join(action)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            // Follow symlinks: a linked step is still a step, a linked directory is not.
-            if path.is_dir() {
+            if is_dir(&entry) {
                 continue;
             }
             if let Some(name) = entry.file_name().to_str() {
@@ -38,16 +49,22 @@ pub fn plan(roots: &[PathBuf], action: &str) -> ActionPlan {
     }
     let input_schema = files.remove(VALIDATE_INPUT);
     let output_schema = files.remove(VALIDATE_OUTPUT);
-    ActionPlan { steps: files.into_iter().collect(), input_schema, output_schema }
+    ActionPlan {
+        steps: files.into_iter().collect(),
+        input_schema,
+        output_schema,
+    }
 }
 
 /// Union of the action directory names found in all roots.
 pub fn list(roots: &[PathBuf]) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for root in roots {
-        let Ok(entries) = std::fs::read_dir(root) else { continue };
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
         for entry in entries.flatten() {
-            if entry.path().is_dir() {
+            if is_dir(&entry) {
                 if let Some(name) = entry.file_name().to_str() {
                     names.insert(name.to_owned());
                 }
@@ -59,10 +76,12 @@ pub fn list(roots: &[PathBuf]) -> BTreeSet<String> {
 
 /// Executable regular files of a directory, sorted: an event handler's steps.
 pub fn handler_steps(dir: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut steps: Vec<_> = entries
         .flatten()
-        .filter(|e| !e.path().is_dir())
+        .filter(|e| !is_dir(e))
         .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), e.path())))
         .collect();
     steps.sort();
@@ -77,7 +96,13 @@ mod tests {
     fn later_roots_override_and_schemas_are_separated() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        for (root, name) in [(&a, "10one"), (&a, "20two"), (&b, "20two"), (&b, "05zero"), (&a, VALIDATE_INPUT)] {
+        for (root, name) in [
+            (&a, "10one"),
+            (&a, "20two"),
+            (&b, "20two"),
+            (&b, "05zero"),
+            (&a, VALIDATE_INPUT),
+        ] {
             std::fs::create_dir_all(root.path().join("act")).unwrap();
             std::fs::write(root.path().join("act").join(name), "").unwrap();
         }
@@ -88,10 +113,16 @@ mod tests {
         let names: Vec<_> = p.steps.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["05zero", "10one", "20two"]);
         assert!(p.steps[2].1.starts_with(b.path()));
-        assert_eq!(p.input_schema, Some(a.path().join("act").join(VALIDATE_INPUT)));
+        assert_eq!(
+            p.input_schema,
+            Some(a.path().join("act").join(VALIDATE_INPUT))
+        );
         assert_eq!(p.output_schema, None);
         assert_eq!(plan(&roots, "missing"), ActionPlan::default());
         assert_eq!(plan(&roots, ".."), ActionPlan::default());
-        assert_eq!(list(&roots).into_iter().collect::<Vec<_>>(), ["act", "other"]);
+        assert_eq!(
+            list(&roots).into_iter().collect::<Vec<_>>(),
+            ["act", "other"]
+        );
     }
 }

@@ -13,13 +13,20 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::AgentConfig;
 use crate::events;
 use crate::native::NativeActions;
+use crate::redis_ops;
 use crate::runner::{Outcome, Shared, finish, run_task};
+use crate::step::Reaper;
 use crate::validate::SchemaCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("cannot listen to SIGCHLD: {0}")]
+    Signals(std::io::Error),
     #[error("cannot create the state directory {path}: {source}")]
-    StateDir { path: String, source: std::io::Error },
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Run an agent until `shutdown` resolves, then stop taking tasks, let the running ones
@@ -43,7 +50,10 @@ pub async fn run(
     let redis = bus::connect_retrying(&cfg.redis, &name).await;
     let pop = bus::connect_retrying(&cfg.redis, &name).await;
     let definitions = cfg.install_dir.join("validator-definitions.json");
+    let reaper = Reaper::start().map_err(AgentError::Signals)?;
     let sh = Arc::new(Shared {
+        reaper,
+        base_env: std::env::vars_os().collect(),
         schemas: SchemaCache::new(Some(definitions)),
         cfg,
         redis,
@@ -81,29 +91,46 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
-        let popped: Result<Option<String>, _> = pop
-            .blmove(queue.as_str(), inflight.as_str(), LMoveDirection::Right, LMoveDirection::Left, timeout)
-            .await;
-        match popped {
-            Ok(Some(raw)) => {
-                last_error.clear();
-                sh.hold(&raw);
-                let sh = sh.clone();
-                tokio::spawn(async move {
-                    run_task(sh, raw).await;
-                    drop(permit);
-                });
+        // Under load, take as many queued tasks as there are free slots in one command;
+        // block only when the queue is empty.
+        let mut permits = vec![permit];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = match redis_ops::take(&sh.redis, &sh.cfg.agent_id, permits.len()).await {
+            Ok(items) if !items.is_empty() => Ok(items),
+            Ok(_) => {
+                permits.truncate(1);
+                pop.blmove::<Option<String>, _, _>(
+                    queue.as_str(),
+                    inflight.as_str(),
+                    LMoveDirection::Right,
+                    LMoveDirection::Left,
+                    timeout,
+                )
+                .await
+                .map(|item| item.into_iter().collect())
             }
-            Ok(None) => {
+            Err(e) => Err(e),
+        };
+        match batch {
+            Ok(items) => {
                 last_error.clear();
-                drop(permit);
-                if reconcile {
+                if items.is_empty() && reconcile {
                     reconcile = !adopt_orphans(&sh, &slots).await;
+                }
+                for (raw, permit) in items.into_iter().zip(permits) {
+                    sh.hold(&raw);
+                    let sh = sh.clone();
+                    tokio::spawn(async move {
+                        run_task(sh, raw).await;
+                        drop(permit);
+                    });
                 }
             }
             Err(_) if *stop.borrow() => break,
             Err(e) => {
-                drop(permit);
+                drop(permits);
                 // A reply lost with the connection may have moved a task nobody runs.
                 reconcile = true;
                 let msg = e.to_string();
@@ -133,7 +160,11 @@ pub async fn run(
 }
 
 async fn inflight_items(sh: &Shared) -> Option<Vec<String>> {
-    match sh.redis.lrange(keys::inflight(&sh.cfg.agent_id), 0, -1).await {
+    match sh
+        .redis
+        .lrange(keys::inflight(&sh.cfg.agent_id), 0, -1)
+        .await
+    {
         Ok(items) => Some(items),
         Err(e) => {
             tracing::warn!("cannot read {}: {e}", keys::inflight(&sh.cfg.agent_id));
@@ -151,6 +182,13 @@ async fn close_interrupted(sh: &Shared) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    let task_ids: Vec<String> = items
+        .iter()
+        .filter_map(|raw| protocol::task::Task::decode(raw).ok().map(|(t, _)| t.id))
+        .collect();
+    if !task_ids.is_empty() {
+        stop_leftovers(&sh.cfg.agent_id, &task_ids).await;
+    }
     for raw in items {
         match protocol::task::Task::decode(&raw) {
             Ok((task, _)) => {
@@ -160,11 +198,24 @@ async fn close_interrupted(sh: &Shared) {
                     task.id,
                     task.action
                 );
-                finish(sh, &task.id, &task.action, &raw, Outcome::interrupted(&sh.cfg.agent_id)).await;
+                finish(
+                    sh,
+                    &task.id,
+                    &task.action,
+                    &raw,
+                    Outcome::interrupted(&sh.cfg.agent_id),
+                )
+                .await;
             }
             Err(e) => {
-                tracing::error!("{}: interrupted task ignored: {e}", keys::tasks(&sh.cfg.agent_id));
-                let _ = sh.redis.lrem::<i64, _, _>(keys::inflight(&sh.cfg.agent_id), 1, raw.as_str()).await;
+                tracing::error!(
+                    "{}: interrupted task ignored: {e}",
+                    keys::tasks(&sh.cfg.agent_id)
+                );
+                let _ = sh
+                    .redis
+                    .lrem::<i64, _, _>(keys::inflight(&sh.cfg.agent_id), 1, raw.as_str())
+                    .await;
             }
         }
     }
@@ -174,14 +225,23 @@ async fn close_interrupted(sh: &Shared) {
 /// (the pop's reply was lost). They never started, so running them is safe.
 /// Returns `false` if the list could not be read (try again later).
 async fn adopt_orphans(sh: &Arc<Shared>, slots: &Arc<Semaphore>) -> bool {
-    let Some(items) = inflight_items(sh).await else { return false };
+    let Some(items) = inflight_items(sh).await else {
+        return false;
+    };
     for raw in items {
         if sh.holds(&raw) {
             continue;
         }
-        tracing::warn!("running a task whose pop reply was lost: {}", keys::inflight(&sh.cfg.agent_id));
+        tracing::warn!(
+            "running a task whose pop reply was lost: {}",
+            keys::inflight(&sh.cfg.agent_id)
+        );
         sh.hold(&raw);
-        let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
         let sh = sh.clone();
         tokio::spawn(async move {
             run_task(sh, raw).await;
@@ -189,4 +249,63 @@ async fn adopt_orphans(sh: &Arc<Shared>, slots: &Arc<Semaphore>) -> bool {
         });
     }
     true
+}
+
+/// Stop what a crashed run of this agent left running for the interrupted tasks, before
+/// their results say they ended. Steps and whatever they started carry `AGENT_ID` and
+/// `AGENT_TASK_ID` in their environment, so they are found in /proc without any
+/// bookkeeping on the task path. (Under systemd the unit's cgroup is cleaned anyway.)
+async fn stop_leftovers(agent: &protocol::AgentId, task_ids: &[String]) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let agent_var = format!("AGENT_ID={agent}");
+    let task_vars: Vec<String> = task_ids
+        .iter()
+        .map(|id| format!("AGENT_TASK_ID={id}"))
+        .collect();
+    let me = std::process::id();
+    let find = || -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != me)
+            .filter(|pid| {
+                let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                    return false;
+                };
+                let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+                vars.contains(&agent_var.as_bytes())
+                    && task_vars.iter().any(|t| vars.contains(&t.as_bytes()))
+            })
+            .map(|pid| pid as i32)
+            .collect()
+    };
+    let pids = find();
+    if pids.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "stopping {} process(es) left running by interrupted tasks: {pids:?}",
+        pids.len()
+    );
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = find();
+        if left.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            for pid in left {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -19,17 +19,18 @@ mod events;
 mod main_helper;
 mod native;
 mod progress;
+mod redis_ops;
 mod runner;
 mod step;
 mod validate;
 
 pub use agent::{AgentError, run};
 pub use config::{
-    AgentArgs, AgentConfig, ConfigError, DEFAULT_MAX_CONCURRENCY, DEFAULT_POLLING_INTERVAL, parse_duration,
+    AgentArgs, AgentConfig, ConfigError, DEFAULT_MAX_CONCURRENCY, DEFAULT_POLLING_INTERVAL,
+    parse_duration,
 };
 pub use main_helper::{AgentBinary, EXIT_CONFIG, EXIT_FAILURE, init_logging};
 pub use native::{ActionContext, ActionError, NativeActions};
-
 
 /// Resolves on SIGTERM, SIGUSR1 (NS8's graceful stop) or SIGINT.
 pub async fn shutdown_signal() {

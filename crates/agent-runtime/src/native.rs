@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bus::fred::prelude::*;
 use protocol::AgentId;
-use protocol::task::{Progress, TaskStatus, ValidationError};
-use protocol::{exit, keys};
+use protocol::exit;
+use protocol::task::{TaskStatus, ValidationError};
 use serde_json::Value;
 
 /// Why a native action failed. The exit code follows the protocol's ranges.
@@ -24,7 +24,10 @@ pub enum ActionError {
 
 impl ActionError {
     pub fn failed(message: impl Into<String>) -> Self {
-        ActionError::Failed { exit_code: exit::GENERIC, message: message.into() }
+        ActionError::Failed {
+            exit_code: exit::GENERIC,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(parameter: &str, value: Value, error: &str) -> Self {
@@ -56,12 +59,14 @@ pub struct ActionContext {
 
 impl ActionContext {
     /// Publish the action's progress (0-100), like a step's `set-progress`.
-    pub async fn set_progress(&self, percent: u8) {
-        let msg = Progress { status: TaskStatus::Running, progress: percent.min(100) }.to_json();
-        let channel = keys::progress_channel(&self.agent, &self.task_id);
-        if let Err(e) = self.redis.publish::<i64, _, _>(channel, msg).await {
-            tracing::warn!("task/{}/{}: cannot publish progress: {e}", self.agent, self.task_id);
-        }
+    pub fn set_progress(&self, percent: u8) {
+        crate::redis_ops::progress(
+            &self.redis,
+            &self.agent,
+            &self.task_id,
+            TaskStatus::Running,
+            percent.min(100),
+        );
     }
 }
 

@@ -5,8 +5,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::ffi::OsString;
+
 use bus::fred::prelude::*;
-use bus::fred::types::Expiration;
 use protocol::comfd::Command as ComCommand;
 use protocol::task::{Progress, Task, TaskStatus, ValidationError, mask_secrets};
 use protocol::{AgentId, envfile, exit, keys};
@@ -16,7 +17,8 @@ use crate::actions;
 use crate::config::AgentConfig;
 use crate::native::{ActionContext, ActionError, NativeActions};
 use crate::progress::ProgressTracker;
-use crate::step::{CancelHandle, StepEvent, StepProcess, StepSpec};
+use crate::redis_ops;
+use crate::step::{CancelHandle, Reaper, StepEvent, StepProcess, StepSpec, merge_env};
 use crate::validate::{SchemaCache, check};
 
 pub(crate) const LIST_ACTIONS: &str = "list-actions";
@@ -33,11 +35,19 @@ pub(crate) struct Shared {
     /// Raw queue items this process holds (popped, result not yet stored), counted:
     /// the same JSON may be queued twice.
     pub held: Mutex<HashMap<String, usize>>,
+    pub reaper: Reaper,
+    /// The agent's own environment, the base of every step's.
+    pub base_env: Vec<(OsString, OsString)>,
 }
 
 impl Shared {
     pub fn hold(&self, raw: &str) {
-        *self.held.lock().expect("held poisoned").entry(raw.to_owned()).or_default() += 1;
+        *self
+            .held
+            .lock()
+            .expect("held poisoned")
+            .entry(raw.to_owned())
+            .or_default() += 1;
     }
 
     fn release(&self, raw: &str) {
@@ -58,17 +68,32 @@ impl Shared {
         &self.cfg.agent_id
     }
 
-    /// The agent's environment for a child: its own settings, then `state/environment`
-    /// as it is now (steps may have changed it), then `extra`.
+    /// A child's complete environment: the agent's own, its settings, then
+    /// `state/environment` as it is now (steps may have changed it), then `extra`.
     pub fn child_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = vec![
             ("AGENT_ID".to_owned(), self.cfg.agent_id.to_string()),
-            ("AGENT_INSTALL_DIR".to_owned(), self.cfg.install_dir.display().to_string()),
-            ("AGENT_STATE_DIR".to_owned(), self.cfg.state_dir.display().to_string()),
+            (
+                "AGENT_INSTALL_DIR".to_owned(),
+                self.cfg.install_dir.display().to_string(),
+            ),
+            (
+                "AGENT_STATE_DIR".to_owned(),
+                self.cfg.state_dir.display().to_string(),
+            ),
         ];
         env.extend(read_environment(&self.cfg));
-        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        env
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        merge_env(
+            self.base_env
+                .iter()
+                .map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+            env,
+        )
     }
 }
 
@@ -135,11 +160,8 @@ impl Outcome {
     }
 }
 
-async fn publish(sh: &Shared, task_id: &str, status: TaskStatus, progress: u8) {
-    let msg = Progress { status, progress }.to_json();
-    if let Err(e) = sh.redis.publish::<i64, _, _>(keys::progress_channel(sh.agent(), task_id), msg).await {
-        tracing::warn!("task/{}/{task_id}: cannot publish progress: {e}", sh.agent());
-    }
+fn publish(sh: &Shared, task_id: &str, status: TaskStatus, progress: u8) {
+    redis_ops::progress(&sh.redis, sh.agent(), task_id, status, progress);
 }
 
 fn log_child_output(line: &[u8]) {
@@ -164,40 +186,42 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
         }
     };
     let cancel = Arc::new(CancelHandle::default());
-    sh.running.lock().expect("running poisoned").insert(task.id.clone(), cancel.clone());
+    sh.running
+        .lock()
+        .expect("running poisoned")
+        .insert(task.id.clone(), cancel.clone());
 
     let context = serde_json::to_string(&mask_secrets(&value)).unwrap_or_default();
-    let accept = sh.redis.pipeline();
-    let _: Result<(), _> = accept
-        .set(
-            keys::task_context(&agent, &task.id),
-            context,
-            Some(Expiration::EX(keys::RUNNING_CONTEXT_TTL_SECS)),
-            None,
-            false,
-        )
-        .await;
-    let pending = Progress { status: TaskStatus::Pending, progress: 0 }.to_json();
-    let _: Result<(), _> = accept.publish(keys::progress_channel(&agent, &task.id), pending).await;
     let native = sh.natives.get(&task.action).cloned();
-    if native.is_some() || task.action == LIST_ACTIONS || task.action == CANCEL_TASK {
-        // No step to wait for: announce `running` in the same round trip.
-        let running = Progress { status: TaskStatus::Running, progress: 0 }.to_json();
-        let _: Result<(), _> = accept.publish(keys::progress_channel(&agent, &task.id), running).await;
-    }
-    if let Err(e) = accept.all::<bus::fred::types::Value>().await {
-        tracing::warn!("task/{agent}/{}: cannot store the context: {e}", task.id);
-    }
+    let immediate = native.is_some() || task.action == LIST_ACTIONS || task.action == CANCEL_TASK;
+    // Steps are found before the task is announced: an action that has steps and no
+    // input schema is `running` from the start, in the same command as `pending`.
+    let plan = (!immediate).then(|| actions::plan(&sh.cfg.action_dirs, &task.action));
+    let running_now = immediate
+        || plan
+            .as_ref()
+            .is_some_and(|p| !p.steps.is_empty() && p.input_schema.is_none());
+    let statuses: &[TaskStatus] = if running_now {
+        &[TaskStatus::Pending, TaskStatus::Running]
+    } else {
+        &[TaskStatus::Pending]
+    };
+    redis_ops::accept(&sh.redis, &agent, &task.id, context, statuses);
 
-    let outcome = match (task.action.as_str(), native) {
-        (LIST_ACTIONS, _) => list_actions(&sh),
-        (CANCEL_TASK, _) => cancel_task(&sh, &task.data),
-        (_, Some(native)) => run_native(&sh, &task, native, &cancel).await,
-        _ => run_script(&sh, &task, &cancel).await,
+    let outcome = match (task.action.as_str(), native, plan) {
+        (LIST_ACTIONS, _, _) => list_actions(&sh),
+        (CANCEL_TASK, _, _) => cancel_task(&sh, &task.data),
+        (_, Some(native), _) => run_native(&sh, &task, native, &cancel).await,
+        (_, None, plan) => {
+            run_script(&sh, &task, plan.unwrap_or_default(), running_now, &cancel).await
+        }
     };
     {
         let mut running = sh.running.lock().expect("running poisoned");
-        if running.get(&task.id).is_some_and(|c| Arc::ptr_eq(c, &cancel)) {
+        if running
+            .get(&task.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &cancel))
+        {
             running.remove(&task.id);
         }
     }
@@ -206,8 +230,15 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
 }
 
 async fn remove_inflight(sh: &Shared, raw: &str) {
-    if let Err(e) = sh.redis.lrem::<i64, _, _>(keys::inflight(sh.agent()), 1, raw).await {
-        tracing::warn!("cannot remove a task from {}: {e}", keys::inflight(sh.agent()));
+    if let Err(e) = sh
+        .redis
+        .lrem::<i64, _, _>(keys::inflight(sh.agent()), 1, raw)
+        .await
+    {
+        tracing::warn!(
+            "cannot remove a task from {}: {e}",
+            keys::inflight(sh.agent())
+        );
     }
     sh.release(raw);
 }
@@ -218,41 +249,35 @@ async fn remove_inflight(sh: &Shared, raw: &str) {
 /// Retried until Redis takes it: a result is never dropped.
 pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, o: Outcome) {
     let agent = sh.agent();
-    let ttl = Some(Expiration::EX(keys::RESULT_TTL_SECS));
     let mut delay = Duration::from_millis(100);
     let mut last_error = String::new();
     loop {
-        let tx = sh.redis.multi();
-        let queued: Result<(), bus::fred::error::Error> = async {
-            if o.copy_env {
-                let vars = read_environment(&sh.cfg);
-                tx.del::<(), _>(keys::environment(agent)).await?;
-                // NS8 sends an empty HSET here, Redis rejects it and the whole result
-                // is lost: skip it instead.
-                if !vars.is_empty() {
-                    tx.hset::<(), _, _>(keys::environment(agent), vars).await?;
-                }
-            }
-            tx.set::<(), _, _>(keys::task_output(agent, task_id), o.output.as_str(), ttl.clone(), None, false).await?;
-            tx.set::<(), _, _>(keys::task_error(agent, task_id), o.error.as_str(), ttl.clone(), None, false).await?;
-            tx.set::<(), _, _>(keys::task_exit_code(agent, task_id), o.exit_code, ttl.clone(), None, false).await?;
-            tx.expire::<(), _>(keys::task_context(agent, task_id), keys::RESULT_TTL_SECS, None).await?;
-            tx.lrem::<(), _, _>(keys::inflight(agent), 1, raw).await?;
-            let fin = Progress { status: o.status, progress: o.progress }.to_json();
-            tx.publish::<(), _, _>(keys::progress_channel(agent, task_id), fin).await?;
-            Ok(())
-        }
+        let result = redis_ops::finish(
+            &sh.redis,
+            agent,
+            &redis_ops::Finish {
+                task_id,
+                raw,
+                output: &o.output,
+                error: &o.error,
+                exit_code: o.exit_code,
+                final_progress: Progress {
+                    status: o.status,
+                    progress: o.progress,
+                },
+                // Read at the very end: the copy is what the task left behind.
+                environment: o.copy_env.then(|| read_environment(&sh.cfg)),
+            },
+        )
         .await;
-        let result = match queued {
-            Ok(()) => tx.exec::<bus::fred::types::Value>(true).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
         match result {
             Ok(()) => break,
             Err(e) => {
                 let msg = e.to_string();
                 if msg != last_error {
-                    tracing::error!("task/{agent}/{task_id}: cannot store the result, retrying: {msg}");
+                    tracing::error!(
+                        "task/{agent}/{task_id}: cannot store the result, retrying: {msg}"
+                    );
                     last_error = msg;
                 }
                 tokio::time::sleep(delay).await;
@@ -260,7 +285,11 @@ pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, 
             }
         }
     }
-    let at = if o.step.is_empty() { String::new() } else { format!(" at step {}", o.step) };
+    let at = if o.step.is_empty() {
+        String::new()
+    } else {
+        format!(" at step {}", o.step)
+    };
     let line = format!(
         "task/{agent}/{task_id}: action \"{action}\" status is \"{}\" ({}){at}",
         o.status.as_str(),
@@ -285,7 +314,10 @@ fn list_actions(sh: &Shared) -> Outcome {
 }
 
 fn cancel_task(sh: &Shared, data: &Value) -> Outcome {
-    let task = data.get("task").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let task = data
+        .get("task")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
     let timeout = match data.get("timeout") {
         None | Some(Value::Null) => Some(0),
         Some(v) => v.as_u64(),
@@ -296,10 +328,16 @@ fn cancel_task(sh: &Shared, data: &Value) -> Outcome {
         o.copy_env = false;
         return o;
     };
-    let handle = sh.running.lock().expect("running poisoned").get(task).cloned();
+    let handle = sh
+        .running
+        .lock()
+        .expect("running poisoned")
+        .get(task)
+        .cloned();
     let Some(handle) = handle else {
         let mut o = Outcome::new(TaskStatus::ValidationFailed, exit::TASK_NOT_FOUND, 0);
-        o.error = "Action cancel-task validation-failed at step task-lookup: task ID not found".into();
+        o.error =
+            "Action cancel-task validation-failed at step task-lookup: task ID not found".into();
         o.copy_env = false;
         return o;
     };
@@ -347,13 +385,20 @@ async fn run_native(
                 if !errors.is_empty() {
                     return Outcome::aborted(
                         exit::GENERIC,
-                        format!("Output validation failed: {}\n", serde_json::to_string(&errors).unwrap_or_default()),
+                        format!(
+                            "Output validation failed: {}\n",
+                            serde_json::to_string(&errors).unwrap_or_default()
+                        ),
                         "validate-output",
                     );
                 }
             }
             let mut o = Outcome::new(TaskStatus::Completed, exit::SUCCESS, 100);
-            o.output = if value.is_null() { String::new() } else { value.to_string() };
+            o.output = if value.is_null() {
+                String::new()
+            } else {
+                value.to_string()
+            };
             o
         }
         Err(ActionError::Validation(errors)) => Outcome::validation_failed(&errors, &task.action),
@@ -367,10 +412,15 @@ async fn run_native(
     }
 }
 
-async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Outcome {
+async fn run_script(
+    sh: &Shared,
+    task: &Task,
+    plan: actions::ActionPlan,
+    announced: bool,
+    cancel: &Arc<CancelHandle>,
+) -> Outcome {
     let agent = sh.agent();
     let tag = format!("task/{agent}/{}", task.id);
-    let plan = actions::plan(&sh.cfg.action_dirs, &task.action);
     if plan.steps.is_empty() {
         return Outcome::aborted(
             exit::UNDEFINED_ACTION,
@@ -387,29 +437,43 @@ async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Out
                 }
             }
             Err(e) => {
-                return Outcome::aborted(exit::GENERIC, format!("Cannot load the input schema {e}\n"), actions::VALIDATE_INPUT);
+                return Outcome::aborted(
+                    exit::GENERIC,
+                    format!("Cannot load the input schema {e}\n"),
+                    actions::VALIDATE_INPUT,
+                );
             }
         }
     }
-    publish(sh, &task.id, TaskStatus::Running, 0).await;
+    if !announced {
+        publish(sh, &task.id, TaskStatus::Running, 0);
+    }
 
     let stdin = serde_json::to_vec(&task.data).unwrap_or_else(|_| b"null".to_vec());
     let mut progress = ProgressTracker::new(plan.steps.iter().map(|(n, _)| n.clone()));
     let mut output: Vec<u8> = Vec::new();
     let mut error: Vec<u8> = Vec::new();
     let mut validation_failed = false;
-    let finish_with = |status: TaskStatus, code: i32, pct: u8, output: &[u8], error: &[u8], step: &str| {
-        let mut o = Outcome::new(status, code, pct);
-        o.output = String::from_utf8_lossy(output).into_owned();
-        o.error = String::from_utf8_lossy(error).into_owned();
-        o.step = step.to_owned();
-        o
-    };
+    let finish_with =
+        |status: TaskStatus, code: i32, pct: u8, output: &[u8], error: &[u8], step: &str| {
+            let mut o = Outcome::new(status, code, pct);
+            o.output = String::from_utf8_lossy(output).into_owned();
+            o.error = String::from_utf8_lossy(error).into_owned();
+            o.step = step.to_owned();
+            o
+        };
 
     for (index, (name, path)) in plan.steps.iter().enumerate() {
         if cancel.is_cancelled() {
             error.extend_from_slice(format!("Task cancelled before step {name}\n").as_bytes());
-            return finish_with(TaskStatus::Aborted, exit::SIGNALED, progress.percent(), &output, &error, name);
+            return finish_with(
+                TaskStatus::Aborted,
+                exit::SIGNALED,
+                progress.percent(),
+                &output,
+                &error,
+                name,
+            );
         }
         progress.start_step(index);
         let env = sh.child_env(&[
@@ -419,8 +483,14 @@ async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Out
             ("AGENT_TASK_USER", &task.user),
         ]);
         tracing::debug!("{tag}: {}/{name} is starting", task.action);
-        let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: stdin.clone(), comfd: true };
-        let mut process = match StepProcess::spawn(spec, cancel.clone()) {
+        let spec = StepSpec {
+            path,
+            cwd: &sh.cfg.state_dir,
+            env,
+            stdin: stdin.clone(),
+            comfd: true,
+        };
+        let mut process = match StepProcess::spawn(spec, cancel.clone(), &sh.reaper) {
             Ok(p) => p,
             Err(e) => {
                 // NS8 keeps non-executable placeholder steps on purpose: skip, count as done.
@@ -439,7 +509,7 @@ async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Out
                     }
                     StepEvent::Command(ComCommand::SetProgress(p)) => {
                         progress.set_step_progress(p);
-                        publish(sh, &task.id, TaskStatus::Running, progress.percent()).await;
+                        publish(sh, &task.id, TaskStatus::Running, progress.percent());
                     }
                     StepEvent::Command(ComCommand::SetWeight { step, weight }) => progress.set_weight(step, weight),
                     StepEvent::Command(ComCommand::SetValidationFailed) => validation_failed = true,
@@ -453,31 +523,50 @@ async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Out
                 },
                 _ = heartbeat => {
                     // A long step: keep the context alive and tell clients we are here.
-                    let _ = sh.redis.expire::<(), _>(keys::task_context(agent, &task.id), keys::RUNNING_CONTEXT_TTL_SECS, None).await;
-                    publish(sh, &task.id, TaskStatus::Running, progress.percent()).await;
+                    redis_ops::refresh_context(&sh.redis, agent, &task.id);
+                    publish(sh, &task.id, TaskStatus::Running, progress.percent());
                 }
             }
         };
         if code != exit::SUCCESS {
-            let status = if validation_failed { TaskStatus::ValidationFailed } else { TaskStatus::Aborted };
+            let status = if validation_failed {
+                TaskStatus::ValidationFailed
+            } else {
+                TaskStatus::Aborted
+            };
             return finish_with(status, code, progress.percent(), &output, &error, name);
         }
         if validation_failed {
-            return finish_with(TaskStatus::ValidationFailed, exit::VALIDATION_FAILED, 0, &output, &error, name);
+            return finish_with(
+                TaskStatus::ValidationFailed,
+                exit::VALIDATION_FAILED,
+                0,
+                &output,
+                &error,
+                name,
+            );
         }
         progress.set_step_progress(100);
-        publish(sh, &task.id, TaskStatus::Running, progress.percent()).await;
+        // After the last step the terminal status follows at once.
+        if index + 1 < plan.steps.len() {
+            publish(sh, &task.id, TaskStatus::Running, progress.percent());
+        }
     }
 
     if let Some(path) = &plan.output_schema {
         let problem = match sh.schemas.get(path) {
             Err(e) => Some(format!("Cannot load the output schema {e}")),
             Ok(v) => match serde_json::from_slice::<Value>(&output) {
-                Err(e) => Some(format!("Output validation failed: the output is not JSON: {e}")),
+                Err(e) => Some(format!(
+                    "Output validation failed: the output is not JSON: {e}"
+                )),
                 Ok(value) => {
                     let errors = check(&v, &value);
                     (!errors.is_empty()).then(|| {
-                        format!("Output validation failed: {}", serde_json::to_string(&errors).unwrap_or_default())
+                        format!(
+                            "Output validation failed: {}",
+                            serde_json::to_string(&errors).unwrap_or_default()
+                        )
                     })
                 }
             },
@@ -485,9 +574,23 @@ async fn run_script(sh: &Shared, task: &Task, cancel: &Arc<CancelHandle>) -> Out
         if let Some(problem) = problem {
             error.extend_from_slice(problem.as_bytes());
             error.push(b'\n');
-            return finish_with(TaskStatus::Aborted, exit::GENERIC, progress.percent(), &output, &error, actions::VALIDATE_OUTPUT);
+            return finish_with(
+                TaskStatus::Aborted,
+                exit::GENERIC,
+                progress.percent(),
+                &output,
+                &error,
+                actions::VALIDATE_OUTPUT,
+            );
         }
     }
     let last = plan.steps.last().map(|(n, _)| n.as_str()).unwrap_or("");
-    finish_with(TaskStatus::Completed, exit::SUCCESS, 100, &output, &error, last)
+    finish_with(
+        TaskStatus::Completed,
+        exit::SUCCESS,
+        100,
+        &output,
+        &error,
+        last,
+    )
 }

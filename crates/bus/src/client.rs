@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use fred::prelude::*;
 use fred::clients::SubscriberClient;
+use fred::prelude::*;
 use fred::types::client::ClientKillType;
 use protocol::task::{Progress, Task, TaskResult};
 use protocol::{AgentId, keys};
@@ -18,9 +18,14 @@ const RESULT_POLL: Duration = Duration::from_secs(1);
 
 /// NS8's liveness rule: an agent is alive when a connection named after it has been
 /// active within `max_idle_secs` (the agent's blocking pop keeps it below 5 s).
-pub async fn agent_is_alive(client: &Client, agent: &AgentId, max_idle_secs: u64) -> Result<bool, BusError> {
-    let list: String = client.client_list::<String, String>(Some(ClientKillType::Normal), None)
-.await?;
+pub async fn agent_is_alive(
+    client: &Client,
+    agent: &AgentId,
+    max_idle_secs: u64,
+) -> Result<bool, BusError> {
+    let list: String = client
+        .client_list::<String, String>(Some(ClientKillType::Normal), None)
+        .await?;
     let name = agent.to_string();
     Ok(list.lines().any(|line| {
         let mut named = false;
@@ -44,7 +49,8 @@ pub struct TaskClient {
 impl TaskClient {
     pub async fn connect(cfg: &RedisConfig, name: &str) -> Result<Self, BusError> {
         let client = connect(cfg, name).await?;
-        let subscriber = connect_subscriber(cfg, name).await?;
+        // A task's progress is a handful of messages; the margin covers bursts of others.
+        let subscriber = connect_subscriber(cfg, name, 1024).await?;
         Ok(TaskClient { client, subscriber })
     }
 
@@ -74,7 +80,11 @@ impl TaskClient {
     }
 
     /// The stored result, or `None` while the task has not finished.
-    pub async fn result(&self, agent: &AgentId, task_id: &str) -> Result<Option<TaskResult>, BusError> {
+    pub async fn result(
+        &self,
+        agent: &AgentId,
+        task_id: &str,
+    ) -> Result<Option<TaskResult>, BusError> {
         let (output, error, code): (Option<String>, Option<String>, Option<String>) = self
             .client
             .mget(vec![

@@ -16,8 +16,8 @@ pub use fred;
 
 use std::time::Duration;
 
-use fred::prelude::*;
 use fred::clients::SubscriberClient;
+use fred::prelude::*;
 use fred::types::RespVersion;
 use fred::types::config::ReconnectPolicy;
 use protocol::AgentId;
@@ -27,7 +27,11 @@ pub enum BusError {
     #[error("invalid REDIS_ADDRESS {0:?}: expected host:port, or the path of a Unix socket")]
     Address(String),
     #[error("cannot connect to Redis at {address} as user {user:?}: {source}")]
-    Connect { address: String, user: String, source: fred::error::Error },
+    Connect {
+        address: String,
+        user: String,
+        source: fred::error::Error,
+    },
     #[error("redis error: {0}")]
     Redis(#[from] fred::error::Error),
     #[error(
@@ -58,11 +62,13 @@ fn builder(cfg: &RedisConfig, resp3: bool) -> Builder {
         config.version = RespVersion::RESP3;
     }
     let mut builder = Builder::from_config(config);
-    builder.set_policy(reconnect_policy()).with_connection_config(|c| {
-        c.connection_timeout = Duration::from_secs(5);
-        c.reconnect_on_auth_error = true;
-        c.tcp.nodelay = Some(true);
-    });
+    builder
+        .set_policy(reconnect_policy())
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.reconnect_on_auth_error = true;
+            c.tcp.nodelay = Some(true);
+        });
     builder
 }
 
@@ -74,8 +80,12 @@ fn connect_error(cfg: &RedisConfig, source: fred::error::Error) -> BusError {
     }
 }
 
-async fn keep_named<C: ClientLike + ClientInterface + EventInterface + Clone + Send + Sync + 'static>(
-client: &C, name: &str) -> Result<(), BusError> {
+async fn keep_named<
+    C: ClientLike + ClientInterface + EventInterface + Clone + Send + Sync + 'static,
+>(
+    client: &C,
+    name: &str,
+) -> Result<(), BusError> {
     client.client_setname(name).await?;
     let (c, n) = (client.clone(), name.to_owned());
     client.on_reconnect(move |_| {
@@ -103,8 +113,16 @@ pub async fn connect(cfg: &RedisConfig, name: &str) -> Result<Client, BusError> 
 }
 
 /// Connect a subscriber (RESP3), named, whose subscriptions survive reconnects.
-pub async fn connect_subscriber(cfg: &RedisConfig, name: &str) -> Result<SubscriberClient, BusError> {
-    let client = builder(cfg, true).build_subscriber_client()?;
+/// `capacity` bounds the messages buffered for a slow reader (older ones are dropped
+/// and the reader told it lagged); the buffer is allocated up front.
+pub async fn connect_subscriber(
+    cfg: &RedisConfig,
+    name: &str,
+    capacity: usize,
+) -> Result<SubscriberClient, BusError> {
+    let client = builder(cfg, true)
+        .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
+        .build_subscriber_client()?;
     client.init().await.map_err(|e| connect_error(cfg, e))?;
     keep_named(&client, name).await?;
     client.manage_subscriptions();
@@ -118,8 +136,12 @@ pub async fn connect_retrying(cfg: &RedisConfig, name: &str) -> Client {
     retry(cfg, || connect(cfg, name)).await
 }
 
-pub async fn connect_subscriber_retrying(cfg: &RedisConfig, name: &str) -> SubscriberClient {
-    retry(cfg, || connect_subscriber(cfg, name)).await
+pub async fn connect_subscriber_retrying(
+    cfg: &RedisConfig,
+    name: &str,
+    capacity: usize,
+) -> SubscriberClient {
+    retry(cfg, || connect_subscriber(cfg, name, capacity)).await
 }
 
 async fn retry<T, F, Fut>(cfg: &RedisConfig, mut f: F) -> T

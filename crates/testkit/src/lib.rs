@@ -27,7 +27,11 @@ impl RedisServer {
     }
 
     fn spawn(dir: tempfile::TempDir, persistent: bool) -> Result<Self> {
-        let mut server = RedisServer { dir, child: None, persistent };
+        let mut server = RedisServer {
+            dir,
+            child: None,
+            persistent,
+        };
         server.launch()?;
         Ok(server)
     }
@@ -54,12 +58,14 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(sock.exists() && self.cli(&["PING"]).is_ok_and(|r| r == "PONG")) {
             if Instant::now() > deadline {
-                bail!("redis-server on {} did not answer PING within 10 s", sock.display());
+                bail!(
+                    "redis-server on {} did not answer PING within 10 s",
+                    sock.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
-
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -84,7 +90,10 @@ impl RedisServer {
             .output()
             .context("cannot run redis-cli")?;
         if !out.status.success() {
-            bail!("redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "redis-cli {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
@@ -214,13 +223,28 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Start `bin --agentid <id>` on `tree`, talking to `redis`. Output goes to the
     /// tree's `agent.log` (appended, so restarts keep the history).
-    pub fn spawn(bin: &Path, agent_id: &str, tree: &AgentTree, redis: &RedisServer, env: &[(&str, &str)]) -> Result<Self> {
+    pub fn spawn(
+        bin: &Path,
+        agent_id: &str,
+        tree: &AgentTree,
+        redis: &RedisServer,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         Self::spawn_args(bin, &[format!("--agentid={agent_id}")], tree, redis, env)
     }
 
     /// Like [`spawn`](Self::spawn) with the whole command line given.
-    pub fn spawn_args(bin: &Path, args: &[String], tree: &AgentTree, redis: &RedisServer, env: &[(&str, &str)]) -> Result<Self> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(tree.log())?;
+    pub fn spawn_args(
+        bin: &Path,
+        args: &[String],
+        tree: &AgentTree,
+        redis: &RedisServer,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(tree.log())?;
         let child = Command::new(bin)
             .args(args)
             .env("REDIS_ADDRESS", redis.address())
@@ -233,7 +257,10 @@ impl AgentProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        Ok(AgentProcess { child: Some(child), log: tree.log() })
+        Ok(AgentProcess {
+            child: Some(child),
+            log: tree.log(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -254,7 +281,10 @@ impl AgentProcess {
     }
 
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -{signal} {} failed", self.pid());
         }
@@ -271,7 +301,10 @@ impl AgentProcess {
                 return Ok(status.code());
             }
             if Instant::now() > deadline {
-                bail!("agent did not exit within {timeout:?}; log:\n{}", self.log());
+                bail!(
+                    "agent did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -288,6 +321,12 @@ impl Drop for AgentProcess {
 pub fn process_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(true)
 }

@@ -1,0 +1,279 @@
+//! `cargo xtask up` / `down`: a single-node cluster on this machine.
+//!
+//! Everything lives under one root (default `<workspace>/.cluster`):
+//! `bin/` (copies of the release binaries, so a rebuild never swaps a running one),
+//! `redis/` (config and data, persistent), `cluster/` and `node/` (agent install dirs,
+//! NS8 layout: `actions/`, `events/`, `state/`), `supervisor.d/` (one JSON file per
+//! program), `log/`. Redis listens on loopback only, on its own port so it never
+//! collides with a distribution Redis on 6379.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::{packages, run, workspace};
+
+const BINARIES: &[&str] = &[
+    "supervisor",
+    "cluster-agent",
+    "node-agent",
+    "module-agent",
+    "api-cli",
+];
+pub const DEFAULT_PORT: u16 = 16379;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where the cluster keeps everything.
+    #[arg(long, env = "NS8RS_ROOT")]
+    root: Option<PathBuf>,
+    /// Loopback port of the cluster's Redis.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    redis_port: u16,
+}
+
+#[derive(clap::Args)]
+pub struct DownArgs {
+    #[arg(long, env = "NS8RS_ROOT")]
+    root: Option<PathBuf>,
+    /// Also delete the cluster's data.
+    #[arg(long)]
+    purge: bool,
+}
+
+fn root_or_default(root: Option<PathBuf>) -> PathBuf {
+    root.unwrap_or_else(|| workspace().join(".cluster"))
+}
+
+fn pidfile(root: &Path) -> PathBuf {
+    root.join("supervisor.pid")
+}
+
+/// The supervisor's pid, if it is running.
+fn running_supervisor(root: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pidfile(root))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains("supervisor")
+        .then_some(pid)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn program(
+    root: &Path,
+    file: &str,
+    name: &str,
+    command: Vec<String>,
+    env: serde_json::Value,
+    cwd: &Path,
+) -> Result<()> {
+    let spec = json!({
+        "name": name,
+        "command": command,
+        "env": env,
+        "cwd": cwd,
+        "log": root.join("log").join(format!("{name}.log")),
+        "restart": "always",
+        // Agents drain their running tasks on SIGTERM.
+        "stop_timeout_secs": 90,
+    });
+    write(
+        &root.join("supervisor.d").join(file),
+        &serde_json::to_string_pretty(&spec)?,
+    )
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+pub fn up(args: UpArgs) -> Result<()> {
+    let root = root_or_default(args.root);
+    let port = args.redis_port;
+    if let Some(pid) = running_supervisor(&root) {
+        println!(
+            "The local cluster is already running (supervisor pid {pid}, root {}).",
+            root.display()
+        );
+        return Ok(());
+    }
+    packages::ensure(&[packages::REDIS])?;
+    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+        bail!(
+            "port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port"
+        );
+    }
+    eprintln!("xtask: building the release binaries");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(workspace())
+        .args(["build", "--release", "--quiet"]);
+    for b in BINARIES {
+        build.args(["-p", b]);
+    }
+    run(&mut build)?;
+
+    for dir in [
+        "bin",
+        "redis/data",
+        "supervisor.d",
+        "log",
+        "cluster/actions",
+        "cluster/events",
+        "cluster/state",
+        "node/actions",
+        "node/events",
+        "node/state",
+    ] {
+        std::fs::create_dir_all(root.join(dir))
+            .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
+    }
+    let release = workspace().join("target/release");
+    for b in BINARIES {
+        let tmp = root.join("bin").join(format!(".{b}.new"));
+        std::fs::copy(release.join(b), &tmp).with_context(|| format!("cannot copy {b}"))?;
+        std::fs::rename(&tmp, root.join("bin").join(b))?;
+    }
+    let bin = |b: &str| root.join("bin").join(b).display().to_string();
+
+    write(
+        &root.join("redis/redis.conf"),
+        &format!(
+            "# Written by cargo xtask up.\nbind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\n\
+             dir {}\nappendonly yes\nappendfsync everysec\nsave 5 1\nlogfile \"\"\n",
+            root.join("redis/data").display()
+        ),
+    )?;
+    let redis_address = format!("127.0.0.1:{port}");
+    program(
+        &root,
+        "10-redis.json",
+        "redis",
+        vec![
+            "redis-server".into(),
+            root.join("redis/redis.conf").display().to_string(),
+        ],
+        json!({}),
+        &root.join("redis"),
+    )?;
+    for (file, name, install, extra) in [
+        (
+            "20-cluster-agent.json",
+            "cluster-agent",
+            "cluster",
+            json!({}),
+        ),
+        (
+            "30-node-agent.json",
+            "node-agent",
+            "node",
+            json!({"AGENT_ID": "node/1", "NODE_ID": "1"}),
+        ),
+    ] {
+        let dir = root.join(install);
+        let mut env = json!({
+            "AGENT_INSTALL_DIR": dir,
+            "AGENT_STATE_DIR": dir.join("state"),
+            "REDIS_ADDRESS": redis_address,
+            "PATH": format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", root.join("bin").display()),
+        });
+        env.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        program(&root, file, name, vec![bin(name)], env, &dir.join("state"))?;
+    }
+
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("log/supervisor.log"))?;
+    // setsid: the cluster outlives this command and the terminal it ran in.
+    Command::new("setsid")
+        .arg(bin("supervisor"))
+        .arg("--config-dir")
+        .arg(root.join("supervisor.d"))
+        .arg("--pidfile")
+        .arg(pidfile(&root))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the supervisor")?;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let clients = redis_cli(port, &["CLIENT", "LIST"]).unwrap_or_default();
+        if clients.contains("name=cluster ") && clients.contains("name=node/1 ") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the cluster did not come up within 60 s.\nsupervisor log:\n{}\nredis log:\n{}\ncluster-agent log:\n{}",
+                tail(&root.join("log/supervisor.log")),
+                tail(&root.join("log/redis.log")),
+                tail(&root.join("log/cluster-agent.log"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cli = bin("api-cli");
+    println!(
+        "The local cluster is up: Redis on {redis_address}, agents cluster and node/1.\n\
+         \n  Run a task:\n    REDIS_ADDRESS={redis_address} {cli} run get-info --agent node/1\n    \
+         REDIS_ADDRESS={redis_address} {cli} run set-name --data '{{\"name\": \"My cluster\"}}'\n\
+         \n  State and logs: {}\n  Stop:           cargo xtask down",
+        root.display()
+    );
+    Ok(())
+}
+
+pub fn down(args: DownArgs) -> Result<()> {
+    let root = root_or_default(args.root);
+    match running_supervisor(&root) {
+        None => println!("The local cluster is not running."),
+        Some(pid) => {
+            run(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Path::new(&format!("/proc/{pid}")).exists() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the supervisor (pid {pid}) did not stop within 120 s; see {}",
+                        root.join("log").display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            println!("The local cluster is stopped.");
+        }
+    }
+    if args.purge && root.exists() {
+        std::fs::remove_dir_all(&root)
+            .with_context(|| format!("cannot remove {}", root.display()))?;
+        println!("Removed {}.", root.display());
+    }
+    Ok(())
+}
