@@ -12,21 +12,9 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Exit code for a runtime failure (sysexits `EX_SOFTWARE`).
 pub const EXIT_FAILURE: u8 = 70;
 
-/// Log to stderr, filtered by `RUST_LOG` (default `info`); no timestamps under systemd,
-/// where journald adds its own.
+/// Log to stderr as every binary does (see the `telemetry` crate), `info` by default.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
+    telemetry::init(telemetry::Level::INFO);
 }
 
 /// What an agent binary is.
