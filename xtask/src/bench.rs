@@ -63,11 +63,7 @@ struct Latency {
 
 fn latency_of(mut ms: Vec<f64>) -> Latency {
     ms.sort_by(f64::total_cmp);
-    Latency {
-        p50: percentile(&ms, 0.5),
-        p95: percentile(&ms, 0.95),
-        p99: percentile(&ms, 0.99),
-    }
+    Latency { p50: percentile(&ms, 0.5), p95: percentile(&ms, 0.95), p99: percentile(&ms, 0.99) }
 }
 
 #[derive(Default, Clone)]
@@ -109,19 +105,8 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 /// children's user + system).
 fn cpu(pid: u32) -> (f64, f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0) as f64
-            * 10.0
-    };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 * 10.0;
     // USER_HZ is 100 on Linux; fields counted from the state letter.
     (ticks(11), ticks(12), ticks(13) + ticks(14))
 }
@@ -145,9 +130,7 @@ fn cpu_ms(pid: u32) -> f64 {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn setup_tree(dir: &Path) -> Result<()> {
@@ -169,23 +152,14 @@ fn setup_tree(dir: &Path) -> Result<()> {
 /// The agent's environment, as the baseline started its agent (`env -i` plus these).
 fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
     vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
+        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("HOME".into(), dir.display().to_string()),
         ("AGENT_INSTALL_DIR".into(), dir.display().to_string()),
-        (
-            "AGENT_STATE_DIR".into(),
-            dir.join("state").display().to_string(),
-        ),
+        ("AGENT_STATE_DIR".into(), dir.join("state").display().to_string()),
         ("REDIS_ADDRESS".into(), format!("127.0.0.1:{port}")),
         ("RUST_LOG".into(), "warn".into()),
-        (
-            "AGENT_MAX_CONCURRENCY".into(),
-            std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "32".into()),
-        ),
+        ("AGENT_MAX_CONCURRENCY".into(), std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "32".into())),
     ]
 }
 
@@ -246,9 +220,7 @@ struct Client {
 
 fn terminal_id(channel: &str, payload: &str) -> Option<String> {
     let p: Progress = serde_json::from_str(payload).ok()?;
-    p.status
-        .is_terminal()
-        .then(|| channel.rsplit('/').next().unwrap_or("").to_owned())
+    p.status.is_terminal().then(|| channel.rsplit('/').next().unwrap_or("").to_owned())
 }
 
 impl Client {
@@ -266,20 +238,13 @@ impl Client {
         t.queue = keys::tasks(&self.agent);
         t.user = "admin".into();
         t.timestamp = Some("2026-11-26T16:14:49.695761Z".into());
-        (
-            t.id.clone(),
-            serde_json::to_string(&t).expect("task serializes"),
-        )
+        (t.id.clone(), serde_json::to_string(&t).expect("task serializes"))
     }
 
     fn round_trip(&mut self, action: &str) -> Result<f64> {
         let (id, json) = self.task_json(action);
         let t0 = Instant::now();
-        self.cmd.cmd(&[
-            b"LPUSH",
-            keys::tasks(&self.agent).as_bytes(),
-            json.as_bytes(),
-        ])?;
+        self.cmd.cmd(&[b"LPUSH", keys::tasks(&self.agent).as_bytes(), json.as_bytes()])?;
         loop {
             let (channel, payload) = self.sub.pmessage()?;
             if terminal_id(&channel, &payload).as_deref() == Some(id.as_str()) {
@@ -332,17 +297,11 @@ impl Client {
         let secs = t0.elapsed().as_secs_f64();
         let mut failed = 0;
         for chunk in tasks.chunks(500) {
-            let names: Vec<String> = chunk
-                .iter()
-                .map(|(id, _)| keys::task_exit_code(&self.agent, id))
-                .collect();
+            let names: Vec<String> = chunk.iter().map(|(id, _)| keys::task_exit_code(&self.agent, id)).collect();
             let mut args: Vec<&[u8]> = vec![b"MGET"];
             args.extend(names.iter().map(|k| k.as_bytes()));
             if let Reply::Array(Some(codes)) = self.cmd.cmd(&args)? {
-                failed += codes
-                    .iter()
-                    .filter(|c| c.text().as_deref() != Some("0"))
-                    .count();
+                failed += codes.iter().filter(|c| c.text().as_deref() != Some("0")).count();
             }
         }
         Ok((n as f64 / secs, failed))
@@ -353,11 +312,7 @@ fn uuid_v4() -> String {
     // Unique is enough here; the format only has to be a valid task id.
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "bench-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("bench-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
@@ -366,16 +321,7 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
     let port = free_port()?;
     let redis = Proc(
         Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .context("cannot start redis-server")?,
@@ -409,12 +355,8 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
     std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
     let idle_rss_kb = status_kb(pid, "VmRSS");
 
-    let bare = bare_spawns(
-        &dir.join("actions/noop-bash/10noop"),
-        &step_env(&dir, port),
-        &dir.join("state"),
-        args.tasks,
-    )?;
+    let bare =
+        bare_spawns(&dir.join("actions/noop-bash/10noop"), &step_env(&dir, port), &dir.join("state"), args.tasks)?;
     let bash = client.latency("noop-bash", args.tasks)?;
     let native = client.latency("noop", args.tasks)?;
     let cpu0 = cpu_ms(pid);
@@ -457,8 +399,7 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
-    let dir =
-        std::env::temp_dir().join(format!("ns8rs-bench-{}-{}", std::process::id(), uuid_v4()));
+    let dir = std::env::temp_dir().join(format!("ns8rs-bench-{}-{}", std::process::id(), uuid_v4()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -466,25 +407,18 @@ fn tempfile_dir() -> Result<PathBuf> {
 pub fn bench(args: BenchArgs) -> Result<()> {
     crate::packages::ensure(&[crate::packages::REDIS])?;
     eprintln!("xtask: building the release bench agent");
-    crate::run(
-        Command::new(env!("CARGO"))
-            .current_dir(crate::workspace())
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "xtask",
-                "-p",
-                "module-agent",
-                "--bins",
-            ]),
-    )?;
+    crate::run(Command::new(env!("CARGO")).current_dir(crate::workspace()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "xtask",
+        "-p",
+        "module-agent",
+        "--bins",
+    ]))?;
     let release = crate::workspace().join("target/release");
-    let bin = args
-        .bench_agent
-        .clone()
-        .unwrap_or_else(|| release.join("bench-agent"));
+    let bin = args.bench_agent.clone().unwrap_or_else(|| release.join("bench-agent"));
     let mut runs = Vec::new();
     for i in 0..args.runs {
         eprintln!("xtask: run {}/{}", i + 1, args.runs);
@@ -502,16 +436,7 @@ fn module_agent_idle_rss(bin: &Path) -> Result<u64> {
     let port = free_port()?;
     let _redis = Proc(
         Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()?,
     );
@@ -532,9 +457,7 @@ fn module_agent_idle_rss(bin: &Path) -> Result<u64> {
 
 fn report(runs: &[RunFigures], args: &BenchArgs, module_agent_idle_kb: u64) {
     let med = |f: &dyn Fn(&RunFigures) -> f64| median(runs.iter().map(f).collect());
-    let lat = |f: &dyn Fn(&RunFigures) -> &Latency| {
-        (med(&|r| f(r).p50), med(&|r| f(r).p95), med(&|r| f(r).p99))
-    };
+    let lat = |f: &dyn Fn(&RunFigures) -> &Latency| (med(&|r| f(r).p50), med(&|r| f(r).p95), med(&|r| f(r).p99));
     let bare = lat(&|r| &r.bare);
     let bash = lat(&|r| &r.bash);
     let native = lat(&|r| &r.native);
@@ -557,10 +480,7 @@ fn report(runs: &[RunFigures], args: &BenchArgs, module_agent_idle_kb: u64) {
         "| latency p50 / p95 / p99 | {:.2} / {:.2} / {:.2} ms | {:.3} / {:.3} / {:.3} ms | {:.2} / {:.2} / {:.2} ms |",
         bash.0, bash.1, bash.2, native.0, native.1, native.2, bare.0, bare.1, bare.2
     );
-    println!(
-        "| burst throughput | {:.0} tasks/s | {:.0} tasks/s | |",
-        bash_rate, native_rate
-    );
+    println!("| burst throughput | {:.0} tasks/s | {:.0} tasks/s | |", bash_rate, native_rate);
     println!(
         "| agent CPU per task (burst) | {:.3} ms | {:.3} ms | |",
         med(&|r| r.bash_cpu_ms),
@@ -591,25 +511,13 @@ fn report(runs: &[RunFigures], args: &BenchArgs, module_agent_idle_kb: u64) {
         bash_rate / 800.0,
         ok(bash_rate >= 1200.0)
     );
-    println!(
-        "  native p50 {:.3} ms (target < 0.25; NS8 builtin 0.40)  {}",
-        native.0,
-        ok(native.0 < 0.25)
-    );
+    println!("  native p50 {:.3} ms (target < 0.25; NS8 builtin 0.40)  {}", native.0, ok(native.0 < 0.25));
     println!(
         "  native throughput {:.0}/s (target >= 10,000; NS8 builtin 7,050)  {}",
         native_rate,
         ok(native_rate >= 10_000.0)
     );
-    println!(
-        "  idle RSS {:.1} MB (target < 6; NS8 9.3)  {}",
-        idle / 1024.0,
-        ok(idle < 6.0 * 1024.0)
-    );
-    println!(
-        "  peak RSS {:.1} MB (target < 12; NS8 16.5)  {}",
-        peak / 1024.0,
-        ok(peak < 12.0 * 1024.0)
-    );
+    println!("  idle RSS {:.1} MB (target < 6; NS8 9.3)  {}", idle / 1024.0, ok(idle < 6.0 * 1024.0));
+    println!("  peak RSS {:.1} MB (target < 12; NS8 16.5)  {}", peak / 1024.0, ok(peak < 12.0 * 1024.0));
     println!("  rejected tasks {failed} (target 0)  {}", ok(failed == 0));
 }

@@ -17,13 +17,7 @@ use serde_json::json;
 
 use crate::{packages, run, workspace};
 
-const BINARIES: &[&str] = &[
-    "supervisor",
-    "cluster-agent",
-    "node-agent",
-    "module-agent",
-    "api-cli",
-];
+const BINARIES: &[&str] = &["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli"];
 pub const DEFAULT_PORT: u16 = 16379;
 
 #[derive(clap::Args)]
@@ -55,15 +49,9 @@ fn pidfile(root: &Path) -> PathBuf {
 
 /// The supervisor's pid, if it is running.
 fn running_supervisor(root: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pidfile(root))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let pid: u32 = std::fs::read_to_string(pidfile(root)).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains("supervisor")
-        .then_some(pid)
+    String::from_utf8_lossy(&cmdline).contains("supervisor").then_some(pid)
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -88,21 +76,12 @@ fn program(
         // Agents drain their running tasks on SIGTERM.
         "stop_timeout_secs": 90,
     });
-    write(
-        &root.join("supervisor.d").join(file),
-        &serde_json::to_string_pretty(&spec)?,
-    )
+    write(&root.join("supervisor.d").join(file), &serde_json::to_string_pretty(&spec)?)
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn tail(path: &Path) -> String {
@@ -115,23 +94,16 @@ pub fn up(args: UpArgs) -> Result<()> {
     let root = root_or_default(args.root);
     let port = args.redis_port;
     if let Some(pid) = running_supervisor(&root) {
-        println!(
-            "The local cluster is already running (supervisor pid {pid}, root {}).",
-            root.display()
-        );
+        println!("The local cluster is already running (supervisor pid {pid}, root {}).", root.display());
         return Ok(());
     }
     packages::ensure(&[packages::REDIS])?;
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
-        bail!(
-            "port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port"
-        );
+        bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");
     }
     eprintln!("xtask: building the release binaries");
     let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(workspace())
-        .args(["build", "--release", "--quiet"]);
+    build.current_dir(workspace()).args(["build", "--release", "--quiet"]);
     for b in BINARIES {
         build.args(["-p", b]);
     }
@@ -173,26 +145,13 @@ pub fn up(args: UpArgs) -> Result<()> {
         &root,
         "10-redis.json",
         "redis",
-        vec![
-            "redis-server".into(),
-            root.join("redis/redis.conf").display().to_string(),
-        ],
+        vec!["redis-server".into(), root.join("redis/redis.conf").display().to_string()],
         json!({}),
         &root.join("redis"),
     )?;
     for (file, name, install, extra) in [
-        (
-            "20-cluster-agent.json",
-            "cluster-agent",
-            "cluster",
-            json!({}),
-        ),
-        (
-            "30-node-agent.json",
-            "node-agent",
-            "node",
-            json!({"AGENT_ID": "node/1", "NODE_ID": "1"}),
-        ),
+        ("20-cluster-agent.json", "cluster-agent", "cluster", json!({})),
+        ("30-node-agent.json", "node-agent", "node", json!({"AGENT_ID": "node/1", "NODE_ID": "1"})),
     ] {
         let dir = root.join(install);
         let mut env = json!({
@@ -201,16 +160,11 @@ pub fn up(args: UpArgs) -> Result<()> {
             "REDIS_ADDRESS": redis_address,
             "PATH": format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", root.join("bin").display()),
         });
-        env.as_object_mut()
-            .expect("object")
-            .extend(extra.as_object().expect("object").clone());
+        env.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
         program(&root, file, name, vec![bin(name)], env, &dir.join("state"))?;
     }
 
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("log/supervisor.log"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("log/supervisor.log"))?;
     // setsid: the cluster outlives this command and the terminal it ran in.
     Command::new("setsid")
         .arg(bin("supervisor"))
@@ -260,10 +214,7 @@ pub fn down(args: DownArgs) -> Result<()> {
             let deadline = Instant::now() + Duration::from_secs(120);
             while Path::new(&format!("/proc/{pid}")).exists() {
                 if Instant::now() > deadline {
-                    bail!(
-                        "the supervisor (pid {pid}) did not stop within 120 s; see {}",
-                        root.join("log").display()
-                    );
+                    bail!("the supervisor (pid {pid}) did not stop within 120 s; see {}", root.join("log").display());
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -271,8 +222,7 @@ pub fn down(args: DownArgs) -> Result<()> {
         }
     }
     if args.purge && root.exists() {
-        std::fs::remove_dir_all(&root)
-            .with_context(|| format!("cannot remove {}", root.display()))?;
+        std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;
         println!("Removed {}.", root.display());
     }
     Ok(())

@@ -41,17 +41,12 @@ enum Cmd {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_owned()
 }
 
 /// Run a command, failing with its command line when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -68,10 +63,7 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Test { args } => {
             packages::ensure(TEST_PACKAGES)?;
-            run(Command::new(env!("CARGO"))
-                .current_dir(workspace())
-                .args(["test", "--workspace"])
-                .args(args))
+            run(Command::new(env!("CARGO")).current_dir(workspace()).args(["test", "--workspace"]).args(args))
         }
     }
 }

@@ -11,25 +11,16 @@ pub struct Package {
     pub provides: &'static str,
 }
 
-pub const REDIS: Package = Package {
-    name: "redis-server",
-    provides: "redis-server",
-};
+pub const REDIS: Package = Package { name: "redis-server", provides: "redis-server" };
 
 fn has_command(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file())).unwrap_or(false)
 }
 
 /// Install the missing packages (one `apt-get update` first, as a fresh machine has
 /// empty package lists).
 pub fn ensure(packages: &[Package]) -> Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .filter(|p| !has_command(p.provides))
-        .map(|p| p.name)
-        .collect();
+    let missing: Vec<&str> = packages.iter().filter(|p| !has_command(p.provides)).map(|p| p.name).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -37,11 +28,7 @@ pub fn ensure(packages: &[Package]) -> Result<()> {
         bail!("missing packages {missing:?}: run as root, or install them with apt-get");
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    crate::run(
-        Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    crate::run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     crate::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -50,11 +37,7 @@ pub fn ensure(packages: &[Package]) -> Result<()> {
     )?;
     for p in packages {
         if !has_command(p.provides) {
-            bail!(
-                "{} was installed but {} is still not on PATH",
-                p.name,
-                p.provides
-            );
+            bail!("{} was installed but {} is still not on PATH", p.name, p.provides);
         }
     }
     Ok(())
@@ -62,8 +45,5 @@ pub fn ensure(packages: &[Package]) -> Result<()> {
 
 fn nix_is_root() -> bool {
     // `id -u` avoids a libc dependency for one call.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }

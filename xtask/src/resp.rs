@@ -35,10 +35,7 @@ impl Conn {
     pub fn connect(port: u16) -> Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port)).context("connect to redis")?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
+        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
     }
 
     pub fn send(&mut self, args: &[&[u8]]) -> Result<()> {
@@ -94,13 +91,11 @@ impl Conn {
     /// Next `pmessage` on a PSUBSCRIBEd connection: (channel, payload).
     pub fn pmessage(&mut self) -> Result<(String, String)> {
         loop {
-            if let Reply::Array(Some(items)) = self.read()? {
-                if items.len() == 4 && items[0].text().as_deref() == Some("pmessage") {
-                    return Ok((
-                        items[2].text().unwrap_or_default(),
-                        items[3].text().unwrap_or_default(),
-                    ));
-                }
+            if let Reply::Array(Some(items)) = self.read()?
+                && items.len() == 4
+                && items[0].text().as_deref() == Some("pmessage")
+            {
+                return Ok((items[2].text().unwrap_or_default(), items[3].text().unwrap_or_default()));
             }
         }
     }

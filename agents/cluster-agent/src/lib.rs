@@ -43,4 +43,3 @@ async fn set_name(ctx: ActionContext, data: Value) -> Result<Value, ActionError>
     ctx.redis.set::<(), _, _>(keys::cluster_ui_name(), name, None, None, false).await?;
     Ok(Value::Null)
 }
-

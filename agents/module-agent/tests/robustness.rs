@@ -38,7 +38,12 @@ fn max_overlap(log: &str) -> usize {
 async fn a_burst_beyond_32_waits_in_the_queue_and_nothing_is_rejected() {
     let redis = RedisServer::start().unwrap();
     let tree = AgentTree::new().unwrap();
-    tree.step("slow", "10slow", "#!/bin/bash\necho \"$(date +%s%N) start\" >> spans\nsleep 0.4\necho \"$(date +%s%N) end\" >> spans\n").unwrap();
+    tree.step(
+        "slow",
+        "10slow",
+        "#!/bin/bash\necho \"$(date +%s%N) start\" >> spans\nsleep 0.4\necho \"$(date +%s%N) end\" >> spans\n",
+    )
+    .unwrap();
     let agent = spawn("module/burst1", &tree, &redis, &[]);
     let client = client(&redis).await;
     let id = m("burst1");
@@ -65,34 +70,19 @@ async fn a_burst_beyond_32_waits_in_the_queue_and_nothing_is_rejected() {
         assert_eq!(result.exit_code, 0, "no task is rejected: {result:?}");
     }
     let spans = tree.read_state("spans");
-    assert_eq!(
-        spans.lines().filter(|l| l.ends_with("start")).count(),
-        total
-    );
+    assert_eq!(spans.lines().filter(|l| l.ends_with("start")).count(), total);
     let overlap = max_overlap(&spans);
     assert!(overlap <= 32, "at most 32 tasks run at once, saw {overlap}");
-    assert!(
-        overlap >= 8,
-        "tasks do run concurrently, saw only {overlap}"
-    );
-    assert_eq!(
-        redis.cli(&["LLEN", "task/module/burst1/inflight"]).unwrap(),
-        "0"
-    );
+    assert!(overlap >= 8, "tasks do run concurrently, saw only {overlap}");
+    assert_eq!(redis.cli(&["LLEN", "task/module/burst1/inflight"]).unwrap(), "0");
 }
 
 #[tokio::test]
 async fn cancel_task_stops_the_running_step() {
     let redis = RedisServer::start().unwrap();
     let tree = AgentTree::new().unwrap();
-    tree.step(
-        "long",
-        "10pid",
-        "#!/bin/bash\necho $$ > long.pid\nsleep 60\n",
-    )
-    .unwrap();
-    tree.step("long", "20never", "#!/bin/bash\ntouch never-ran\n")
-        .unwrap();
+    tree.step("long", "10pid", "#!/bin/bash\necho $$ > long.pid\nsleep 60\n").unwrap();
+    tree.step("long", "20never", "#!/bin/bash\ntouch never-ran\n").unwrap();
     tree.step(
         "stubborn",
         "10ignore",
@@ -110,22 +100,13 @@ async fn cancel_task_stops_the_running_step() {
     let (waiter_client, waiter_id) = (common::client(&redis).await, id.clone());
     let waiter = tokio::spawn(async move {
         let mut progress = Vec::new();
-        let r = waiter_client
-            .run(&waiter_id, &mut long, |p| progress.push(p))
-            .await
-            .unwrap();
+        let r = waiter_client.run(&waiter_id, &mut long, |p| progress.push(p)).await.unwrap();
         (r, progress)
     });
-    eventually("the long step to start", || {
-        tree.state().join("long.pid").exists()
-    })
-    .await;
+    eventually("the long step to start", || tree.state().join("long.pid").exists()).await;
     let (c, _) = run(&client, &id, "cancel-task", json!({"task": long_id})).await;
     assert_eq!(c.exit_code, 0, "{c:?}");
-    let (r, progress) = tokio::time::timeout(PATIENCE, waiter)
-        .await
-        .unwrap()
-        .unwrap();
+    let (r, progress) = tokio::time::timeout(PATIENCE, waiter).await.unwrap().unwrap();
     assert_eq!(
         (r.exit_code, r.status_from_exit_code()),
         (-1, TaskStatus::Aborted),
@@ -135,33 +116,18 @@ async fn cancel_task_stops_the_running_step() {
     assert!(!tree.state().join("never-ran").exists());
 
     let (r, progress) = run(&client, &id, "cancel-task", json!({"task": "no-such-task"})).await;
-    assert_eq!(
-        (r.exit_code, progress.last().unwrap().status),
-        (2, TaskStatus::ValidationFailed)
-    );
+    assert_eq!((r.exit_code, progress.last().unwrap().status), (2, TaskStatus::ValidationFailed));
     assert!(r.error.contains("task ID not found"));
     let (r, _) = run(&client, &id, "cancel-task", json!({"timeout": "x"})).await;
-    assert_eq!(
-        (r.exit_code, r.status_from_exit_code()),
-        (10, TaskStatus::ValidationFailed)
-    );
+    assert_eq!((r.exit_code, r.status_from_exit_code()), (10, TaskStatus::ValidationFailed));
 
     // A step that ignores SIGTERM gets SIGKILL once `timeout` seconds have passed.
     let mut stubborn = Task::new("stubborn", json!({}));
     stubborn.id = uuid_like();
     let stubborn_id = stubborn.id.clone();
     client.push(&id, &mut stubborn).await.unwrap();
-    eventually("the stubborn step to start", || {
-        tree.state().join("stubborn.pid").exists()
-    })
-    .await;
-    let (c, _) = run(
-        &client,
-        &id,
-        "cancel-task",
-        json!({"task": stubborn_id, "timeout": 1}),
-    )
-    .await;
+    eventually("the stubborn step to start", || tree.state().join("stubborn.pid").exists()).await;
+    let (c, _) = run(&client, &id, "cancel-task", json!({"task": stubborn_id, "timeout": 1})).await;
     assert_eq!(c.exit_code, 0);
     let r = tokio::time::timeout(PATIENCE, async {
         loop {
@@ -179,11 +145,7 @@ async fn cancel_task_stops_the_running_step() {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 #[tokio::test]
@@ -191,12 +153,7 @@ async fn kill_9_mid_step_ends_the_task_after_restart() {
     let redis = RedisServer::start().unwrap();
     let tree = AgentTree::new().unwrap();
     // The step's child (sleep) must be found and stopped too, not just the step.
-    tree.step(
-        "long",
-        "10pid",
-        "#!/bin/bash\nsleep 60 &\necho $! > child.pid\necho $$ > step.pid\nwait\n",
-    )
-    .unwrap();
+    tree.step("long", "10pid", "#!/bin/bash\nsleep 60 &\necho $! > child.pid\necho $$ > step.pid\nwait\n").unwrap();
     let mut agent = spawn("module/crash1", &tree, &redis, &[]);
     let client = client(&redis).await;
     let id = m("crash1");
@@ -207,24 +164,13 @@ async fn kill_9_mid_step_ends_the_task_after_restart() {
     task.id = uuid_like();
     let task_id = task.id.clone();
     let (waiter_client, waiter_id) = (common::client(&redis).await, id.clone());
-    let waiter = tokio::spawn(async move {
-        waiter_client
-            .run(&waiter_id, &mut task, |_| {})
-            .await
-            .unwrap()
-    });
-    eventually("the step to start", || {
-        tree.state().join("step.pid").exists()
-    })
-    .await;
+    let waiter = tokio::spawn(async move { waiter_client.run(&waiter_id, &mut task, |_| {}).await.unwrap() });
+    eventually("the step to start", || tree.state().join("step.pid").exists()).await;
     let step_pid: i32 = tree.read_state("step.pid").trim().parse().unwrap();
     let child_pid: i32 = tree.read_state("child.pid").trim().parse().unwrap();
     // Submitted while the agent is dead: must run later.
     agent.kill9();
-    assert!(
-        process_exists(step_pid),
-        "without systemd the orphaned step outlives its agent..."
-    );
+    assert!(process_exists(step_pid), "without systemd the orphaned step outlives its agent...");
     let mut later = Task::new("list-actions", json!(null));
     client.push(&id, &mut later).await.unwrap();
     assert_eq!(
@@ -234,101 +180,51 @@ async fn kill_9_mid_step_ends_the_task_after_restart() {
     );
 
     let agent = spawn("module/crash1", &tree, &redis, &[]);
-    let r = tokio::time::timeout(PATIENCE, waiter)
-        .await
-        .expect("the waiting client gets an answer")
-        .unwrap();
+    let r = tokio::time::timeout(PATIENCE, waiter).await.expect("the waiting client gets an answer").unwrap();
     // ...until the restarted agent stops it, before storing the result.
     assert!(
         !process_exists(step_pid) && !process_exists(child_pid),
         "leftover step processes are stopped\n{}",
         agent.log()
     );
-    assert_eq!(
-        (r.exit_code, r.status_from_exit_code()),
-        (12, TaskStatus::Aborted),
-        "{r:?}\n{}",
-        agent.log()
-    );
-    assert!(
-        r.error
-            .contains("agent module/crash1 stopped while running it and was restarted"),
-        "{}",
-        r.error
-    );
-    assert_eq!(
-        client
-            .result(&id, &task_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .exit_code,
-        12
-    );
+    assert_eq!((r.exit_code, r.status_from_exit_code()), (12, TaskStatus::Aborted), "{r:?}\n{}", agent.log());
+    assert!(r.error.contains("agent module/crash1 stopped while running it and was restarted"), "{}", r.error);
+    assert_eq!(client.result(&id, &task_id).await.unwrap().unwrap().exit_code, 12);
     wait_ready(&client, &id, &agent).await;
-    let r = client
-        .result(&id, &later.id)
-        .await
-        .unwrap()
-        .expect("the task queued during the outage ran");
+    let r = client.result(&id, &later.id).await.unwrap().expect("the task queued during the outage ran");
     assert_eq!(r.exit_code, 0);
-    assert_eq!(
-        redis.cli(&["LLEN", "task/module/crash1/inflight"]).unwrap(),
-        "0"
-    );
+    assert_eq!(redis.cli(&["LLEN", "task/module/crash1/inflight"]).unwrap(), "0");
 }
 
 #[tokio::test]
 async fn sigterm_drains_running_tasks_and_leaves_the_queue_alone() {
     let redis = RedisServer::start().unwrap();
     let tree = AgentTree::new().unwrap();
-    tree.step(
-        "work",
-        "10work",
-        "#!/bin/bash\ntouch started\nsleep 1\necho '\"done\"'\n",
-    )
-    .unwrap();
+    tree.step("work", "10work", "#!/bin/bash\ntouch started\nsleep 1\necho '\"done\"'\n").unwrap();
     let mut agent = spawn("module/drain1", &tree, &redis, &[]);
     let client = client(&redis).await;
     let id = m("drain1");
     wait_ready(&client, &id, &agent).await;
     let mut running = Task::new("work", json!({}));
     client.push(&id, &mut running).await.unwrap();
-    eventually("the step to start", || {
-        tree.state().join("started").exists()
-    })
-    .await;
+    eventually("the step to start", || tree.state().join("started").exists()).await;
     agent.signal("TERM").unwrap();
     // Give the agent a moment to stop popping, then queue another task.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut queued = Task::new("work", json!({}));
     client.push(&id, &mut queued).await.unwrap();
-    assert_eq!(
-        agent.wait_exit(PATIENCE).unwrap(),
-        Some(0),
-        "{}",
-        agent.log()
-    );
-    let r = client
-        .result(&id, &running.id)
-        .await
-        .unwrap()
-        .expect("the running task finished before exit");
+    assert_eq!(agent.wait_exit(PATIENCE).unwrap(), Some(0), "{}", agent.log());
+    let r = client.result(&id, &running.id).await.unwrap().expect("the running task finished before exit");
     assert_eq!(r.output, json!("done"));
     assert!(client.result(&id, &queued.id).await.unwrap().is_none());
-    assert_eq!(
-        redis.cli(&["LLEN", "module/drain1/tasks"]).unwrap(),
-        "1",
-        "the queued task waits for the next start"
-    );
+    assert_eq!(redis.cli(&["LLEN", "module/drain1/tasks"]).unwrap(), "1", "the queued task waits for the next start");
 }
 
 #[tokio::test]
 async fn agents_reconnect_after_a_redis_restart() {
     let mut redis = RedisServer::start_persistent().unwrap();
     let tree = AgentTree::new().unwrap();
-    tree.step("ping", "10pong", "#!/bin/bash\necho '\"pong\"'\n")
-        .unwrap();
+    tree.step("ping", "10pong", "#!/bin/bash\necho '\"pong\"'\n").unwrap();
     let agent = spawn("module/reconn1", &tree, &redis, &[]);
     let id = m("reconn1");
     {
@@ -343,10 +239,7 @@ async fn agents_reconnect_after_a_redis_restart() {
     let (r, _) = run(&client, &id, "ping", json!({})).await;
     assert_eq!(r.output, json!("pong"));
     let names = redis.cli(&["CLIENT", "LIST"]).unwrap();
-    assert!(
-        names.matches("name=module/reconn1 ").count() >= 2,
-        "{names}"
-    );
+    assert!(names.matches("name=module/reconn1 ").count() >= 2, "{names}");
 }
 
 #[tokio::test]
@@ -372,43 +265,28 @@ async fn events_missed_while_down_are_handled_once_when_back() {
     // Before the subscriber ever existed: not its business.
     let (r, _) = run(&client, &pub_id, "emit", json!({"n": 0})).await;
     assert_eq!(r.exit_code, 0);
-    eventually("event 0 to be recorded", || {
-        redis.cli(&["XLEN", "module/pub1/events"]).unwrap() == "1"
-    })
-    .await;
+    eventually("event 0 to be recorded", || redis.cli(&["XLEN", "module/pub1/events"]).unwrap() == "1").await;
 
     let mut sub_agent = spawn("module/sub1", &subscriber, &redis, &[]);
     wait_ready(&client, &sub_id, &sub_agent).await;
     run(&client, &pub_id, "emit", json!({"n": 1})).await;
-    eventually("the live event to be handled", || {
-        subscriber.read_state("seen").lines().count() == 1
-    })
-    .await;
+    eventually("the live event to be handled", || subscriber.read_state("seen").lines().count() == 1).await;
 
     sub_agent.signal("TERM").unwrap();
     sub_agent.wait_exit(PATIENCE).unwrap();
     run(&client, &pub_id, "emit", json!({"n": 2})).await;
     run(&client, &pub_id, "emit", json!({"n": 3})).await;
-    eventually("the missed events to be recorded", || {
-        redis.cli(&["XLEN", "module/pub1/events"]).unwrap() == "4"
-    })
-    .await;
+    eventually("the missed events to be recorded", || redis.cli(&["XLEN", "module/pub1/events"]).unwrap() == "4").await;
 
     let sub_agent = spawn("module/sub1", &subscriber, &redis, &[]);
-    eventually("the missed events to be handled", || {
-        subscriber.read_state("seen").lines().count() == 3
-    })
-    .await;
+    eventually("the missed events to be handled", || subscriber.read_state("seen").lines().count() == 3).await;
     wait_ready(&client, &sub_id, &sub_agent).await;
     drop(sub_agent);
     // Killed and back once more: nothing is handled twice.
     let sub_agent = spawn("module/sub1", &subscriber, &redis, &[]);
     wait_ready(&client, &sub_id, &sub_agent).await;
     run(&client, &pub_id, "emit", json!({"n": 4})).await;
-    eventually("the last event", || {
-        subscriber.read_state("seen").lines().count() == 4
-    })
-    .await;
+    eventually("the last event", || subscriber.read_state("seen").lines().count() == 4).await;
     assert_eq!(
         subscriber.read_state("seen"),
         "module/pub1 thing-happened {\"n\":1}\nmodule/pub1 thing-happened {\"n\":2}\nmodule/pub1 thing-happened {\"n\":3}\nmodule/pub1 thing-happened {\"n\":4}\n",

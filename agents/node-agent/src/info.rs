@@ -12,9 +12,7 @@ fn read(path: &str) -> Result<String, String> {
 /// `KEY=value` or `KEY="value"` lines of /etc/os-release.
 fn os_release(text: &str) -> Value {
     let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(|v| v.trim().trim_matches('"').to_owned())
+        text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim().trim_matches('"').to_owned())
     };
     json!({
         "id": get("ID"),
@@ -36,10 +34,7 @@ fn meminfo(text: &str) -> Value {
 
 pub fn collect(state_dir: &Path) -> Result<Value, String> {
     let uname = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?;
-    let hostname = nix::unistd::gethostname()
-        .map_err(|e| format!("gethostname: {e}"))?
-        .to_string_lossy()
-        .into_owned();
+    let hostname = nix::unistd::gethostname().map_err(|e| format!("gethostname: {e}"))?.to_string_lossy().into_owned();
     let os = std::fs::read_to_string("/etc/os-release").map(|t| os_release(&t)).unwrap_or(Value::Null);
     let uptime: f64 = read("/proc/uptime")?
         .split_whitespace()
@@ -77,7 +72,9 @@ mod tests {
 
     #[test]
     fn parsers() {
-        let os = os_release("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n");
+        let os = os_release(
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n",
+        );
         assert_eq!(os, json!({"id": "debian", "name": "Debian GNU/Linux 12 (bookworm)", "version_id": "12"}));
         let mem = meminfo("MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   1000 kB\n");
         assert_eq!(mem, json!({"total_bytes": 24000000u64 * 1024, "available_bytes": 1024000}));

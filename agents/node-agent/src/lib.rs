@@ -17,7 +17,7 @@ pub fn natives(cfg: &AgentConfig) -> NativeActions {
         })),
         move |_, _| {
             let dir = state_dir.clone();
-            async move { info::collect(&dir).map_err(|e| agent_runtime::ActionError::failed(e)) }
+            async move { info::collect(&dir).map_err(agent_runtime::ActionError::failed) }
         },
     )
 }

@@ -49,11 +49,7 @@ pub fn plan(roots: &[PathBuf], action: &str) -> ActionPlan {
     }
     let input_schema = files.remove(VALIDATE_INPUT);
     let output_schema = files.remove(VALIDATE_OUTPUT);
-    ActionPlan {
-        steps: files.into_iter().collect(),
-        input_schema,
-        output_schema,
-    }
+    ActionPlan { steps: files.into_iter().collect(), input_schema, output_schema }
 }
 
 /// Union of the action directory names found in all roots.
@@ -64,10 +60,10 @@ pub fn list(roots: &[PathBuf]) -> BTreeSet<String> {
             continue;
         };
         for entry in entries.flatten() {
-            if is_dir(&entry) {
-                if let Some(name) = entry.file_name().to_str() {
-                    names.insert(name.to_owned());
-                }
+            if is_dir(&entry)
+                && let Some(name) = entry.file_name().to_str()
+            {
+                names.insert(name.to_owned());
             }
         }
     }
@@ -96,13 +92,7 @@ mod tests {
     fn later_roots_override_and_schemas_are_separated() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        for (root, name) in [
-            (&a, "10one"),
-            (&a, "20two"),
-            (&b, "20two"),
-            (&b, "05zero"),
-            (&a, VALIDATE_INPUT),
-        ] {
+        for (root, name) in [(&a, "10one"), (&a, "20two"), (&b, "20two"), (&b, "05zero"), (&a, VALIDATE_INPUT)] {
             std::fs::create_dir_all(root.path().join("act")).unwrap();
             std::fs::write(root.path().join("act").join(name), "").unwrap();
         }
@@ -113,16 +103,10 @@ mod tests {
         let names: Vec<_> = p.steps.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["05zero", "10one", "20two"]);
         assert!(p.steps[2].1.starts_with(b.path()));
-        assert_eq!(
-            p.input_schema,
-            Some(a.path().join("act").join(VALIDATE_INPUT))
-        );
+        assert_eq!(p.input_schema, Some(a.path().join("act").join(VALIDATE_INPUT)));
         assert_eq!(p.output_schema, None);
         assert_eq!(plan(&roots, "missing"), ActionPlan::default());
         assert_eq!(plan(&roots, ".."), ActionPlan::default());
-        assert_eq!(
-            list(&roots).into_iter().collect::<Vec<_>>(),
-            ["act", "other"]
-        );
+        assert_eq!(list(&roots).into_iter().collect::<Vec<_>>(), ["act", "other"]);
     }
 }

@@ -23,10 +23,7 @@ pub enum AgentError {
     #[error("cannot listen to SIGCHLD: {0}")]
     Signals(std::io::Error),
     #[error("cannot create the state directory {path}: {source}")]
-    StateDir {
-        path: String,
-        source: std::io::Error,
-    },
+    StateDir { path: String, source: std::io::Error },
 }
 
 /// Run an agent until `shutdown` resolves, then stop taking tasks, let the running ones
@@ -42,10 +39,8 @@ pub async fn run(
     natives: NativeActions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::StateDir {
-        path: cfg.state_dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|source| AgentError::StateDir { path: cfg.state_dir.display().to_string(), source })?;
     let name = cfg.agent_id.to_string();
     let redis = bus::connect_retrying(&cfg.redis, &name).await;
     let pop = bus::connect_retrying(&cfg.redis, &name).await;
@@ -160,11 +155,7 @@ pub async fn run(
 }
 
 async fn inflight_items(sh: &Shared) -> Option<Vec<String>> {
-    match sh
-        .redis
-        .lrange(keys::inflight(&sh.cfg.agent_id), 0, -1)
-        .await
-    {
+    match sh.redis.lrange(keys::inflight(&sh.cfg.agent_id), 0, -1).await {
         Ok(items) => Some(items),
         Err(e) => {
             tracing::warn!("cannot read {}: {e}", keys::inflight(&sh.cfg.agent_id));
@@ -182,10 +173,8 @@ async fn close_interrupted(sh: &Shared) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let task_ids: Vec<String> = items
-        .iter()
-        .filter_map(|raw| protocol::task::Task::decode(raw).ok().map(|(t, _)| t.id))
-        .collect();
+    let task_ids: Vec<String> =
+        items.iter().filter_map(|raw| protocol::task::Task::decode(raw).ok().map(|(t, _)| t.id)).collect();
     if !task_ids.is_empty() {
         stop_leftovers(&sh.cfg.agent_id, &task_ids).await;
     }
@@ -198,24 +187,11 @@ async fn close_interrupted(sh: &Shared) {
                     task.id,
                     task.action
                 );
-                finish(
-                    sh,
-                    &task.id,
-                    &task.action,
-                    &raw,
-                    Outcome::interrupted(&sh.cfg.agent_id),
-                )
-                .await;
+                finish(sh, &task.id, &task.action, &raw, Outcome::interrupted(&sh.cfg.agent_id)).await;
             }
             Err(e) => {
-                tracing::error!(
-                    "{}: interrupted task ignored: {e}",
-                    keys::tasks(&sh.cfg.agent_id)
-                );
-                let _ = sh
-                    .redis
-                    .lrem::<i64, _, _>(keys::inflight(&sh.cfg.agent_id), 1, raw.as_str())
-                    .await;
+                tracing::error!("{}: interrupted task ignored: {e}", keys::tasks(&sh.cfg.agent_id));
+                let _ = sh.redis.lrem::<i64, _, _>(keys::inflight(&sh.cfg.agent_id), 1, raw.as_str()).await;
             }
         }
     }
@@ -232,16 +208,9 @@ async fn adopt_orphans(sh: &Arc<Shared>, slots: &Arc<Semaphore>) -> bool {
         if sh.holds(&raw) {
             continue;
         }
-        tracing::warn!(
-            "running a task whose pop reply was lost: {}",
-            keys::inflight(&sh.cfg.agent_id)
-        );
+        tracing::warn!("running a task whose pop reply was lost: {}", keys::inflight(&sh.cfg.agent_id));
         sh.hold(&raw);
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
+        let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
         let sh = sh.clone();
         tokio::spawn(async move {
             run_task(sh, raw).await;
@@ -259,10 +228,7 @@ async fn stop_leftovers(agent: &protocol::AgentId, task_ids: &[String]) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let agent_var = format!("AGENT_ID={agent}");
-    let task_vars: Vec<String> = task_ids
-        .iter()
-        .map(|id| format!("AGENT_TASK_ID={id}"))
-        .collect();
+    let task_vars: Vec<String> = task_ids.iter().map(|id| format!("AGENT_TASK_ID={id}")).collect();
     let me = std::process::id();
     let find = || -> Vec<i32> {
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -277,8 +243,7 @@ async fn stop_leftovers(agent: &protocol::AgentId, task_ids: &[String]) {
                     return false;
                 };
                 let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-                vars.contains(&agent_var.as_bytes())
-                    && task_vars.iter().any(|t| vars.contains(&t.as_bytes()))
+                vars.contains(&agent_var.as_bytes()) && task_vars.iter().any(|t| vars.contains(&t.as_bytes()))
             })
             .map(|pid| pid as i32)
             .collect()
@@ -287,10 +252,7 @@ async fn stop_leftovers(agent: &protocol::AgentId, task_ids: &[String]) {
     if pids.is_empty() {
         return;
     }
-    tracing::warn!(
-        "stopping {} process(es) left running by interrupted tasks: {pids:?}",
-        pids.len()
-    );
+    tracing::warn!("stopping {} process(es) left running by interrupted tasks: {pids:?}", pids.len());
     for pid in &pids {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }

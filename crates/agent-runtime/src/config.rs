@@ -56,17 +56,9 @@ pub enum ConfigError {
     #[error(transparent)]
     Id(#[from] protocol::IdError),
     #[error("{binary} runs agents of the form {expected}, not {got}")]
-    WrongKind {
-        binary: &'static str,
-        expected: &'static str,
-        got: AgentId,
-    },
+    WrongKind { binary: &'static str, expected: &'static str, got: AgentId },
     #[error("invalid {name} {value:?}: {why}")]
-    Env {
-        name: &'static str,
-        value: String,
-        why: String,
-    },
+    Env { name: &'static str, value: String, why: String },
     #[error(transparent)]
     Redis(#[from] bus::BusError),
     #[error("cannot determine the working directory: {0}")]
@@ -76,9 +68,7 @@ pub enum ConfigError {
 /// Parse `5s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let secs = match unit {
@@ -95,24 +85,16 @@ impl AgentArgs {
     /// Build the configuration from flags and the environment. `default_id` is used
     /// when neither `--agentid` nor `AGENT_ID` is given (the cluster agent's id).
     pub fn into_config(self, default_id: Option<&str>) -> Result<AgentConfig, ConfigError> {
-        let id = self
-            .agent_id
-            .or_else(|| default_id.map(str::to_owned))
-            .ok_or(ConfigError::MissingAgentId)?;
+        let id = self.agent_id.or_else(|| default_id.map(str::to_owned)).ok_or(ConfigError::MissingAgentId)?;
         let agent_id: AgentId = id.parse()?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let install_dir = match env(ENV_INSTALL_DIR) {
             Some(d) => PathBuf::from(d),
             None => std::env::current_dir().map_err(ConfigError::Cwd)?,
         };
-        let state_dir = env(ENV_STATE_DIR)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| install_dir.join("state"));
-        let action_dirs = if self.actions_dirs.is_empty() {
-            vec![install_dir.join("actions")]
-        } else {
-            self.actions_dirs
-        };
+        let state_dir = env(ENV_STATE_DIR).map(PathBuf::from).unwrap_or_else(|| install_dir.join("state"));
+        let action_dirs =
+            if self.actions_dirs.is_empty() { vec![install_dir.join("actions")] } else { self.actions_dirs };
         let events_dir = self.events_dir.or_else(|| Some(install_dir.join("events")));
         let poll_interval = match env(ENV_POLLING_INTERVAL) {
             Some(v) => parse_duration(&v).ok_or_else(|| ConfigError::Env {
@@ -123,15 +105,11 @@ impl AgentArgs {
             None => DEFAULT_POLLING_INTERVAL,
         };
         let max_concurrency = match env(ENV_MAX_CONCURRENCY) {
-            Some(v) => v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ConfigError::Env {
-                    name: ENV_MAX_CONCURRENCY,
-                    value: v.clone(),
-                    why: "expected a positive integer".into(),
-                })?,
+            Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| ConfigError::Env {
+                name: ENV_MAX_CONCURRENCY,
+                value: v.clone(),
+                why: "expected a positive integer".into(),
+            })?,
             None => DEFAULT_MAX_CONCURRENCY,
         };
         let redis = RedisConfig::from_env(&agent_id.to_string())?;

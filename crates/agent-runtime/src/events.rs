@@ -41,10 +41,7 @@ pub(crate) struct Events {
 
 impl Events {
     pub async fn stop(self) {
-        let _ = self
-            .reader
-            .unblock_self(Some(ClientUnblockFlag::Timeout))
-            .await;
+        let _ = self.reader.unblock_self(Some(ClientUnblockFlag::Timeout)).await;
         for t in self.tasks {
             let _ = t.await;
         }
@@ -91,26 +88,13 @@ pub(crate) async fn start(sh: Arc<Shared>, stop: watch::Receiver<bool>) -> Event
     let subscriber = bus::connect_subscriber_retrying(&sh.cfg.redis, &name, 256).await;
     let reader = bus::connect_retrying(&sh.cfg.redis, &name).await;
     let messages = subscriber.message_rx();
-    retry("cannot subscribe to events", || {
-        subscriber.psubscribe(keys::EVENT_PATTERN)
-    })
-    .await;
+    retry("cannot subscribe to events", || subscriber.psubscribe(keys::EVENT_PATTERN)).await;
 
     let (hint_tx, hint_rx) = mpsc::unbounded_channel();
     let mut consumer = Consumer::load(sh.clone(), reader.clone(), hint_rx).await;
-    let recorder = tokio::spawn(record(
-        sh.clone(),
-        messages,
-        hint_tx,
-        reader.clone(),
-        stop.clone(),
-    ));
+    let recorder = tokio::spawn(record(sh.clone(), messages, hint_tx, reader.clone(), stop.clone()));
     let consume = tokio::spawn(async move { consumer.run(stop).await });
-    Events {
-        subscriber,
-        reader,
-        tasks: vec![recorder, consume],
-    }
+    Events { subscriber, reader, tasks: vec![recorder, consume] }
 }
 
 /// Append own events to `<agent>/events`; tell the consumer about unknown sources.
@@ -133,9 +117,7 @@ async fn record(
         let msg = match msg {
             Ok(m) => m,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::error!(
-                    "{n} events were received faster than they could be recorded and are lost"
-                );
+                tracing::error!("{n} events were received faster than they could be recorded and are lost");
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -198,11 +180,7 @@ fn parse_xread(reply: Value) -> Vec<Entry> {
                 _ => None,
             })
             .collect(),
-        Value::Map(map) => map
-            .inner()
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect(),
+        Value::Map(map) => map.inner().into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
         _ => Vec::new(),
     };
     for (stream, entries) in streams {
@@ -223,11 +201,7 @@ fn parse_xread(reply: Value) -> Vec<Entry> {
             let mut payload = String::new();
             let pairs: Vec<Value> = match fields {
                 Value::Array(f) => f,
-                Value::Map(m) => m
-                    .inner()
-                    .into_iter()
-                    .flat_map(|(k, v)| [Value::from(k), v])
-                    .collect(),
+                Value::Map(m) => m.inner().into_iter().flat_map(|(k, v)| [Value::from(k), v]).collect(),
                 _ => Vec::new(),
             };
             for pair in pairs.chunks(2) {
@@ -239,64 +213,37 @@ fn parse_xread(reply: Value) -> Vec<Entry> {
                     }
                 }
             }
-            out.push(Entry {
-                stream: stream.clone(),
-                id,
-                name,
-                payload,
-            });
+            out.push(Entry { stream: stream.clone(), id, name, payload });
         }
     }
     out
 }
 
 impl Consumer {
-    async fn load(
-        sh: Arc<Shared>,
-        reader: Client,
-        hints: mpsc::UnboundedReceiver<AgentId>,
-    ) -> Self {
+    async fn load(sh: Arc<Shared>, reader: Client, hints: mpsc::UnboundedReceiver<AgentId>) -> Self {
         let me = sh.cfg.agent_id.clone();
         let key = keys::event_cursors(&me);
         // First start ever: remember "now" (Redis' clock, the one stream ids use).
         let (secs, micros): (String, String) = retry("cannot read the Redis clock", || {
-            sh.redis.custom(
-                CustomCommand::new_static("TIME", ClusterHash::Random, false),
-                Vec::<Value>::new(),
-            )
+            sh.redis.custom(CustomCommand::new_static("TIME", ClusterHash::Random, false), Vec::<Value>::new())
         })
         .await;
-        let now_ms =
-            secs.parse::<u64>().unwrap_or(0) * 1000 + micros.parse::<u64>().unwrap_or(0) / 1000;
+        let now_ms = secs.parse::<u64>().unwrap_or(0) * 1000 + micros.parse::<u64>().unwrap_or(0) / 1000;
         let now = format!("{now_ms}-0");
         let _: bool = retry("cannot initialise event cursors", || {
-            sh.redis
-                .hsetnx(key.as_str(), keys::EVENT_CURSOR_SINCE, now.as_str())
+            sh.redis.hsetnx(key.as_str(), keys::EVENT_CURSOR_SINCE, now.as_str())
         })
         .await;
         let stored: std::collections::HashMap<String, String> =
-            retry("cannot read event cursors", || {
-                sh.redis.hgetall(key.as_str())
-            })
-            .await;
+            retry("cannot read event cursors", || sh.redis.hgetall(key.as_str())).await;
         let since = stored.get(keys::EVENT_CURSOR_SINCE).cloned().unwrap_or(now);
-        let mut cursors: BTreeMap<String, String> = stored
-            .into_iter()
-            .filter(|(k, _)| k != keys::EVENT_CURSOR_SINCE)
-            .collect();
+        let mut cursors: BTreeMap<String, String> =
+            stored.into_iter().filter(|(k, _)| k != keys::EVENT_CURSOR_SINCE).collect();
         for stream in scan_streams(&sh.redis).await {
             cursors.entry(stream).or_insert_with(|| since.clone());
         }
-        cursors
-            .entry(keys::event_stream(&me))
-            .or_insert_with(|| since.clone());
-        Consumer {
-            sh,
-            reader,
-            hints,
-            cursors,
-            since,
-        }
+        cursors.entry(keys::event_stream(&me)).or_insert_with(|| since.clone());
+        Consumer { sh, reader, hints, cursors, since }
     }
 
     async fn run(&mut self, mut stop: watch::Receiver<bool>) {
@@ -307,15 +254,10 @@ impl Consumer {
                 return;
             }
             while let Ok(source) = self.hints.try_recv() {
-                self.cursors
-                    .entry(keys::event_stream(&source))
-                    .or_insert_with(|| self.since.clone());
+                self.cursors.entry(keys::event_stream(&source)).or_insert_with(|| self.since.clone());
             }
-            let (streams, ids): (Vec<String>, Vec<String>) = self
-                .cursors
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .unzip();
+            let (streams, ids): (Vec<String>, Vec<String>) =
+                self.cursors.iter().map(|(k, v)| (k.clone(), v.clone())).unzip();
             let read = tokio::select! {
                 r = self.reader.xread::<Value, _, _>(Some(READ_BATCH), Some(block_ms), streams, ids) => r,
                 _ = stop.wait_for(|s| *s) => return,
@@ -328,10 +270,7 @@ impl Consumer {
                         self.cursors.insert(entry.stream.clone(), entry.id.clone());
                         let key = keys::event_cursors(&self.sh.cfg.agent_id);
                         retry("cannot save the event cursor", || {
-                            self.sh.redis.hset::<(), _, _>(
-                                key.as_str(),
-                                (entry.stream.as_str(), entry.id.as_str()),
-                            )
+                            self.sh.redis.hset::<(), _, _>(key.as_str(), (entry.stream.as_str(), entry.id.as_str()))
                         })
                         .await;
                     }
@@ -380,15 +319,9 @@ async fn scan_streams(redis: &Client) -> Vec<String> {
             "TYPE".into(),
             "stream".into(),
         ];
-        let (next, keys_found): (String, Vec<String>) = retry("cannot list event streams", || {
-            redis.custom(scan.clone(), args.clone())
-        })
-        .await;
-        found.extend(
-            keys_found
-                .into_iter()
-                .filter(|k| keys::parse_event_stream(k).is_some()),
-        );
+        let (next, keys_found): (String, Vec<String>) =
+            retry("cannot list event streams", || redis.custom(scan.clone(), args.clone())).await;
+        found.extend(keys_found.into_iter().filter(|k| keys::parse_event_stream(k).is_some()));
         if next == "0" {
             return found;
         }
@@ -397,38 +330,16 @@ async fn scan_streams(redis: &Client) -> Vec<String> {
 }
 
 /// Run an event's handler steps in order, stopping at the first failure (NS8 5.1).
-async fn run_handler(
-    sh: &Shared,
-    source: &AgentId,
-    name: &str,
-    payload: &str,
-    steps: &[(String, std::path::PathBuf)],
-) {
+async fn run_handler(sh: &Shared, source: &AgentId, name: &str, payload: &str, steps: &[(String, std::path::PathBuf)]) {
     let src = source.to_string();
     let mut status = ("completed", 0, String::new());
     for (step, path) in steps {
-        let env = sh.child_env(&[
-            ("AGENT_COMFD", "2"),
-            ("AGENT_EVENT_NAME", name),
-            ("AGENT_EVENT_SOURCE", &src),
-        ]);
-        let spec = StepSpec {
-            path,
-            cwd: &sh.cfg.state_dir,
-            env,
-            stdin: payload.as_bytes().to_vec(),
-            comfd: false,
-        };
-        let mut process = match StepProcess::spawn(
-            spec,
-            Arc::new(CancelHandle::default()),
-            &sh.reaper,
-        ) {
+        let env = sh.child_env(&[("AGENT_COMFD", "2"), ("AGENT_EVENT_NAME", name), ("AGENT_EVENT_SOURCE", &src)]);
+        let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: payload.as_bytes().to_vec(), comfd: false };
+        let mut process = match StepProcess::spawn(spec, Arc::new(CancelHandle::default()), &sh.reaper) {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(
-                    "handler of {src}/event/{name}: step {step} skipped, it cannot be executed: {e}"
-                );
+                tracing::warn!("handler of {src}/event/{name}: step {step} skipped, it cannot be executed: {e}");
                 continue;
             }
         };

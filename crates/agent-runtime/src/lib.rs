@@ -26,8 +26,7 @@ mod validate;
 
 pub use agent::{AgentError, run};
 pub use config::{
-    AgentArgs, AgentConfig, ConfigError, DEFAULT_MAX_CONCURRENCY, DEFAULT_POLLING_INTERVAL,
-    parse_duration,
+    AgentArgs, AgentConfig, ConfigError, DEFAULT_MAX_CONCURRENCY, DEFAULT_POLLING_INTERVAL, parse_duration,
 };
 pub use main_helper::{AgentBinary, EXIT_CONFIG, EXIT_FAILURE, init_logging};
 pub use native::{ActionContext, ActionError, NativeActions};

@@ -31,9 +31,7 @@ pub struct AgentBinary {
 
 impl AgentBinary {
     pub fn main(self) -> ExitCode {
-        let command = clap::Command::new(self.name)
-            .about(self.about)
-            .version(env!("CARGO_PKG_VERSION"));
+        let command = clap::Command::new(self.name).about(self.about).version(env!("CARGO_PKG_VERSION"));
         let matches = AgentArgs::augment_args(command).get_matches();
         let args = match AgentArgs::from_arg_matches(&matches) {
             Ok(a) => a,
@@ -48,21 +46,13 @@ impl AgentBinary {
             }
         };
         if !(self.accepts)(&cfg.agent_id) {
-            tracing::error!(
-                "{}: runs agents of the form {}, not {}",
-                self.name,
-                self.expected,
-                cfg.agent_id
-            );
+            tracing::error!("{}: runs agents of the form {}, not {}", self.name, self.expected, cfg.agent_id);
             return ExitCode::from(EXIT_CONFIG);
         }
         let natives = (self.natives)(&cfg);
         // One thread: the work is in the step processes, and a single-threaded agent
         // keeps its memory small (each module has its own agent).
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{}: cannot start the async runtime: {e}", self.name);

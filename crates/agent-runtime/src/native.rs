@@ -24,10 +24,7 @@ pub enum ActionError {
 
 impl ActionError {
     pub fn failed(message: impl Into<String>) -> Self {
-        ActionError::Failed {
-            exit_code: exit::GENERIC,
-            message: message.into(),
-        }
+        ActionError::Failed { exit_code: exit::GENERIC, message: message.into() }
     }
 
     pub fn invalid(parameter: &str, value: Value, error: &str) -> Self {
@@ -60,13 +57,7 @@ pub struct ActionContext {
 impl ActionContext {
     /// Publish the action's progress (0-100), like a step's `set-progress`.
     pub fn set_progress(&self, percent: u8) {
-        crate::redis_ops::progress(
-            &self.redis,
-            &self.agent,
-            &self.task_id,
-            TaskStatus::Running,
-            percent.min(100),
-        );
+        crate::redis_ops::progress(&self.redis, &self.agent, &self.task_id, TaskStatus::Running, percent.min(100));
     }
 }
 
@@ -97,13 +88,7 @@ impl NativeActions {
     /// # Panics
     /// When a schema does not compile: schemas are part of the program, so this is a
     /// bug caught by the first test that builds the registry.
-    pub fn add<F, Fut>(
-        mut self,
-        name: &str,
-        input_schema: Option<Value>,
-        output_schema: Option<Value>,
-        f: F,
-    ) -> Self
+    pub fn add<F, Fut>(mut self, name: &str, input_schema: Option<Value>, output_schema: Option<Value>, f: F) -> Self
     where
         F: Fn(ActionContext, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, ActionError>> + Send + 'static,

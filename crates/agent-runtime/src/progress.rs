@@ -11,12 +11,7 @@ pub struct ProgressTracker {
 
 impl ProgressTracker {
     pub fn new(steps: impl IntoIterator<Item = String>) -> Self {
-        ProgressTracker {
-            steps: steps.into_iter().collect(),
-            weights: HashMap::new(),
-            current: 0,
-            current_progress: 0,
-        }
+        ProgressTracker { steps: steps.into_iter().collect(), weights: HashMap::new(), current: 0, current_progress: 0 }
     }
 
     fn weight(&self, step: &str) -> u64 {
@@ -42,15 +37,9 @@ impl ProgressTracker {
         if total == 0 {
             return 0;
         }
-        let done: u64 = self.steps[..self.current.min(self.steps.len())]
-            .iter()
-            .map(|s| self.weight(s) * 100)
-            .sum();
-        let current = self
-            .steps
-            .get(self.current)
-            .map(|s| self.weight(s) * u64::from(self.current_progress))
-            .unwrap_or(0);
+        let done: u64 = self.steps[..self.current.min(self.steps.len())].iter().map(|s| self.weight(s) * 100).sum();
+        let current =
+            self.steps.get(self.current).map(|s| self.weight(s) * u64::from(self.current_progress)).unwrap_or(0);
         ((100 * (done + current)) / total).min(100) as u8
     }
 }

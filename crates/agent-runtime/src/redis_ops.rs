@@ -84,30 +84,12 @@ where
 }
 
 /// Store the masked context (TTL while running) and announce the task.
-pub fn accept(
-    redis: &Client,
-    agent: &AgentId,
-    task_id: &str,
-    context: String,
-    statuses: &[TaskStatus],
-) {
-    let mut args = vec![
-        context,
-        keys::RUNNING_CONTEXT_TTL_SECS.to_string(),
-        keys::progress_channel(agent, task_id),
-    ];
-    args.extend(statuses.iter().map(|s| {
-        Progress {
-            status: *s,
-            progress: 0,
-        }
-        .to_json()
-    }));
+pub fn accept(redis: &Client, agent: &AgentId, task_id: &str, context: String, statuses: &[TaskStatus]) {
+    let mut args = vec![context, keys::RUNNING_CONTEXT_TTL_SECS.to_string(), keys::progress_channel(agent, task_id)];
+    args.extend(statuses.iter().map(|s| Progress { status: *s, progress: 0 }.to_json()));
     let redis = redis.clone();
     let all = eval_args(ACCEPT, vec![keys::task_context(agent, task_id)], args);
-    send_now("store the task context", async move {
-        redis.custom(eval_cmd(), all).await
-    });
+    send_now("store the task context", async move { redis.custom(eval_cmd(), all).await });
 }
 
 /// Publish a progress message without waiting.
@@ -115,9 +97,7 @@ pub fn progress(redis: &Client, agent: &AgentId, task_id: &str, status: TaskStat
     let redis = redis.clone();
     let channel = keys::progress_channel(agent, task_id);
     let message = Progress { status, progress }.to_json();
-    send_now("publish progress", async move {
-        redis.publish(channel, message).await
-    });
+    send_now("publish progress", async move { redis.publish(channel, message).await });
 }
 
 pub struct Finish<'a> {
@@ -131,11 +111,7 @@ pub struct Finish<'a> {
 }
 
 /// Store a result and close the task, in one atomic command.
-pub async fn finish(
-    redis: &Client,
-    agent: &AgentId,
-    f: &Finish<'_>,
-) -> Result<(), bus::fred::error::Error> {
+pub async fn finish(redis: &Client, agent: &AgentId, f: &Finish<'_>) -> Result<(), bus::fred::error::Error> {
     let task_keys = vec![
         keys::environment(agent),
         keys::task_output(agent, f.task_id),
@@ -158,9 +134,7 @@ pub async fn finish(
         args.push(k.clone());
         args.push(v.clone());
     }
-    let _: RedisValue = redis
-        .custom(eval_cmd(), eval_args(FINISH, task_keys, args))
-        .await?;
+    let _: RedisValue = redis.custom(eval_cmd(), eval_args(FINISH, task_keys, args)).await?;
     Ok(())
 }
 
@@ -168,24 +142,12 @@ pub async fn finish(
 pub fn refresh_context(redis: &Client, agent: &AgentId, task_id: &str) {
     let redis = redis.clone();
     let key = keys::task_context(agent, task_id);
-    send_now("refresh the task context", async move {
-        redis
-            .expire(key, keys::RUNNING_CONTEXT_TTL_SECS, None)
-            .await
-    });
+    send_now("refresh the task context", async move { redis.expire(key, keys::RUNNING_CONTEXT_TTL_SECS, None).await });
 }
 
 /// Take up to `count` queued tasks at once (empty when the queue is empty). Under load
 /// this replaces one blocking pop per task with one command per batch.
-pub async fn take(
-    redis: &Client,
-    agent: &AgentId,
-    count: usize,
-) -> Result<Vec<String>, bus::fred::error::Error> {
-    let args = eval_args(
-        TAKE,
-        vec![keys::tasks(agent), keys::inflight(agent)],
-        vec![count.to_string()],
-    );
+pub async fn take(redis: &Client, agent: &AgentId, count: usize) -> Result<Vec<String>, bus::fred::error::Error> {
+    let args = eval_args(TAKE, vec![keys::tasks(agent), keys::inflight(agent)], vec![count.to_string()]);
     redis.custom(eval_cmd(), args).await
 }

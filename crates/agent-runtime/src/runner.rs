@@ -42,12 +42,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn hold(&self, raw: &str) {
-        *self
-            .held
-            .lock()
-            .expect("held poisoned")
-            .entry(raw.to_owned())
-            .or_default() += 1;
+        *self.held.lock().expect("held poisoned").entry(raw.to_owned()).or_default() += 1;
     }
 
     fn release(&self, raw: &str) {
@@ -73,34 +68,17 @@ impl Shared {
     pub fn child_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = vec![
             ("AGENT_ID".to_owned(), self.cfg.agent_id.to_string()),
-            (
-                "AGENT_INSTALL_DIR".to_owned(),
-                self.cfg.install_dir.display().to_string(),
-            ),
-            (
-                "AGENT_STATE_DIR".to_owned(),
-                self.cfg.state_dir.display().to_string(),
-            ),
+            ("AGENT_INSTALL_DIR".to_owned(), self.cfg.install_dir.display().to_string()),
+            ("AGENT_STATE_DIR".to_owned(), self.cfg.state_dir.display().to_string()),
         ];
         env.extend(read_environment(&self.cfg));
-        env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        merge_env(
-            self.base_env
-                .iter()
-                .map(|(k, v)| (k.as_os_str(), v.as_os_str())),
-            env,
-        )
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        merge_env(self.base_env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())), env)
     }
 }
 
 pub(crate) fn read_environment(cfg: &AgentConfig) -> Vec<(String, String)> {
-    std::fs::read_to_string(cfg.state_dir.join("environment"))
-        .map(|t| envfile::parse(&t))
-        .unwrap_or_default()
+    std::fs::read_to_string(cfg.state_dir.join("environment")).map(|t| envfile::parse(&t)).unwrap_or_default()
 }
 
 /// How a task ended.
@@ -186,10 +164,7 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
         }
     };
     let cancel = Arc::new(CancelHandle::default());
-    sh.running
-        .lock()
-        .expect("running poisoned")
-        .insert(task.id.clone(), cancel.clone());
+    sh.running.lock().expect("running poisoned").insert(task.id.clone(), cancel.clone());
 
     let context = serde_json::to_string(&mask_secrets(&value)).unwrap_or_default();
     let native = sh.natives.get(&task.action).cloned();
@@ -197,31 +172,20 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
     // Steps are found before the task is announced: an action that has steps and no
     // input schema is `running` from the start, in the same command as `pending`.
     let plan = (!immediate).then(|| actions::plan(&sh.cfg.action_dirs, &task.action));
-    let running_now = immediate
-        || plan
-            .as_ref()
-            .is_some_and(|p| !p.steps.is_empty() && p.input_schema.is_none());
-    let statuses: &[TaskStatus] = if running_now {
-        &[TaskStatus::Pending, TaskStatus::Running]
-    } else {
-        &[TaskStatus::Pending]
-    };
+    let running_now = immediate || plan.as_ref().is_some_and(|p| !p.steps.is_empty() && p.input_schema.is_none());
+    let statuses: &[TaskStatus] =
+        if running_now { &[TaskStatus::Pending, TaskStatus::Running] } else { &[TaskStatus::Pending] };
     redis_ops::accept(&sh.redis, &agent, &task.id, context, statuses);
 
     let outcome = match (task.action.as_str(), native, plan) {
         (LIST_ACTIONS, _, _) => list_actions(&sh),
         (CANCEL_TASK, _, _) => cancel_task(&sh, &task.data),
         (_, Some(native), _) => run_native(&sh, &task, native, &cancel).await,
-        (_, None, plan) => {
-            run_script(&sh, &task, plan.unwrap_or_default(), running_now, &cancel).await
-        }
+        (_, None, plan) => run_script(&sh, &task, plan.unwrap_or_default(), running_now, &cancel).await,
     };
     {
         let mut running = sh.running.lock().expect("running poisoned");
-        if running
-            .get(&task.id)
-            .is_some_and(|c| Arc::ptr_eq(c, &cancel))
-        {
+        if running.get(&task.id).is_some_and(|c| Arc::ptr_eq(c, &cancel)) {
             running.remove(&task.id);
         }
     }
@@ -230,15 +194,8 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
 }
 
 async fn remove_inflight(sh: &Shared, raw: &str) {
-    if let Err(e) = sh
-        .redis
-        .lrem::<i64, _, _>(keys::inflight(sh.agent()), 1, raw)
-        .await
-    {
-        tracing::warn!(
-            "cannot remove a task from {}: {e}",
-            keys::inflight(sh.agent())
-        );
+    if let Err(e) = sh.redis.lrem::<i64, _, _>(keys::inflight(sh.agent()), 1, raw).await {
+        tracing::warn!("cannot remove a task from {}: {e}", keys::inflight(sh.agent()));
     }
     sh.release(raw);
 }
@@ -261,10 +218,7 @@ pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, 
                 output: &o.output,
                 error: &o.error,
                 exit_code: o.exit_code,
-                final_progress: Progress {
-                    status: o.status,
-                    progress: o.progress,
-                },
+                final_progress: Progress { status: o.status, progress: o.progress },
                 // Read at the very end: the copy is what the task left behind.
                 environment: o.copy_env.then(|| read_environment(&sh.cfg)),
             },
@@ -275,9 +229,7 @@ pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, 
             Err(e) => {
                 let msg = e.to_string();
                 if msg != last_error {
-                    tracing::error!(
-                        "task/{agent}/{task_id}: cannot store the result, retrying: {msg}"
-                    );
+                    tracing::error!("task/{agent}/{task_id}: cannot store the result, retrying: {msg}");
                     last_error = msg;
                 }
                 tokio::time::sleep(delay).await;
@@ -285,11 +237,7 @@ pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, 
             }
         }
     }
-    let at = if o.step.is_empty() {
-        String::new()
-    } else {
-        format!(" at step {}", o.step)
-    };
+    let at = if o.step.is_empty() { String::new() } else { format!(" at step {}", o.step) };
     let line = format!(
         "task/{agent}/{task_id}: action \"{action}\" status is \"{}\" ({}){at}",
         o.status.as_str(),
@@ -314,30 +262,23 @@ fn list_actions(sh: &Shared) -> Outcome {
 }
 
 fn cancel_task(sh: &Shared, data: &Value) -> Outcome {
-    let task = data
-        .get("task")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty());
+    let task = data.get("task").and_then(Value::as_str).filter(|s| !s.is_empty());
     let timeout = match data.get("timeout") {
         None | Some(Value::Null) => Some(0),
         Some(v) => v.as_u64(),
     };
     let (Some(task), Some(timeout)) = (task, timeout) else {
         let mut o = Outcome::new(TaskStatus::ValidationFailed, exit::VALIDATION_FAILED, 0);
-        o.error = "Action cancel-task validation-failed at step builtin-validation.json: invalid task ID or timeout value".into();
+        o.error =
+            "Action cancel-task validation-failed at step builtin-validation.json: invalid task ID or timeout value"
+                .into();
         o.copy_env = false;
         return o;
     };
-    let handle = sh
-        .running
-        .lock()
-        .expect("running poisoned")
-        .get(task)
-        .cloned();
+    let handle = sh.running.lock().expect("running poisoned").get(task).cloned();
     let Some(handle) = handle else {
         let mut o = Outcome::new(TaskStatus::ValidationFailed, exit::TASK_NOT_FOUND, 0);
-        o.error =
-            "Action cancel-task validation-failed at step task-lookup: task ID not found".into();
+        o.error = "Action cancel-task validation-failed at step task-lookup: task ID not found".into();
         o.copy_env = false;
         return o;
     };
@@ -355,12 +296,7 @@ fn cancel_task(sh: &Shared, data: &Value) -> Outcome {
     o
 }
 
-async fn run_native(
-    sh: &Shared,
-    task: &Task,
-    native: crate::native::NativeAction,
-    cancel: &CancelHandle,
-) -> Outcome {
+async fn run_native(sh: &Shared, task: &Task, native: crate::native::NativeAction, cancel: &CancelHandle) -> Outcome {
     if let Some(v) = &native.input {
         let errors = check(v, &task.data);
         if !errors.is_empty() {
@@ -385,20 +321,13 @@ async fn run_native(
                 if !errors.is_empty() {
                     return Outcome::aborted(
                         exit::GENERIC,
-                        format!(
-                            "Output validation failed: {}\n",
-                            serde_json::to_string(&errors).unwrap_or_default()
-                        ),
+                        format!("Output validation failed: {}\n", serde_json::to_string(&errors).unwrap_or_default()),
                         "validate-output",
                     );
                 }
             }
             let mut o = Outcome::new(TaskStatus::Completed, exit::SUCCESS, 100);
-            o.output = if value.is_null() {
-                String::new()
-            } else {
-                value.to_string()
-            };
+            o.output = if value.is_null() { String::new() } else { value.to_string() };
             o
         }
         Err(ActionError::Validation(errors)) => Outcome::validation_failed(&errors, &task.action),
@@ -422,11 +351,7 @@ async fn run_script(
     let agent = sh.agent();
     let tag = format!("task/{agent}/{}", task.id);
     if plan.steps.is_empty() {
-        return Outcome::aborted(
-            exit::UNDEFINED_ACTION,
-            format!("Action {} is not defined\n", task.action),
-            "",
-        );
+        return Outcome::aborted(exit::UNDEFINED_ACTION, format!("Action {} is not defined\n", task.action), "");
     }
     if let Some(path) = &plan.input_schema {
         match sh.schemas.get(path) {
@@ -454,26 +379,18 @@ async fn run_script(
     let mut output: Vec<u8> = Vec::new();
     let mut error: Vec<u8> = Vec::new();
     let mut validation_failed = false;
-    let finish_with =
-        |status: TaskStatus, code: i32, pct: u8, output: &[u8], error: &[u8], step: &str| {
-            let mut o = Outcome::new(status, code, pct);
-            o.output = String::from_utf8_lossy(output).into_owned();
-            o.error = String::from_utf8_lossy(error).into_owned();
-            o.step = step.to_owned();
-            o
-        };
+    let finish_with = |status: TaskStatus, code: i32, pct: u8, output: &[u8], error: &[u8], step: &str| {
+        let mut o = Outcome::new(status, code, pct);
+        o.output = String::from_utf8_lossy(output).into_owned();
+        o.error = String::from_utf8_lossy(error).into_owned();
+        o.step = step.to_owned();
+        o
+    };
 
     for (index, (name, path)) in plan.steps.iter().enumerate() {
         if cancel.is_cancelled() {
             error.extend_from_slice(format!("Task cancelled before step {name}\n").as_bytes());
-            return finish_with(
-                TaskStatus::Aborted,
-                exit::SIGNALED,
-                progress.percent(),
-                &output,
-                &error,
-                name,
-            );
+            return finish_with(TaskStatus::Aborted, exit::SIGNALED, progress.percent(), &output, &error, name);
         }
         progress.start_step(index);
         let env = sh.child_env(&[
@@ -483,13 +400,7 @@ async fn run_script(
             ("AGENT_TASK_USER", &task.user),
         ]);
         tracing::debug!("{tag}: {}/{name} is starting", task.action);
-        let spec = StepSpec {
-            path,
-            cwd: &sh.cfg.state_dir,
-            env,
-            stdin: stdin.clone(),
-            comfd: true,
-        };
+        let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: stdin.clone(), comfd: true };
         let mut process = match StepProcess::spawn(spec, cancel.clone(), &sh.reaper) {
             Ok(p) => p,
             Err(e) => {
@@ -529,22 +440,11 @@ async fn run_script(
             }
         };
         if code != exit::SUCCESS {
-            let status = if validation_failed {
-                TaskStatus::ValidationFailed
-            } else {
-                TaskStatus::Aborted
-            };
+            let status = if validation_failed { TaskStatus::ValidationFailed } else { TaskStatus::Aborted };
             return finish_with(status, code, progress.percent(), &output, &error, name);
         }
         if validation_failed {
-            return finish_with(
-                TaskStatus::ValidationFailed,
-                exit::VALIDATION_FAILED,
-                0,
-                &output,
-                &error,
-                name,
-            );
+            return finish_with(TaskStatus::ValidationFailed, exit::VALIDATION_FAILED, 0, &output, &error, name);
         }
         progress.set_step_progress(100);
         // After the last step the terminal status follows at once.
@@ -557,16 +457,11 @@ async fn run_script(
         let problem = match sh.schemas.get(path) {
             Err(e) => Some(format!("Cannot load the output schema {e}")),
             Ok(v) => match serde_json::from_slice::<Value>(&output) {
-                Err(e) => Some(format!(
-                    "Output validation failed: the output is not JSON: {e}"
-                )),
+                Err(e) => Some(format!("Output validation failed: the output is not JSON: {e}")),
                 Ok(value) => {
                     let errors = check(&v, &value);
                     (!errors.is_empty()).then(|| {
-                        format!(
-                            "Output validation failed: {}",
-                            serde_json::to_string(&errors).unwrap_or_default()
-                        )
+                        format!("Output validation failed: {}", serde_json::to_string(&errors).unwrap_or_default())
                     })
                 }
             },
@@ -585,12 +480,5 @@ async fn run_script(
         }
     }
     let last = plan.steps.last().map(|(n, _)| n.as_str()).unwrap_or("");
-    finish_with(
-        TaskStatus::Completed,
-        exit::SUCCESS,
-        100,
-        &output,
-        &error,
-        last,
-    )
+    finish_with(TaskStatus::Completed, exit::SUCCESS, 100, &output, &error, last)
 }

@@ -90,9 +90,7 @@ fn exit_code(status: WaitStatus) -> Option<i32> {
 impl Reaper {
     /// Start listening to SIGCHLD on the current runtime.
     pub fn start() -> io::Result<Self> {
-        let reaper = Reaper {
-            waiting: Arc::default(),
-        };
+        let reaper = Reaper { waiting: Arc::default() };
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let r = reaper.clone();
         tokio::spawn(async move {
@@ -107,13 +105,11 @@ impl Reaper {
         let mut waiting = self.waiting.lock().expect("reaper poisoned");
         let done: Vec<(i32, i32)> = waiting
             .keys()
-            .filter_map(
-                |&pid| match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(status) => exit_code(status).map(|code| (pid, code)),
-                    // ECHILD: reaped elsewhere, its status is lost; report it as killed.
-                    Err(_) => Some((pid, protocol::exit::SIGNALED)),
-                },
-            )
+            .filter_map(|&pid| match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(status) => exit_code(status).map(|code| (pid, code)),
+                // ECHILD: reaped elsewhere, its status is lost; report it as killed.
+                Err(_) => Some((pid, protocol::exit::SIGNALED)),
+            })
             .collect();
         for (pid, code) in done {
             if let Some(tx) = waiting.remove(&pid) {
@@ -181,13 +177,7 @@ fn posix_spawn_step(r: &SpawnRequest) -> io::Result<Pid> {
             | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
             | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
     )?;
-    Ok(posix_spawn(
-        r.path.as_c_str(),
-        &actions,
-        &attr,
-        &[r.path.as_c_str()],
-        &r.env,
-    )?)
+    Ok(posix_spawn(r.path.as_c_str(), &actions, &attr, &[r.path.as_c_str()], &r.env)?)
 }
 
 /// What to run and how.
@@ -222,11 +212,7 @@ impl Pipe {
     fn new(fd: OwnedFd) -> io::Result<Self> {
         // Made by `pipe_for_child`: already a non-blocking FIFO, so tokio's checks
         // (fstat, fcntl) are skipped.
-        Ok(Pipe {
-            rx: pipe::Receiver::from_owned_fd_unchecked(fd)?,
-            buf: Vec::new(),
-            eof: false,
-        })
+        Ok(Pipe { rx: pipe::Receiver::from_owned_fd_unchecked(fd)?, buf: Vec::new(), eof: false })
     }
 
     /// Read whatever is there now.
@@ -290,11 +276,7 @@ pub struct StepProcess {
 /// only when it sits on one of them, so its `dup2` is real (which clears close-on-exec).
 fn pipe_for_child(child_reads: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    let (child, parent) = if child_reads {
-        (read, write)
-    } else {
-        (write, read)
-    };
+    let (child, parent) = if child_reads { (read, write) } else { (write, read) };
     fcntl(&child, FcntlArg::F_SETFL(OFlag::empty()))?;
     if child.as_raw_fd() > 3 {
         return Ok((child, parent));
@@ -305,12 +287,8 @@ fn pipe_for_child(child_reads: bool) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "NUL byte in a step argument or environment value",
-        )
-    })
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a step argument or environment value"))
 }
 
 #[allow(unsafe_code)]
@@ -332,29 +310,17 @@ fn add_chdir(actions: &mut PosixSpawnFileActions, dir: &CStr) -> io::Result<()> 
             dir.as_ptr(),
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
 }
 
 impl StepProcess {
     /// Start the step. An error means it could not be executed at all (not executable,
     /// missing interpreter): NS8 skips such a step.
-    pub fn spawn(
-        spec: StepSpec<'_>,
-        cancel: Arc<CancelHandle>,
-        reaper: &Reaper,
-    ) -> io::Result<Self> {
+    pub fn spawn(spec: StepSpec<'_>, cancel: Arc<CancelHandle>, reaper: &Reaper) -> io::Result<Self> {
         let (stdin_child, stdin_parent) = pipe_for_child(true)?;
         let (stdout_child, stdout_parent) = pipe_for_child(false)?;
         let (stderr_child, stderr_parent) = pipe_for_child(false)?;
-        let comfd = if spec.comfd {
-            Some(pipe_for_child(false)?)
-        } else {
-            None
-        };
+        let comfd = if spec.comfd { Some(pipe_for_child(false)?) } else { None };
 
         let request = SpawnRequest {
             path: cstring(spec.path.as_os_str().as_bytes())?,
@@ -431,18 +397,11 @@ impl StepProcess {
                 if self.stderr.has_line() || self.comfd.as_ref().is_some_and(Pipe::has_line) {
                     continue;
                 }
-                let open = !self.stdout.eof
-                    || !self.stderr.eof
-                    || self.comfd.as_ref().is_some_and(|c| !c.eof);
-                let deadline = *self
-                    .grace
-                    .get_or_insert_with(|| tokio::time::Instant::now() + PIPE_GRACE);
+                let open = !self.stdout.eof || !self.stderr.eof || self.comfd.as_ref().is_some_and(|c| !c.eof);
+                let deadline = *self.grace.get_or_insert_with(|| tokio::time::Instant::now() + PIPE_GRACE);
                 if !open || tokio::time::Instant::now() >= deadline {
                     self.cancel.pgid.store(0, Ordering::SeqCst);
-                    return StepEvent::Exited {
-                        code,
-                        stdout: std::mem::take(&mut self.stdout.buf),
-                    };
+                    return StepEvent::Exited { code, stdout: std::mem::take(&mut self.stdout.buf) };
                 }
                 tokio::select! {
                     _ = self.stdout.fill() => {}
@@ -472,9 +431,7 @@ pub fn merge_env<'a>(
 ) -> Vec<(String, String)> {
     let mut merged: Vec<(String, String)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let base = base
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v.to_str()?.to_owned())));
+    let base = base.into_iter().filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v.to_str()?.to_owned())));
     for (k, v) in base.chain(overrides) {
         match index.get(&k) {
             Some(&i) => merged[i].1 = v,

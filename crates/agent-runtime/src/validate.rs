@@ -20,10 +20,7 @@ pub fn compile(schema: &Value, definitions: Option<&Value>) -> Result<Validator,
     }
     let registry;
     if let Some(defs) = definitions {
-        let uri = defs
-            .get("$id")
-            .and_then(Value::as_str)
-            .unwrap_or("validator-definitions.json");
+        let uri = defs.get("$id").and_then(Value::as_str).unwrap_or("validator-definitions.json");
         registry = Registry::new()
             .add(uri, defs.clone())
             .and_then(|r| r.prepare())
@@ -36,10 +33,7 @@ pub fn compile(schema: &Value, definitions: Option<&Value>) -> Result<Validator,
 
 /// Validate and map every error to `{field, parameter, value, error}`.
 pub fn check(validator: &Validator, instance: &Value) -> Vec<ValidationError> {
-    validator
-        .iter_errors(instance)
-        .map(|e| to_ns8(&e))
-        .collect()
+    validator.iter_errors(instance).map(|e| to_ns8(&e)).collect()
 }
 
 /// gojsonschema's error type names, which NS8's UI keys its messages on.
@@ -77,22 +71,14 @@ fn rule_name(kind: &jsonschema::error::ValidationErrorKind) -> &'static str {
 }
 
 fn to_ns8(e: &jsonschema::ValidationError<'_>) -> ValidationError {
-    let mut path: Vec<String> = e
-        .instance_path()
-        .into_iter()
-        .map(|seg| seg.to_string())
-        .collect();
+    let mut path: Vec<String> = e.instance_path().into_iter().map(|seg| seg.to_string()).collect();
     // For a missing property gojsonschema names the property itself.
-    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
-        if let Some(p) = property.as_str() {
-            path.push(p.to_owned());
-        }
+    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
+        && let Some(p) = property.as_str()
+    {
+        path.push(p.to_owned());
     }
-    let field = if path.is_empty() {
-        "(root)".to_owned()
-    } else {
-        path.join(".")
-    };
+    let field = if path.is_empty() { "(root)".to_owned() } else { path.join(".") };
     let parameter = path.first().cloned().unwrap_or_else(|| "(root)".to_owned());
     ValidationError {
         error: format!("{parameter}_{}", rule_name(e.kind())),
@@ -114,10 +100,7 @@ pub struct SchemaCache {
 
 impl SchemaCache {
     pub fn new(definitions_path: Option<PathBuf>) -> Self {
-        SchemaCache {
-            definitions_path,
-            entries: Mutex::default(),
-        }
+        SchemaCache { definitions_path, entries: Mutex::default() }
     }
 
     pub fn get(&self, path: &Path) -> Result<Arc<Validator>, String> {
@@ -125,15 +108,11 @@ impl SchemaCache {
         let defs_path = self.definitions_path.as_deref().filter(|p| p.exists());
         // The stamp covers the definitions file too: a changed $ref target recompiles.
         let stamp = mtime(path).max(defs_path.and_then(mtime));
-        if let Some((s, v)) = self
-            .entries
-            .lock()
-            .expect("schema cache poisoned")
-            .get(path)
+        if let Some((s, v)) = self.entries.lock().expect("schema cache poisoned").get(path)
+            && *s == stamp
+            && stamp.is_some()
         {
-            if *s == stamp && stamp.is_some() {
-                return Ok(v.clone());
-            }
+            return Ok(v.clone());
         }
         let read = |p: &Path| -> Result<Value, String> {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -141,13 +120,8 @@ impl SchemaCache {
         };
         let schema = read(path)?;
         let defs = defs_path.map(read).transpose()?;
-        let validator = Arc::new(
-            compile(&schema, defs.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?,
-        );
-        self.entries
-            .lock()
-            .expect("schema cache poisoned")
-            .insert(path.to_owned(), (stamp, validator.clone()));
+        let validator = Arc::new(compile(&schema, defs.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?);
+        self.entries.lock().expect("schema cache poisoned").insert(path.to_owned(), (stamp, validator.clone()));
         Ok(validator)
     }
 }
@@ -171,22 +145,10 @@ mod tests {
         let v = compile(&schema, None).unwrap();
         assert!(check(&v, &json!({"name": "ok"})).is_empty());
         let errs = check(&v, &json!({"port": 70000, "nested": {"ip": "300.1.1.1"}}));
-        let by_error: Vec<_> = errs
-            .iter()
-            .map(|e| (e.field.as_str(), e.error.as_str()))
-            .collect();
-        assert!(
-            by_error.contains(&("name", "name_required")),
-            "{by_error:?}"
-        );
-        assert!(
-            by_error.contains(&("port", "port_number_lte")),
-            "{by_error:?}"
-        );
-        assert!(
-            by_error.contains(&("nested.ip", "nested_format")),
-            "{by_error:?}"
-        );
+        let by_error: Vec<_> = errs.iter().map(|e| (e.field.as_str(), e.error.as_str())).collect();
+        assert!(by_error.contains(&("name", "name_required")), "{by_error:?}");
+        assert!(by_error.contains(&("port", "port_number_lte")), "{by_error:?}");
+        assert!(by_error.contains(&("nested.ip", "nested_format")), "{by_error:?}");
         let port = errs.iter().find(|e| e.field == "port").unwrap();
         assert_eq!(port.value, json!(70000));
         assert_eq!(port.parameter, "port");

@@ -18,14 +18,8 @@ const RESULT_POLL: Duration = Duration::from_secs(1);
 
 /// NS8's liveness rule: an agent is alive when a connection named after it has been
 /// active within `max_idle_secs` (the agent's blocking pop keeps it below 5 s).
-pub async fn agent_is_alive(
-    client: &Client,
-    agent: &AgentId,
-    max_idle_secs: u64,
-) -> Result<bool, BusError> {
-    let list: String = client
-        .client_list::<String, String>(Some(ClientKillType::Normal), None)
-        .await?;
+pub async fn agent_is_alive(client: &Client, agent: &AgentId, max_idle_secs: u64) -> Result<bool, BusError> {
+    let list: String = client.client_list::<String, String>(Some(ClientKillType::Normal), None).await?;
     let name = agent.to_string();
     Ok(list.lines().any(|line| {
         let mut named = false;
@@ -71,20 +65,14 @@ impl TaskClient {
         if task.id.is_empty() {
             task.id = uuid::Uuid::new_v4().to_string();
         }
-        let json = serde_json::to_string(task).map_err(|e| BusError::BadResult {
-            task: task.id.clone(),
-            detail: e.to_string(),
-        })?;
+        let json = serde_json::to_string(task)
+            .map_err(|e| BusError::BadResult { task: task.id.clone(), detail: e.to_string() })?;
         let _: i64 = self.client.lpush(keys::tasks(agent), json).await?;
         Ok(())
     }
 
     /// The stored result, or `None` while the task has not finished.
-    pub async fn result(
-        &self,
-        agent: &AgentId,
-        task_id: &str,
-    ) -> Result<Option<TaskResult>, BusError> {
+    pub async fn result(&self, agent: &AgentId, task_id: &str) -> Result<Option<TaskResult>, BusError> {
         let (output, error, code): (Option<String>, Option<String>, Option<String>) = self
             .client
             .mget(vec![
@@ -94,15 +82,11 @@ impl TaskClient {
             ])
             .await?;
         let Some(code) = code else { return Ok(None) };
-        let exit_code = code.trim().parse().map_err(|_| BusError::BadResult {
-            task: task_id.to_owned(),
-            detail: format!("exit_code is {code:?}"),
-        })?;
-        Ok(Some(TaskResult::from_stored(
-            output.as_deref().unwrap_or(""),
-            error.unwrap_or_default(),
-            exit_code,
-        )))
+        let exit_code = code
+            .trim()
+            .parse()
+            .map_err(|_| BusError::BadResult { task: task_id.to_owned(), detail: format!("exit_code is {code:?}") })?;
+        Ok(Some(TaskResult::from_stored(output.as_deref().unwrap_or(""), error.unwrap_or_default(), exit_code)))
     }
 
     /// Push a task and wait for its result, calling `on_progress` for every progress
@@ -127,14 +111,13 @@ impl TaskClient {
                 tokio::select! {
                     msg = rx.recv() => match msg {
                         Ok(msg) if *msg.channel == *channel => {
-                            let progress = msg.value.as_str().and_then(|s| serde_json::from_str::<Progress>(s.as_ref()).ok())
-;
+                            let progress = msg.value.as_str().and_then(|s| serde_json::from_str::<Progress>(s.as_ref()).ok());
                             if let Some(p) = progress {
                                 on_progress(p);
-                                if p.status.is_terminal() {
-                                    if let Some(r) = self.result(agent, &task.id).await? {
-                                        return Ok(r);
-                                    }
+                                if p.status.is_terminal()
+                                    && let Some(r) = self.result(agent, &task.id).await?
+                                {
+                                    return Ok(r);
                                 }
                             }
                         }

@@ -36,10 +36,7 @@ impl Address {
         if host.is_empty() || host.contains(['/', ' ']) {
             return Err(bad());
         }
-        Ok(Address::Tcp {
-            host: host.to_owned(),
-            port,
-        })
+        Ok(Address::Tcp { host: host.to_owned(), port })
     }
 
     pub(crate) fn server_config(&self) -> ServerConfig {
@@ -80,11 +77,7 @@ impl fmt::Debug for RedisConfig {
 
 impl RedisConfig {
     pub fn new(address: Address) -> Self {
-        RedisConfig {
-            address,
-            user: None,
-            password: None,
-        }
+        RedisConfig { address, user: None, password: None }
     }
 
     /// Read the NS8 variables. As in NS8, a password without a user authenticates as
@@ -93,26 +86,14 @@ impl RedisConfig {
         Self::from_lookup(default_user, |k| std::env::var(k).ok())
     }
 
-    pub fn from_lookup(
-        default_user: &str,
-        get: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, BusError> {
+    pub fn from_lookup(default_user: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, BusError> {
         let address = get(ENV_ADDRESS).filter(|s| !s.is_empty());
         let address = Address::parse(address.as_deref().unwrap_or(DEFAULT_ADDRESS))?;
         let password = get(ENV_PASSWORD).filter(|s| !s.is_empty());
-        let user = match password {
-            Some(_) => Some(
-                get(ENV_USER)
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| default_user.to_owned()),
-            ),
-            None => None,
-        };
-        Ok(RedisConfig {
-            address,
-            user,
-            password,
-        })
+        let user = password
+            .as_ref()
+            .map(|_| get(ENV_USER).filter(|s| !s.is_empty()).unwrap_or_else(|| default_user.to_owned()));
+        Ok(RedisConfig { address, user, password })
     }
 }
 
@@ -122,25 +103,10 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(
-            Address::parse("127.0.0.1:6379").unwrap(),
-            Address::Tcp {
-                host: "127.0.0.1".into(),
-                port: 6379
-            }
-        );
-        assert_eq!(
-            Address::parse("cluster-leader:6379").unwrap().to_string(),
-            "cluster-leader:6379"
-        );
-        assert_eq!(
-            Address::parse("[::1]:6379").unwrap().to_string(),
-            "[::1]:6379"
-        );
-        assert_eq!(
-            Address::parse("/run/r.sock").unwrap(),
-            Address::Unix("/run/r.sock".into())
-        );
+        assert_eq!(Address::parse("127.0.0.1:6379").unwrap(), Address::Tcp { host: "127.0.0.1".into(), port: 6379 });
+        assert_eq!(Address::parse("cluster-leader:6379").unwrap().to_string(), "cluster-leader:6379");
+        assert_eq!(Address::parse("[::1]:6379").unwrap().to_string(), "[::1]:6379");
+        assert_eq!(Address::parse("/run/r.sock").unwrap(), Address::Unix("/run/r.sock".into()));
         for bad in ["", "localhost", "host:port", ":6379", "a b:1"] {
             let e = Address::parse(bad).unwrap_err().to_string();
             assert!(e.contains("REDIS_ADDRESS"), "{e}");
@@ -150,12 +116,7 @@ mod tests {
     #[test]
     fn env_rules() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         let c = RedisConfig::from_lookup("node/1", env(&[])).unwrap();
         assert_eq!(c.address.to_string(), "127.0.0.1:6379");
@@ -163,11 +124,8 @@ mod tests {
         let c = RedisConfig::from_lookup("node/1", env(&[("REDIS_PASSWORD", "s3cret")])).unwrap();
         assert_eq!(c.user.as_deref(), Some("node/1"));
         assert!(!format!("{c:?}").contains("s3cret"));
-        let c = RedisConfig::from_lookup(
-            "node/1",
-            env(&[("REDIS_PASSWORD", "p"), ("REDIS_USER", "api-server")]),
-        )
-        .unwrap();
+        let c =
+            RedisConfig::from_lookup("node/1", env(&[("REDIS_PASSWORD", "p"), ("REDIS_USER", "api-server")])).unwrap();
         assert_eq!(c.user.as_deref(), Some("api-server"));
     }
 }

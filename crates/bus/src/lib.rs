@@ -27,16 +27,10 @@ pub enum BusError {
     #[error("invalid REDIS_ADDRESS {0:?}: expected host:port, or the path of a Unix socket")]
     Address(String),
     #[error("cannot connect to Redis at {address} as user {user:?}: {source}")]
-    Connect {
-        address: String,
-        user: String,
-        source: fred::error::Error,
-    },
+    Connect { address: String, user: String, source: fred::error::Error },
     #[error("redis error: {0}")]
     Redis(#[from] fred::error::Error),
-    #[error(
-        "agent {0} is not running: no Redis connection named {0:?} was active in the last {1} s"
-    )]
+    #[error("agent {0} is not running: no Redis connection named {0:?} was active in the last {1} s")]
     AgentNotAlive(AgentId, u64),
     #[error("stored result of task {task} is malformed: {detail}")]
     BadResult { task: String, detail: String },
@@ -62,13 +56,11 @@ fn builder(cfg: &RedisConfig, resp3: bool) -> Builder {
         config.version = RespVersion::RESP3;
     }
     let mut builder = Builder::from_config(config);
-    builder
-        .set_policy(reconnect_policy())
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(5);
-            c.reconnect_on_auth_error = true;
-            c.tcp.nodelay = Some(true);
-        });
+    builder.set_policy(reconnect_policy()).with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(5);
+        c.reconnect_on_auth_error = true;
+        c.tcp.nodelay = Some(true);
+    });
     builder
 }
 
@@ -80,9 +72,7 @@ fn connect_error(cfg: &RedisConfig, source: fred::error::Error) -> BusError {
     }
 }
 
-async fn keep_named<
-    C: ClientLike + ClientInterface + EventInterface + Clone + Send + Sync + 'static,
->(
+async fn keep_named<C: ClientLike + ClientInterface + EventInterface + Clone + Send + Sync + 'static>(
     client: &C,
     name: &str,
 ) -> Result<(), BusError> {
@@ -115,11 +105,7 @@ pub async fn connect(cfg: &RedisConfig, name: &str) -> Result<Client, BusError> 
 /// Connect a subscriber (RESP3), named, whose subscriptions survive reconnects.
 /// `capacity` bounds the messages buffered for a slow reader (older ones are dropped
 /// and the reader told it lagged); the buffer is allocated up front.
-pub async fn connect_subscriber(
-    cfg: &RedisConfig,
-    name: &str,
-    capacity: usize,
-) -> Result<SubscriberClient, BusError> {
+pub async fn connect_subscriber(cfg: &RedisConfig, name: &str, capacity: usize) -> Result<SubscriberClient, BusError> {
     let client = builder(cfg, true)
         .with_performance_config(|p| p.broadcast_channel_capacity = capacity)
         .build_subscriber_client()?;
@@ -136,11 +122,7 @@ pub async fn connect_retrying(cfg: &RedisConfig, name: &str) -> Client {
     retry(cfg, || connect(cfg, name)).await
 }
 
-pub async fn connect_subscriber_retrying(
-    cfg: &RedisConfig,
-    name: &str,
-    capacity: usize,
-) -> SubscriberClient {
+pub async fn connect_subscriber_retrying(cfg: &RedisConfig, name: &str, capacity: usize) -> SubscriberClient {
     retry(cfg, || connect_subscriber(cfg, name, capacity)).await
 }
 

@@ -64,21 +64,13 @@ impl Command {
         let Some(fields) = split_fields(line) else {
             return unknown();
         };
-        match fields
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
+        match fields.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["set-progress", p] => match p.parse::<i64>() {
                 Ok(p) => Command::SetProgress(p.clamp(0, 100) as u8),
                 Err(_) => unknown(),
             },
             ["set-weight", step, w] => match w.parse::<u32>() {
-                Ok(weight) => Command::SetWeight {
-                    step: (*step).to_owned(),
-                    weight,
-                },
+                Ok(weight) => Command::SetWeight { step: (*step).to_owned(), weight },
                 Err(_) => unknown(),
             },
             ["set-status", "validation-failed"] => Command::SetValidationFailed,
@@ -93,32 +85,17 @@ mod tests {
 
     #[test]
     fn known_commands() {
-        assert_eq!(
-            Command::parse("set-progress 50\n"),
-            Command::SetProgress(50)
-        );
-        assert_eq!(
-            Command::parse("set-progress 150"),
-            Command::SetProgress(100)
-        );
+        assert_eq!(Command::parse("set-progress 50\n"), Command::SetProgress(50));
+        assert_eq!(Command::parse("set-progress 150"), Command::SetProgress(100));
         assert_eq!(
             Command::parse("set-weight 20configure 3"),
-            Command::SetWeight {
-                step: "20configure".into(),
-                weight: 3
-            }
+            Command::SetWeight { step: "20configure".into(), weight: 3 }
         );
         assert_eq!(
             Command::parse(r#"set-weight "20 odd name" 2"#),
-            Command::SetWeight {
-                step: "20 odd name".into(),
-                weight: 2
-            }
+            Command::SetWeight { step: "20 odd name".into(), weight: 2 }
         );
-        assert_eq!(
-            Command::parse("set-status validation-failed"),
-            Command::SetValidationFailed
-        );
+        assert_eq!(Command::parse("set-status validation-failed"), Command::SetValidationFailed);
     }
 
     #[test]
@@ -132,20 +109,13 @@ mod tests {
             "dump-env",
             "",
         ] {
-            assert_eq!(
-                Command::parse(line),
-                Command::Unknown(line.to_owned()),
-                "{line:?}"
-            );
+            assert_eq!(Command::parse(line), Command::Unknown(line.to_owned()), "{line:?}");
         }
     }
 
     #[test]
     fn csv_quotes() {
-        assert_eq!(
-            split_fields(r#"a "b ""c""" d"#).unwrap(),
-            vec!["a", r#"b "c""#, "d"]
-        );
+        assert_eq!(split_fields(r#"a "b ""c""" d"#).unwrap(), vec!["a", r#"b "c""#, "d"]);
         assert_eq!(split_fields("a  b").unwrap(), vec!["a", "", "b"]);
     }
 }

@@ -38,10 +38,7 @@ mod tests {
     #[test]
     fn parse_skips_junk_and_keeps_raw_values() {
         let vars = parse("A=1\n\nnot a pair\nB=x=y \"q\"\nA=2\n=bad\n");
-        assert_eq!(
-            vars,
-            vec![("A".into(), "2".into()), ("B".into(), "x=y \"q\"".into())]
-        );
+        assert_eq!(vars, vec![("A".into(), "2".into()), ("B".into(), "x=y \"q\"".into())]);
         assert_eq!(render(&vars), "A=2\nB=x=y \"q\"\n");
     }
 }

@@ -13,9 +13,7 @@ pub enum AgentId {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
-    #[error(
-        "invalid agent id {0:?}: expected \"cluster\", \"node/<number>\" or \"module/<module id>\""
-    )]
+    #[error("invalid agent id {0:?}: expected \"cluster\", \"node/<number>\" or \"module/<module id>\"")]
     Agent(String),
     #[error("invalid node id {0:?}: expected a positive integer without leading zeros")]
     Node(String),
@@ -23,9 +21,7 @@ pub enum IdError {
         "invalid module id {0:?}: expected 1-32 characters, a lowercase letter first, then lowercase letters, digits, '-' or '_'"
     )]
     Module(String),
-    #[error(
-        "invalid task id {0:?}: expected 1-128 characters among letters, digits, '-', '_', '.' and ':'"
-    )]
+    #[error("invalid task id {0:?}: expected 1-128 characters among letters, digits, '-', '_', '.' and ':'")]
     Task(String),
 }
 
@@ -33,13 +29,8 @@ pub enum IdError {
 pub fn validate_module_id(id: &str) -> Result<(), IdError> {
     let mut chars = id.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok =
-        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if first_ok && rest_ok && id.len() <= 32 {
-        Ok(())
-    } else {
-        Err(IdError::Module(id.to_owned()))
-    }
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if first_ok && rest_ok && id.len() <= 32 { Ok(()) } else { Err(IdError::Module(id.to_owned())) }
 }
 
 /// Task ids are embedded verbatim in key and channel names, so `/`, spaces and glob
@@ -47,14 +38,8 @@ pub fn validate_module_id(id: &str) -> Result<(), IdError> {
 pub fn validate_task_id(id: &str) -> Result<(), IdError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(IdError::Task(id.to_owned()))
-    }
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok { Ok(()) } else { Err(IdError::Task(id.to_owned())) }
 }
 
 fn parse_node_id(s: &str) -> Result<u32, IdError> {
@@ -78,9 +63,7 @@ impl AgentId {
             return Ok(id);
         }
         if selector == "node" {
-            return local_node
-                .map(AgentId::Node)
-                .ok_or_else(|| IdError::Agent(selector.to_owned()));
+            return local_node.map(AgentId::Node).ok_or_else(|| IdError::Agent(selector.to_owned()));
         }
         if selector.chars().all(|c| c.is_ascii_digit()) {
             return parse_node_id(selector).map(AgentId::Node);
@@ -129,13 +112,7 @@ mod tests {
 
     #[test]
     fn parses_and_prints_the_three_kinds() {
-        for s in [
-            "cluster",
-            "node/1",
-            "node/42",
-            "module/traefik1",
-            "module/nethvoice-proxy1",
-        ] {
+        for s in ["cluster", "node/1", "node/42", "module/traefik1", "module/nethvoice-proxy1"] {
             assert_eq!(s.parse::<AgentId>().unwrap().to_string(), s);
         }
     }
@@ -169,10 +146,7 @@ mod tests {
         assert_eq!(AgentId::resolve("2", None).unwrap(), AgentId::Node(2));
         assert_eq!(AgentId::resolve("node", Some(3)).unwrap(), AgentId::Node(3));
         assert!(AgentId::resolve("node", None).is_err());
-        assert_eq!(
-            AgentId::resolve("mail1", None).unwrap(),
-            AgentId::Module("mail1".into())
-        );
+        assert_eq!(AgentId::resolve("mail1", None).unwrap(), AgentId::Module("mail1".into()));
         assert_eq!(AgentId::resolve("cluster", None).unwrap(), AgentId::Cluster);
         assert!(AgentId::resolve("foo/bar", None).is_err());
     }

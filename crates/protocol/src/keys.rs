@@ -119,14 +119,8 @@ mod tests {
         assert_eq!(task_error(&m, t), "task/module/mail1/6f0a/error");
         assert_eq!(task_exit_code(&m, t), "task/module/mail1/6f0a/exit_code");
         assert_eq!(environment(&AgentId::Node(1)), "node/1/environment");
-        assert_eq!(
-            progress_channel(&AgentId::Cluster, t),
-            "progress/cluster/task/6f0a"
-        );
-        assert_eq!(
-            event_channel(&AgentId::Cluster, "module-added"),
-            "cluster/event/module-added"
-        );
+        assert_eq!(progress_channel(&AgentId::Cluster, t), "progress/cluster/task/6f0a");
+        assert_eq!(event_channel(&AgentId::Cluster, "module-added"), "cluster/event/module-added");
         assert_eq!(inflight(&AgentId::Node(2)), "task/node/2/inflight");
         assert_eq!(event_stream(&m), "module/mail1/events");
     }
@@ -136,10 +130,7 @@ mod tests {
         let (src, name) = parse_event_channel("module/traefik1/event/certificate-changed").unwrap();
         assert_eq!(src, AgentId::Module("traefik1".into()));
         assert_eq!(name, "certificate-changed");
-        assert_eq!(
-            parse_event_channel("node/1/event/x").unwrap().0,
-            AgentId::Node(1)
-        );
+        assert_eq!(parse_event_channel("node/1/event/x").unwrap().0, AgentId::Node(1));
         assert!(parse_event_channel("bogus/event/x").is_none());
         assert!(parse_event_channel("cluster/event/").is_none());
         assert!(parse_event_channel("cluster/event/..").is_none());

@@ -38,11 +38,7 @@ pub enum TaskDecodeError {
 
 impl Task {
     pub fn new(action: impl Into<String>, data: Value) -> Self {
-        Task {
-            action: action.into(),
-            data,
-            ..Default::default()
-        }
+        Task { action: action.into(), data, ..Default::default() }
     }
 
     /// Decode and check a queue item. The `Value` returned is the whole object, unknown
@@ -71,10 +67,7 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Completed | TaskStatus::Aborted | TaskStatus::ValidationFailed
-        )
+        matches!(self, TaskStatus::Completed | TaskStatus::Aborted | TaskStatus::ValidationFailed)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -98,11 +91,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn to_json(&self) -> String {
-        format!(
-            "{{\"status\":\"{}\",\"progress\":{}}}",
-            self.status.as_str(),
-            self.progress
-        )
+        format!("{{\"status\":\"{}\",\"progress\":{}}}", self.status.as_str(), self.progress)
     }
 }
 
@@ -117,11 +106,7 @@ pub struct TaskResult {
 
 impl TaskResult {
     pub fn from_stored(output: &str, error: String, exit_code: i32) -> Self {
-        TaskResult {
-            output: decode_output(output),
-            error,
-            exit_code,
-        }
+        TaskResult { output: decode_output(output), error, exit_code }
     }
 
     /// The status the exit code implies. The real final status travels only in the
@@ -198,10 +183,7 @@ mod tests {
         let raw = r#"{"id":"6f0a7c5e-0000-4000-8000-000000000001","action":"set-name","data":{"name":"x"},"extra":{"title":"t"},"parent":"","queue":"cluster/tasks","user":"admin","timestamp":"2026-11-26T16:14:49.695761Z"}"#;
         let (task, _) = Task::decode(raw).unwrap();
         assert_eq!(task.user, "admin");
-        assert_eq!(
-            task.timestamp.as_deref(),
-            Some("2026-11-26T16:14:49.695761Z")
-        );
+        assert_eq!(task.timestamp.as_deref(), Some("2026-11-26T16:14:49.695761Z"));
         check(&task, raw);
     }
 
@@ -224,18 +206,11 @@ mod tests {
 
     #[test]
     fn progress_shape() {
-        let p = Progress {
-            status: TaskStatus::ValidationFailed,
-            progress: 25,
-        };
+        let p = Progress { status: TaskStatus::ValidationFailed, progress: 25 };
         check(&p, r#"{"status":"validation-failed","progress":25}"#);
-        assert_eq!(
-            p.to_json(),
-            r#"{"status":"validation-failed","progress":25}"#
-        );
+        assert_eq!(p.to_json(), r#"{"status":"validation-failed","progress":25}"#);
         for s in ["pending", "running", "completed", "aborted"] {
-            let p: Progress =
-                serde_json::from_str(&format!(r#"{{"status":"{s}","progress":0}}"#)).unwrap();
+            let p: Progress = serde_json::from_str(&format!(r#"{{"status":"{s}","progress":0}}"#)).unwrap();
             assert_eq!(p.status.as_str(), s);
         }
     }
@@ -243,11 +218,7 @@ mod tests {
     #[test]
     fn result_and_validation_error_shapes() {
         check(
-            &TaskResult {
-                output: json!({"a":1}),
-                error: "".into(),
-                exit_code: 0,
-            },
+            &TaskResult { output: json!({"a":1}), error: "".into(), exit_code: 0 },
             r#"{"output":{"a":1},"error":"","exit_code":0}"#,
         );
         check(

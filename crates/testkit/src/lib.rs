@@ -27,11 +27,7 @@ impl RedisServer {
     }
 
     fn spawn(dir: tempfile::TempDir, persistent: bool) -> Result<Self> {
-        let mut server = RedisServer {
-            dir,
-            child: None,
-            persistent,
-        };
+        let mut server = RedisServer { dir, child: None, persistent };
         server.launch()?;
         Ok(server)
     }
@@ -49,19 +45,14 @@ impl RedisServer {
             .args(["--loglevel", "warning"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .context("cannot start redis-server: is the redis-server package installed?")?;
+        let child = cmd.spawn().context("cannot start redis-server: is the redis-server package installed?")?;
         self.child = Some(child);
         // Ready means answering PING, not just a socket file: a server loading its
         // append-only file answers LOADING until it is done.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(sock.exists() && self.cli(&["PING"]).is_ok_and(|r| r == "PONG")) {
             if Instant::now() > deadline {
-                bail!(
-                    "redis-server on {} did not answer PING within 10 s",
-                    sock.display()
-                );
+                bail!("redis-server on {} did not answer PING within 10 s", sock.display());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -90,10 +81,7 @@ impl RedisServer {
             .output()
             .context("cannot run redis-cli")?;
         if !out.status.success() {
-            bail!(
-                "redis-cli {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
@@ -141,19 +129,6 @@ pub fn write_step(root: &Path, action: &str, step: &str, body: &str) -> Result<P
     std::fs::write(&path, body)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_starts_answers_and_restarts_with_data() {
-        let mut r = RedisServer::start_persistent().unwrap();
-        assert_eq!(r.cli(&["SET", "k", "v"]).unwrap(), "OK");
-        r.restart().unwrap();
-        assert_eq!(r.cli(&["GET", "k"]).unwrap(), "v");
-    }
 }
 
 /// An agent's install dir on disk: `actions/`, `events/`, `state/`, and its log.
@@ -241,10 +216,7 @@ impl AgentProcess {
         redis: &RedisServer,
         env: &[(&str, &str)],
     ) -> Result<Self> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(tree.log())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(tree.log())?;
         let child = Command::new(bin)
             .args(args)
             .env("REDIS_ADDRESS", redis.address())
@@ -257,10 +229,7 @@ impl AgentProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        Ok(AgentProcess {
-            child: Some(child),
-            log: tree.log(),
-        })
+        Ok(AgentProcess { child: Some(child), log: tree.log() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -281,10 +250,7 @@ impl AgentProcess {
     }
 
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()?;
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status()?;
         if !status.success() {
             bail!("kill -{signal} {} failed", self.pid());
         }
@@ -301,10 +267,7 @@ impl AgentProcess {
                 return Ok(status.code());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "agent did not exit within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                bail!("agent did not exit within {timeout:?}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -321,12 +284,19 @@ impl Drop for AgentProcess {
 pub fn process_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
             .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_starts_answers_and_restarts_with_data() {
+        let mut r = RedisServer::start_persistent().unwrap();
+        assert_eq!(r.cli(&["SET", "k", "v"]).unwrap(), "OK");
+        r.restart().unwrap();
+        assert_eq!(r.cli(&["GET", "k"]).unwrap(), "v");
+    }
 }

@@ -21,27 +21,15 @@ pub fn redis_config(redis: &RedisServer) -> RedisConfig {
 }
 
 pub async fn client(redis: &RedisServer) -> TaskClient {
-    TaskClient::connect(&redis_config(redis), "test-client")
-        .await
-        .expect("connect test client")
+    TaskClient::connect(&redis_config(redis), "test-client").await.expect("connect test client")
 }
 
-pub fn spawn(
-    id: &str,
-    tree: &AgentTree,
-    redis: &RedisServer,
-    env: &[(&str, &str)],
-) -> AgentProcess {
+pub fn spawn(id: &str, tree: &AgentTree, redis: &RedisServer, env: &[(&str, &str)]) -> AgentProcess {
     AgentProcess::spawn(Path::new(BIN), id, tree, redis, env).expect("spawn module-agent")
 }
 
 /// Run a task and collect its progress messages; fails the test after [`PATIENCE`].
-pub async fn run(
-    client: &TaskClient,
-    agent: &AgentId,
-    action: &str,
-    data: Value,
-) -> (TaskResult, Vec<Progress>) {
+pub async fn run(client: &TaskClient, agent: &AgentId, action: &str, data: Value) -> (TaskResult, Vec<Progress>) {
     let mut task = Task::new(action, data);
     let mut progress = Vec::new();
     let result = tokio::time::timeout(PATIENCE, client.run(agent, &mut task, |p| progress.push(p)))
@@ -57,15 +45,11 @@ pub async fn wait_ready(client: &TaskClient, agent: &AgentId, process: &AgentPro
         loop {
             if client.ensure_alive(agent, 8).await.is_ok() {
                 let mut task = Task::new("list-actions", Value::Null);
-                if let Ok(Ok(r)) = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    client.run(agent, &mut task, |_| {}),
-                )
-                .await
+                if let Ok(Ok(r)) =
+                    tokio::time::timeout(Duration::from_secs(5), client.run(agent, &mut task, |_| {})).await
+                    && r.exit_code == 0
                 {
-                    if r.exit_code == 0 {
-                        return;
-                    }
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

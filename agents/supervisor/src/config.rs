@@ -1,0 +1,186 @@
+//! Program files: one JSON file per program in the configuration directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+/// When to start a program again after it exits.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A program file as written on disk.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgramFile {
+    name: String,
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    log: Option<PathBuf>,
+    #[serde(default)]
+    restart: Restart,
+    user: Option<String>,
+    stop_signal: Option<String>,
+    stop_timeout_secs: Option<u64>,
+}
+
+/// A validated program. Equality decides whether a reload restarts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub name: String,
+    /// Never empty: the executable and its arguments.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// Gets stdout and stderr appended; `None` inherits the supervisor's stderr.
+    pub log: Option<PathBuf>,
+    pub restart: Restart,
+    pub user: Option<String>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+}
+
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Parse `TERM`, `SIGTERM` or `sigterm`.
+fn parse_signal(s: &str) -> Option<Signal> {
+    let upper = s.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&full).ok()
+}
+
+impl Program {
+    /// Parse and check the content of a program file; errors don't name the file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let f: ProgramFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if f.name.trim().is_empty() {
+            return Err("\"name\" is empty".into());
+        }
+        if f.command.first().is_none_or(|c| c.is_empty()) {
+            return Err("\"command\" is empty".into());
+        }
+        let stop_signal = match f.stop_signal {
+            None => Signal::SIGTERM,
+            Some(s) => parse_signal(&s).ok_or_else(|| format!("unknown \"stop_signal\" {s:?}"))?,
+        };
+        Ok(Program {
+            name: f.name,
+            command: f.command,
+            env: f.env,
+            cwd: f.cwd,
+            log: f.log,
+            restart: f.restart,
+            user: f.user,
+            stop_signal,
+            stop_timeout: f.stop_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_STOP_TIMEOUT),
+        })
+    }
+}
+
+/// What a directory scan found for one file.
+#[derive(Debug)]
+pub enum Entry {
+    Valid(Program),
+    /// Present but unusable; the error was already logged.
+    Invalid,
+}
+
+/// Read every `*.json` file of `dir`, keyed (and so ordered) by file name. Invalid
+/// files are logged and kept as [`Entry::Invalid`] so that a reload can tell a broken
+/// file from a removed one. Fails only when the directory cannot be listed.
+pub fn load_dir(dir: &Path) -> std::io::Result<BTreeMap<String, Entry>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(file) = entry.file_name().into_string() else {
+            continue;
+        };
+        if file.starts_with('.') || !file.ends_with(".json") {
+            continue;
+        }
+        files.insert(file, entry.path());
+    }
+    let mut names = HashSet::new();
+    let mut out = BTreeMap::new();
+    for (file, path) in files {
+        let parsed = std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Program::parse(&t));
+        let entry = match parsed {
+            Ok(p) if !names.insert(p.name.clone()) => {
+                tracing::error!(
+                    "{}: skipped: program name {:?} is already used by another file",
+                    path.display(),
+                    p.name
+                );
+                Entry::Invalid
+            }
+            Ok(p) => Entry::Valid(p),
+            Err(e) => {
+                tracing::error!("{}: skipped: {e}", path.display());
+                Entry::Invalid
+            }
+        };
+        out.insert(file, entry);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let p = Program::parse(r#"{"name": "a", "command": ["/bin/true"]}"#).unwrap();
+        assert_eq!(p.restart, Restart::Always);
+        assert_eq!(p.stop_signal, Signal::SIGTERM);
+        assert_eq!(p.stop_timeout, DEFAULT_STOP_TIMEOUT);
+        assert!(p.user.is_none() && p.log.is_none() && p.cwd.is_none() && p.env.is_empty());
+    }
+
+    #[test]
+    fn full_file() {
+        let p = Program::parse(
+            r#"{"name": "node-agent", "command": ["/bin/x", "--agentid", "node/1"], "env": {"A": "1"},
+                "cwd": "/x/state", "log": "/x/log", "restart": "on-failure", "user": null,
+                "stop_signal": "INT", "stop_timeout_secs": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(p.restart, Restart::OnFailure);
+        assert_eq!(p.stop_signal, Signal::SIGINT);
+        assert_eq!(p.stop_timeout, Duration::from_secs(3));
+        assert_eq!(p.env["A"], "1");
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGUSR1"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("quit"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("NOPE"), None);
+    }
+
+    #[test]
+    fn rejections() {
+        let e = Program::parse(r#"{"name": "a", "command": ["/bin/true"], "colour": "red"}"#).unwrap_err();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let e = Program::parse(r#"{"name": "a", "command": []}"#).unwrap_err();
+        assert!(e.contains("command"), "{e}");
+        let e = Program::parse(r#"{"command": ["/bin/true"]}"#).unwrap_err();
+        assert!(e.contains("name"), "{e}");
+        let e = Program::parse(r#"{"name": "a", "command": ["x"], "restart": "sometimes"}"#).unwrap_err();
+        assert!(e.contains("sometimes"), "{e}");
+        let e = Program::parse(r#"{"name": "a", "command": ["x"], "stop_signal": "FOO"}"#).unwrap_err();
+        assert!(e.contains("FOO"), "{e}");
+    }
+}
