@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// Loopback port of the cluster's Redis.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     redis_port: u16,
+    /// Use the binaries already built in this directory instead of building release
+    /// ones (the tests use their debug build).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -101,13 +105,19 @@ pub fn up(args: UpArgs) -> Result<()> {
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");
     }
-    eprintln!("xtask: building the release binaries");
-    let mut build = Command::new(env!("CARGO"));
-    build.current_dir(workspace()).args(["build", "--release", "--quiet"]);
-    for b in BINARIES {
-        build.args(["-p", b]);
-    }
-    run(&mut build)?;
+    let built = match args.bin_dir {
+        Some(dir) => dir,
+        None => {
+            eprintln!("xtask: building the release binaries");
+            let mut build = Command::new(env!("CARGO"));
+            build.current_dir(workspace()).args(["build", "--release", "--quiet"]);
+            for b in BINARIES {
+                build.args(["-p", b]);
+            }
+            run(&mut build)?;
+            workspace().join("target/release")
+        }
+    };
 
     for dir in [
         "bin",
@@ -124,10 +134,9 @@ pub fn up(args: UpArgs) -> Result<()> {
         std::fs::create_dir_all(root.join(dir))
             .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
     }
-    let release = workspace().join("target/release");
     for b in BINARIES {
         let tmp = root.join("bin").join(format!(".{b}.new"));
-        std::fs::copy(release.join(b), &tmp).with_context(|| format!("cannot copy {b}"))?;
+        std::fs::copy(built.join(b), &tmp).with_context(|| format!("cannot copy {} from {}", b, built.display()))?;
         std::fs::rename(&tmp, root.join("bin").join(b))?;
     }
     let bin = |b: &str| root.join("bin").join(b).display().to_string();
@@ -210,7 +219,8 @@ pub fn down(args: DownArgs) -> Result<()> {
     match running_supervisor(&root) {
         None => println!("The local cluster is not running."),
         Some(pid) => {
-            run(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
+                .with_context(|| format!("cannot signal the supervisor (pid {pid})"))?;
             let deadline = Instant::now() + Duration::from_secs(120);
             while Path::new(&format!("/proc/{pid}")).exists() {
                 if Instant::now() > deadline {

@@ -360,8 +360,7 @@ fn ctrl_c_while_waiting_leaves_the_task_running() {
         (!keys.is_empty()).then_some(())
     })
     .unwrap();
-    let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(killed.success());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.parse().unwrap()), nix::sys::signal::Signal::SIGINT).unwrap();
     let out = Outcome(child.0.take().unwrap().wait_with_output().unwrap());
     assert_eq!(out.code(), 130, "{out:?}");
     assert!(out.stderr().contains("interrupted: the task goes on"), "{out:?}");

@@ -24,7 +24,7 @@ async fn multi_step_bash_action_validates_input_then_runs_in_order() {
     let redis = RedisServer::start().unwrap();
     let tree = AgentTree::new().unwrap();
     tree.file("greet", "validate-input.json", NAME_SCHEMA).unwrap();
-    tree.step("greet", "10read", "#!/bin/bash\nname=$(python3 -c 'import json,sys; print(json.load(sys.stdin)[\"name\"])')\necho \"step 10 saw $name\" >&2\necho \"GREETED=$name\" >> environment\n").unwrap();
+    tree.step("greet", "10read", "#!/bin/bash\nname=$(sed -n 's/.*\"name\":\"\\([^\"]*\\)\".*/\\1/p')\necho \"step 10 saw $name\" >&2\necho \"GREETED=$name\" >> environment\n").unwrap();
     tree.step(
         "greet",
         "20answer",

@@ -30,7 +30,7 @@ pub enum BusError {
     Connect { address: String, user: String, source: fred::error::Error },
     #[error("redis error: {0}")]
     Redis(#[from] fred::error::Error),
-    #[error("agent {0} is not running: no Redis connection named {0:?} was active in the last {1} s")]
+    #[error("agent {0} is not running: no Redis connection named \"{0}\" was active in the last {1} s")]
     AgentNotAlive(AgentId, u64),
     #[error("stored result of task {task} is malformed: {detail}")]
     BadResult { task: String, detail: String },

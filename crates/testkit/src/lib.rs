@@ -249,12 +249,11 @@ impl AgentProcess {
         }
     }
 
+    /// Send a signal by name (`TERM`, `USR1`, ...).
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status()?;
-        if !status.success() {
-            bail!("kill -{signal} {} failed", self.pid());
-        }
-        Ok(())
+        let sig: nix::sys::signal::Signal = format!("SIG{signal}").parse().with_context(|| format!("unknown signal {signal}"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .with_context(|| format!("kill -{signal} {}", self.pid()))
     }
 
     /// Wait for the process to exit on its own; its exit code.

@@ -1,0 +1,121 @@
+//! The README's first command: `cargo xtask up` brings up a working single-node cluster
+//! under the supervisor, a crashed agent comes back, `down` leaves nothing running.
+//! Runs the real xtask binary with the workspace's debug build of the agents.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+/// target/debug, where `cargo test --workspace` has built every binary.
+fn bin_dir() -> PathBuf {
+    Path::new(XTASK).parent().expect("binary has a directory").to_owned()
+}
+
+struct Cluster {
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    fn xtask(&self, args: &[&str]) -> Output {
+        Command::new(XTASK).args(args).arg("--root").arg(self.root.path()).output().expect("run xtask")
+    }
+
+    fn api_cli(&self, args: &[&str]) -> Output {
+        Command::new(self.root.path().join("bin/api-cli"))
+            .args(args)
+            .env("REDIS_ADDRESS", format!("127.0.0.1:{}", self.port))
+            .output()
+            .expect("run api-cli")
+    }
+
+    /// Pids of processes started from the cluster's bin dir (or its Redis config).
+    fn processes(&self) -> Vec<u32> {
+        let root = self.root.path().display().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
+            })
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        let mut all = String::new();
+        for f in ["supervisor", "redis", "cluster-agent", "node-agent"] {
+            let text = std::fs::read_to_string(self.root.path().join(format!("log/{f}.log"))).unwrap_or_default();
+            all.push_str(&format!("--- {f}.log\n{text}\n"));
+        }
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.xtask(&["down"]);
+        for pid in self.processes() {
+            let _ = kill9(pid);
+        }
+    }
+}
+
+fn kill9(pid: u32) -> nix::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
+    for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli"] {
+        assert!(bin_dir().join(b).exists(), "{b} is not built in {}: run the whole workspace's tests", bin_dir().display());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cluster = Cluster { root: tempfile::tempdir().unwrap(), port };
+    let out = cluster.xtask(&["up", "--redis-port", &port.to_string(), "--bin-dir", &bin_dir().display().to_string()]);
+    let text = ok(&out);
+    assert!(text.contains("The local cluster is up"), "{text}");
+    assert!(text.contains("api-cli run"), "up prints how to run a task: {text}");
+
+    let info: serde_json::Value = serde_json::from_str(&ok(&cluster.api_cli(&["run", "get-info", "--agent", "node/1"]))).unwrap();
+    assert!(info["cpus"].as_u64().unwrap() >= 1, "{info}");
+    ok(&cluster.api_cli(&["run", "set-name", "--data", r#"{"name": "Test HQ"}"#]));
+
+    // A crashed agent is restarted by the supervisor.
+    let node_agent = cluster.root.path().join("bin/node-agent").display().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&node_agent)))
+        .expect("node-agent runs");
+    kill9(pid).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cluster.api_cli(&["run", "get-info", "--agent", "1", "--quiet"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node agent not back:\n{}", cluster.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Data survives a restart of the whole cluster (Redis persistence).
+    ok(&cluster.xtask(&["down"]));
+    assert!(cluster.processes().is_empty(), "down leaves nothing running: {:?}", cluster.processes());
+    ok(&cluster.xtask(&["up", "--redis-port", &port.to_string(), "--bin-dir", &bin_dir().display().to_string()]));
+    let name = ok(&cluster.api_cli(&["run", "get-name"]));
+    assert!(name.contains("Test HQ"), "{name}\n{}", cluster.log());
+    ok(&cluster.xtask(&["down", "--purge"]));
+    assert!(cluster.processes().is_empty());
+    assert!(!cluster.root.path().join("redis").exists(), "--purge removes the data");
+}
