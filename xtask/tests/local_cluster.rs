@@ -40,8 +40,7 @@ impl Cluster {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
             })
             .collect()
     }
@@ -70,14 +69,23 @@ fn kill9(pid: u32) -> nix::Result<()> {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli"] {
-        assert!(bin_dir().join(b).exists(), "{b} is not built in {}: run the whole workspace's tests", bin_dir().display());
+        assert!(
+            bin_dir().join(b).exists(),
+            "{b} is not built in {}: run the whole workspace's tests",
+            bin_dir().display()
+        );
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cluster = Cluster { root: tempfile::tempdir().unwrap(), port };
@@ -86,7 +94,8 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     assert!(text.contains("The local cluster is up"), "{text}");
     assert!(text.contains("api-cli run"), "up prints how to run a task: {text}");
 
-    let info: serde_json::Value = serde_json::from_str(&ok(&cluster.api_cli(&["run", "get-info", "--agent", "node/1"]))).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&cluster.api_cli(&["run", "get-info", "--agent", "node/1"]))).unwrap();
     assert!(info["cpus"].as_u64().unwrap() >= 1, "{info}");
     ok(&cluster.api_cli(&["run", "set-name", "--data", r#"{"name": "Test HQ"}"#]));
 
@@ -96,7 +105,10 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&node_agent)))
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&node_agent))
+        })
         .expect("node-agent runs");
     kill9(pid).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -15,7 +15,7 @@ use crate::events;
 use crate::native::NativeActions;
 use crate::redis_ops;
 use crate::runner::{Outcome, Shared, finish, run_task};
-use crate::step::Reaper;
+use crate::step::{Reaper, Spawner};
 use crate::validate::SchemaCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,7 @@ pub async fn run(
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     let sh = Arc::new(Shared {
         reaper,
+        spawner: Spawner::new(),
         base_env: std::env::vars_os().collect(),
         schemas: SchemaCache::new(Some(definitions)),
         cfg,

@@ -336,13 +336,14 @@ async fn run_handler(sh: &Shared, source: &AgentId, name: &str, payload: &str, s
     for (step, path) in steps {
         let env = sh.child_env(&[("AGENT_COMFD", "2"), ("AGENT_EVENT_NAME", name), ("AGENT_EVENT_SOURCE", &src)]);
         let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: payload.as_bytes().to_vec(), comfd: false };
-        let mut process = match StepProcess::spawn(spec, Arc::new(CancelHandle::default()), &sh.reaper) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("handler of {src}/event/{name}: step {step} skipped, it cannot be executed: {e}");
-                continue;
-            }
-        };
+        let mut process =
+            match StepProcess::spawn(spec, Arc::new(CancelHandle::default()), &sh.reaper, &sh.spawner).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("handler of {src}/event/{name}: step {step} skipped, it cannot be executed: {e}");
+                    continue;
+                }
+            };
         let code = loop {
             match process.next().await {
                 StepEvent::Stderr(line) => log_line(&line),

@@ -52,7 +52,12 @@ impl AgentBinary {
         let natives = (self.natives)(&cfg);
         // One thread: the work is in the step processes, and a single-threaded agent
         // keeps its memory small (each module has its own agent).
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // Blocking threads only spawn steps and resolve host names: small stacks.
+            .thread_stack_size(256 * 1024)
+            .build()
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("{}: cannot start the async runtime: {e}", self.name);

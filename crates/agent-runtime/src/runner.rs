@@ -18,7 +18,7 @@ use crate::config::AgentConfig;
 use crate::native::{ActionContext, ActionError, NativeActions};
 use crate::progress::ProgressTracker;
 use crate::redis_ops;
-use crate::step::{CancelHandle, Reaper, StepEvent, StepProcess, StepSpec, merge_env};
+use crate::step::{CancelHandle, Reaper, Spawner, StepEvent, StepProcess, StepSpec, merge_env};
 use crate::validate::{SchemaCache, check};
 
 pub(crate) const LIST_ACTIONS: &str = "list-actions";
@@ -36,6 +36,7 @@ pub(crate) struct Shared {
     /// the same JSON may be queued twice.
     pub held: Mutex<HashMap<String, usize>>,
     pub reaper: Reaper,
+    pub spawner: Spawner,
     /// The agent's own environment, the base of every step's.
     pub base_env: Vec<(OsString, OsString)>,
 }
@@ -401,7 +402,7 @@ async fn run_script(
         ]);
         tracing::debug!("{tag}: {}/{name} is starting", task.action);
         let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: stdin.clone(), comfd: true };
-        let mut process = match StepProcess::spawn(spec, cancel.clone(), &sh.reaper) {
+        let mut process = match StepProcess::spawn(spec, cancel.clone(), &sh.reaper, &sh.spawner).await {
             Ok(p) => p,
             Err(e) => {
                 // NS8 keeps non-executable placeholder steps on purpose: skip, count as done.

@@ -180,6 +180,31 @@ fn posix_spawn_step(r: &SpawnRequest) -> io::Result<Pid> {
     Ok(posix_spawn(r.path.as_c_str(), &actions, &attr, &[r.path.as_c_str()], &r.env)?)
 }
 
+/// At most this many `posix_spawn` calls at once (measured: 4 gives ~12% more step
+/// throughput than calling it on the event loop; 1 gives less).
+const PARALLEL_SPAWNS: usize = 4;
+
+/// Runs `posix_spawn` off the event loop. Its vfork holds the calling thread until the
+/// child has exec'd, and under load the child first waits for a CPU behind running
+/// steps: on the agent's only thread that would stall everything. Spawns run on
+/// tokio's blocking threads, which exist only while there is work (an idle agent
+/// keeps one thread), a few at a time so those waits overlap.
+#[derive(Clone)]
+pub struct Spawner {
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Spawner {
+    pub fn new() -> Self {
+        Spawner { slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_SPAWNS)) }
+    }
+
+    async fn spawn(&self, request: SpawnRequest) -> io::Result<Pid> {
+        let _slot = self.slots.acquire().await.map_err(io::Error::other)?;
+        tokio::task::spawn_blocking(move || posix_spawn_step(&request)).await.map_err(io::Error::other)?
+    }
+}
+
 /// What to run and how.
 pub struct StepSpec<'a> {
     pub path: &'a Path,
@@ -316,7 +341,12 @@ fn add_chdir(actions: &mut PosixSpawnFileActions, dir: &CStr) -> io::Result<()> 
 impl StepProcess {
     /// Start the step. An error means it could not be executed at all (not executable,
     /// missing interpreter): NS8 skips such a step.
-    pub fn spawn(spec: StepSpec<'_>, cancel: Arc<CancelHandle>, reaper: &Reaper) -> io::Result<Self> {
+    pub async fn spawn(
+        spec: StepSpec<'_>,
+        cancel: Arc<CancelHandle>,
+        reaper: &Reaper,
+        spawner: &Spawner,
+    ) -> io::Result<Self> {
         let (stdin_child, stdin_parent) = pipe_for_child(true)?;
         let (stdout_child, stdout_parent) = pipe_for_child(false)?;
         let (stderr_child, stderr_parent) = pipe_for_child(false)?;
@@ -337,7 +367,7 @@ impl StepProcess {
                 comfd.as_ref().map_or(-1, |(c, _)| c.as_raw_fd()),
             ],
         };
-        let pid = posix_spawn_step(&request)?;
+        let pid = spawner.spawn(request).await?;
         // The child has its copies; ours must close so EOF arrives when it exits.
         drop((stdin_child, stdout_child, stderr_child));
         let comfd_parent = comfd.map(|(child, parent)| {

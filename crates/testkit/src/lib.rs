@@ -251,7 +251,8 @@ impl AgentProcess {
 
     /// Send a signal by name (`TERM`, `USR1`, ...).
     pub fn signal(&self, signal: &str) -> Result<()> {
-        let sig: nix::sys::signal::Signal = format!("SIG{signal}").parse().with_context(|| format!("unknown signal {signal}"))?;
+        let sig: nix::sys::signal::Signal =
+            format!("SIG{signal}").parse().with_context(|| format!("unknown signal {signal}"))?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
             .with_context(|| format!("kill -{signal} {}", self.pid()))
     }
