@@ -63,6 +63,8 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Test { args } => {
             packages::ensure(TEST_PACKAGES)?;
+            // The end-to-end tests drive the binaries themselves: build them all first.
+            run(Command::new(env!("CARGO")).current_dir(workspace()).args(["build", "--workspace", "--bins"]))?;
             run(Command::new(env!("CARGO")).current_dir(workspace()).args(["test", "--workspace"]).args(args))
         }
     }

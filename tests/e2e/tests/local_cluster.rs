@@ -2,16 +2,10 @@
 //! under the supervisor, a crashed agent comes back, `down` leaves nothing running.
 //! Runs the real xtask binary with the workspace's debug build of the agents.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
-
-/// target/debug, where `cargo test --workspace` has built every binary.
-fn bin_dir() -> PathBuf {
-    Path::new(XTASK).parent().expect("binary has a directory").to_owned()
-}
+use e2e::{bin, bin_dir};
 
 struct Cluster {
     root: tempfile::TempDir,
@@ -20,7 +14,7 @@ struct Cluster {
 
 impl Cluster {
     fn xtask(&self, args: &[&str]) -> Output {
-        Command::new(XTASK).args(args).arg("--root").arg(self.root.path()).output().expect("run xtask")
+        Command::new(bin("xtask")).args(args).arg("--root").arg(self.root.path()).output().expect("run xtask")
     }
 
     fn api_cli(&self, args: &[&str]) -> Output {
