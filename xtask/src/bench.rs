@@ -129,8 +129,25 @@ fn cpu_ms(pid: u32) -> f64 {
     u + s
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A private redis-server on a free loopback port, as the baseline ran it (no
+/// persistence), once it answers.
+fn start_redis() -> Result<(Proc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let redis = Proc(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Conn::connect(port).and_then(|mut c| c.cmd(&[b"PING"])).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server on port {port} did not answer within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((redis, port))
 }
 
 fn setup_tree(dir: &Path) -> Result<()> {
@@ -318,23 +335,9 @@ fn uuid_v4() -> String {
 fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
     let dir = tempfile_dir()?;
     setup_tree(&dir)?;
-    let port = free_port()?;
-    let redis = Proc(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot start redis-server")?,
-    );
+    let (redis, port) = start_redis()?;
     let redis_pid = redis.0.id();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        match Client::connect(port) {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(e),
-        }
-    };
+    let mut client = Client::connect(port)?;
     let agent = Proc(
         Command::new(bin)
             .args(["--agentid", AGENT])
@@ -433,14 +436,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 fn module_agent_idle_rss(bin: &Path) -> Result<u64> {
     let dir = tempfile_dir()?;
     setup_tree(&dir)?;
-    let port = free_port()?;
-    let _redis = Proc(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (_redis, port) = start_redis()?;
     let agent = Proc(
         Command::new(bin)
             .args(["--agentid", AGENT])

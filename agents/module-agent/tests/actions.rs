@@ -21,8 +21,7 @@ const NAME_SCHEMA: &str = r#"{
 
 #[tokio::test]
 async fn multi_step_bash_action_validates_input_then_runs_in_order() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, agent, client, id } = Fixture::start("module/greeter1", &[]).await;
     tree.file("greet", "validate-input.json", NAME_SCHEMA).unwrap();
     tree.step("greet", "10read", "#!/bin/bash\nname=$(sed -n 's/.*\"name\":\"\\([^\"]*\\)\".*/\\1/p')\necho \"step 10 saw $name\" >&2\necho \"GREETED=$name\" >> environment\n").unwrap();
     tree.step(
@@ -33,10 +32,6 @@ async fn multi_step_bash_action_validates_input_then_runs_in_order() {
     .unwrap();
     // A non-executable file is skipped, as NS8 does with placeholder steps.
     tree.file("greet", "15placeholder", "not executable").unwrap();
-    let agent = spawn("module/greeter1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("greeter1");
-    wait_ready(&client, &id, &agent).await;
 
     let (bad, progress) = run(&client, &id, "greet", json!({"port": 70000})).await;
     assert_eq!(bad.exit_code, 10, "{bad:?}");
@@ -60,14 +55,9 @@ async fn multi_step_bash_action_validates_input_then_runs_in_order() {
 
 #[tokio::test]
 async fn progress_follows_weights_and_steps() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis: _redis, tree, agent, client, id } = Fixture::start("module/prog1", &[]).await;
     tree.step("work", "10a", "#!/bin/bash\necho 'set-weight 20b 3' >&3\necho 'set-progress 50' >&3\n").unwrap();
     tree.step("work", "20b", "#!/bin/bash\necho 'set-progress 50' >&3\necho 'bogus-command x' >&3\n").unwrap();
-    let agent = spawn("module/prog1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("prog1");
-    wait_ready(&client, &id, &agent).await;
     let (r, progress) = run(&client, &id, "work", json!({})).await;
     assert_eq!(r.exit_code, 0);
     let p = |status, progress| Progress { status, progress };
@@ -83,13 +73,9 @@ async fn progress_follows_weights_and_steps() {
 
 #[tokio::test]
 async fn long_steps_send_heartbeats() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis: _redis, tree, agent: _agent, client, id } =
+        Fixture::start("module/beat1", &[("AGENT_POLLING_INTERVAL", "200ms")]).await;
     tree.step("slow", "10sleep", "#!/bin/bash\nsleep 1\n").unwrap();
-    let agent = spawn("module/beat1", &tree, &redis, &[("AGENT_POLLING_INTERVAL", "200ms")]);
-    let client = client(&redis).await;
-    let id = m("beat1");
-    wait_ready(&client, &id, &agent).await;
     let (r, progress) = run(&client, &id, "slow", json!({})).await;
     assert_eq!(r.exit_code, 0);
     let beats = progress.iter().filter(|p| p.status == TaskStatus::Running && p.progress == 0).count();
@@ -98,8 +84,7 @@ async fn long_steps_send_heartbeats() {
 
 #[tokio::test]
 async fn failures_have_ns8_exit_codes() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis: _redis, tree, agent: _agent, client, id } = Fixture::start("module/codes1", &[]).await;
     tree.step("fail", "10ok", "#!/bin/bash\necho partial\n").unwrap();
     tree.step("fail", "20fail", "#!/bin/bash\necho 'it broke' >&2\nexit 3\n").unwrap();
     tree.step("fail", "30never", "#!/bin/bash\ntouch never-ran\n").unwrap();
@@ -113,10 +98,6 @@ async fn failures_have_ns8_exit_codes() {
     tree.step("badout", "10print", "#!/bin/bash\necho '{\"ok\": \"no\"}'\n").unwrap();
     tree.file("goodout", "validate-output.json", r#"{"type":"object","required":["ok"]}"#).unwrap();
     tree.step("goodout", "10print", "#!/bin/bash\necho '{\"ok\": true}'\n").unwrap();
-    let agent = spawn("module/codes1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("codes1");
-    wait_ready(&client, &id, &agent).await;
 
     let (r, progress) = run(&client, &id, "fail", json!({})).await;
     assert_eq!((r.exit_code, r.status_from_exit_code()), (3, TaskStatus::Aborted));
@@ -150,8 +131,7 @@ async fn failures_have_ns8_exit_codes() {
 
 #[tokio::test]
 async fn step_environment_and_context() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, agent, client, id } = Fixture::start("module/env1", &[]).await;
     std::fs::write(tree.state().join("environment"), "MODULE_ID=env1\nCOUNT=1\n").unwrap();
     tree.step(
         "env",
@@ -160,10 +140,6 @@ async fn step_environment_and_context() {
     )
     .unwrap();
     tree.step("env", "20show", "#!/bin/bash\nprintf '{\"count\":\"%s\",\"added\":\"%s\",\"id\":\"%s\",\"user\":\"%s\",\"comfd\":\"%s\",\"agent\":\"%s\",\"cwd\":\"%s\",\"stdin\":%s}' \"$COUNT\" \"$ADDED\" \"$AGENT_TASK_ID\" \"$AGENT_TASK_USER\" \"$AGENT_COMFD\" \"$AGENT_ID\" \"$PWD\" \"$(cat)\"\n").unwrap();
-    let agent = spawn("module/env1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("env1");
-    wait_ready(&client, &id, &agent).await;
     let mut task = protocol::task::Task::new("env", json!({"admin_password": "hunter2", "n": 1}));
     task.user = "admin".into();
     let r = tokio::time::timeout(PATIENCE, client.run(&id, &mut task, |_| {})).await.unwrap().unwrap();
@@ -188,13 +164,8 @@ async fn step_environment_and_context() {
 #[tokio::test]
 async fn a_missing_environment_file_still_stores_the_result() {
     // NS8's agent loses the whole result in this case (its MULTI aborts).
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, agent: _agent, client, id } = Fixture::start("module/noenv1", &[]).await;
     tree.step("x", "10x", "#!/bin/bash\necho '{}'\n").unwrap();
-    let agent = spawn("module/noenv1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("noenv1");
-    wait_ready(&client, &id, &agent).await;
     assert!(!tree.state().join("environment").exists());
     let (r, _) = run(&client, &id, "x", json!({})).await;
     assert_eq!(r.exit_code, 0);
@@ -203,13 +174,8 @@ async fn a_missing_environment_file_still_stores_the_result() {
 
 #[tokio::test]
 async fn a_task_pushed_with_redis_cli_runs() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, agent, client, id } = Fixture::start("module/raw1", &[]).await;
     tree.step("echo", "10echo", "#!/bin/bash\ncat\n").unwrap();
-    let agent = spawn("module/raw1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("raw1");
-    wait_ready(&client, &id, &agent).await;
     let raw = r#"{"id":"b1f3c5e2-0d4a-4c1e-9f00-000000000001","action":"echo","data":{"k":[1,2]},"extra":{"title":"t"},"parent":"","queue":"module/raw1/tasks","user":"admin","timestamp":"2026-11-26T16:14:49.695761Z","future_field":true}"#;
     redis.cli(&["LPUSH", "module/raw1/tasks", raw]).unwrap();
     // Not malformed, so it must not be dropped: wait for the exit code like NS8 clients do.
@@ -250,4 +216,19 @@ async fn list_actions_merges_roots() {
     assert_eq!(names, ["base-action", "cancel-task", "list-actions", "own-action", "shared"]);
     let (r, _) = run(&client, &id, "shared", json!({})).await;
     assert_eq!(r.output, json!("own\n"), "the later root overrides a step of the same name");
+}
+
+#[tokio::test]
+async fn a_daemon_left_holding_the_pipes_does_not_hold_the_task() {
+    let Fixture { redis: _redis, tree, agent: _agent, client, id } = Fixture::start("module/daemon1", &[]).await;
+    // The background sleep inherits stdout and stderr and keeps them open for a minute.
+    tree.step("start", "10daemon", "#!/bin/bash\nsleep 60 &\necho $! > daemon.pid\necho '{\"started\": true}'\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (r, _) = run(&client, &id, "start", json!({})).await;
+    assert_eq!(r.exit_code, 0);
+    assert_eq!(r.output, json!({"started": true}), "what the step wrote before exiting is kept");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "waited {:?}", started.elapsed());
+    let pid: i32 = tree.read_state("daemon.pid").trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
 }

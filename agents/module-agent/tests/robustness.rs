@@ -36,18 +36,13 @@ fn max_overlap(log: &str) -> usize {
 
 #[tokio::test]
 async fn a_burst_beyond_32_waits_in_the_queue_and_nothing_is_rejected() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, agent: _agent, client, id } = Fixture::start("module/burst1", &[]).await;
     tree.step(
         "slow",
         "10slow",
         "#!/bin/bash\necho \"$(date +%s%N) start\" >> spans\nsleep 0.4\necho \"$(date +%s%N) end\" >> spans\n",
     )
     .unwrap();
-    let agent = spawn("module/burst1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("burst1");
-    wait_ready(&client, &id, &agent).await;
 
     let total = 80;
     let mut ids = Vec::new();
@@ -79,8 +74,7 @@ async fn a_burst_beyond_32_waits_in_the_queue_and_nothing_is_rejected() {
 
 #[tokio::test]
 async fn cancel_task_stops_the_running_step() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, agent: _agent, client, id } = Fixture::start("module/cancel1", &[]).await;
     tree.step("long", "10pid", "#!/bin/bash\necho $$ > long.pid\nsleep 60\n").unwrap();
     tree.step("long", "20never", "#!/bin/bash\ntouch never-ran\n").unwrap();
     tree.step(
@@ -89,10 +83,6 @@ async fn cancel_task_stops_the_running_step() {
         "#!/bin/bash\ntrap '' TERM\necho $$ > stubborn.pid\nwhile true; do sleep 0.1; done\n",
     )
     .unwrap();
-    let agent = spawn("module/cancel1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("cancel1");
-    wait_ready(&client, &id, &agent).await;
 
     let mut long = Task::new("long", json!({}));
     let long_id = uuid_like();
@@ -150,14 +140,9 @@ fn uuid_like() -> String {
 
 #[tokio::test]
 async fn kill_9_mid_step_ends_the_task_after_restart() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+    let Fixture { redis, tree, mut agent, client, id } = Fixture::start("module/crash1", &[]).await;
     // The step's child (sleep) must be found and stopped too, not just the step.
     tree.step("long", "10pid", "#!/bin/bash\nsleep 60 &\necho $! > child.pid\necho $$ > step.pid\nwait\n").unwrap();
-    let mut agent = spawn("module/crash1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("crash1");
-    wait_ready(&client, &id, &agent).await;
 
     // A client waits for the task, NS8-style, across the crash.
     let mut task = Task::new("long", json!({"secret_key": "s"}));
@@ -197,18 +182,14 @@ async fn kill_9_mid_step_ends_the_task_after_restart() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_running_tasks_and_leaves_the_queue_alone() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
+async fn sigusr1_drains_running_tasks_and_leaves_the_queue_alone() {
+    let Fixture { redis, tree, mut agent, client, id } = Fixture::start("module/drain1", &[]).await;
     tree.step("work", "10work", "#!/bin/bash\ntouch started\nsleep 1\necho '\"done\"'\n").unwrap();
-    let mut agent = spawn("module/drain1", &tree, &redis, &[]);
-    let client = client(&redis).await;
-    let id = m("drain1");
-    wait_ready(&client, &id, &agent).await;
     let mut running = Task::new("work", json!({}));
     client.push(&id, &mut running).await.unwrap();
     eventually("the step to start", || tree.state().join("started").exists()).await;
-    agent.signal("TERM").unwrap();
+    // NS8's graceful stop (SIGTERM takes the same path; the events test uses it).
+    agent.signal("USR1").unwrap();
     // Give the agent a moment to stop popping, then queue another task.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut queued = Task::new("work", json!({}));

@@ -60,6 +60,28 @@ pub async fn wait_ready(client: &TaskClient, agent: &AgentId, process: &AgentPro
     }
 }
 
+/// A redis-server, an agent tree and the agent running on it, ready for tasks. Steps
+/// may be written after the start: an agent looks up an action's steps for each task.
+pub struct Fixture {
+    pub redis: RedisServer,
+    pub tree: AgentTree,
+    pub agent: AgentProcess,
+    pub client: TaskClient,
+    pub id: AgentId,
+}
+
+impl Fixture {
+    pub async fn start(id: &str, env: &[(&str, &str)]) -> Fixture {
+        let redis = RedisServer::start().expect("start redis-server");
+        let tree = AgentTree::new().expect("create the agent tree");
+        let agent = spawn(id, &tree, &redis, env);
+        let client = client(&redis).await;
+        let id: AgentId = id.parse().expect("valid agent id");
+        wait_ready(&client, &id, &agent).await;
+        Fixture { redis, tree, agent, client, id }
+    }
+}
+
 /// Poll until `f` holds.
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
