@@ -95,6 +95,8 @@ pub async fn run(
         }
         let batch = match redis_ops::take(&sh.redis, &sh.cfg.agent_id, permits.len()).await {
             Ok(items) if !items.is_empty() => Ok(items),
+            // The stop may have come during the take, its wake-up already spent.
+            Ok(_) if *stop.borrow() => break,
             Ok(_) => {
                 permits.truncate(1);
                 pop.blmove::<Option<String>, _, _>(
@@ -168,31 +170,29 @@ async fn inflight_items(sh: &Shared) -> Option<Vec<String>> {
 /// At start-up, every in-flight task belonged to a previous run of this agent that
 /// died before storing its result. Close each one with a terminal result.
 async fn close_interrupted(sh: &Shared) {
-    let items = loop {
-        if let Some(items) = inflight_items(sh).await {
-            break items;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    let task_ids: Vec<String> =
-        items.iter().filter_map(|raw| protocol::task::Task::decode(raw).ok().map(|(t, _)| t.id)).collect();
+    let agent = &sh.cfg.agent_id;
+    let items: Vec<String> =
+        bus::retry(&format!("cannot read {}", keys::inflight(agent)), || sh.redis.lrange(keys::inflight(agent), 0, -1))
+            .await;
+    let items: Vec<(String, Result<protocol::task::Task, _>)> =
+        items.into_iter().map(|raw| (raw.clone(), protocol::task::Task::decode(&raw).map(|(t, _)| t))).collect();
+    let task_ids: Vec<String> = items.iter().filter_map(|(_, t)| Some(t.as_ref().ok()?.id.clone())).collect();
     if !task_ids.is_empty() {
-        stop_leftovers(&sh.cfg.agent_id, &task_ids).await;
+        stop_leftovers(agent, &task_ids).await;
     }
-    for raw in items {
-        match protocol::task::Task::decode(&raw) {
-            Ok((task, _)) => {
+    for (raw, task) in items {
+        match task {
+            Ok(task) => {
                 tracing::warn!(
-                    "task/{}/{}: action \"{}\" was interrupted by an agent restart",
-                    sh.cfg.agent_id,
+                    "task/{agent}/{}: action \"{}\" was interrupted by an agent restart",
                     task.id,
                     task.action
                 );
-                finish(sh, &task.id, &task.action, &raw, Outcome::interrupted(&sh.cfg.agent_id)).await;
+                finish(sh, &task.id, &task.action, &raw, Outcome::interrupted(agent)).await;
             }
             Err(e) => {
-                tracing::error!("{}: interrupted task ignored: {e}", keys::tasks(&sh.cfg.agent_id));
-                let _ = sh.redis.lrem::<i64, _, _>(keys::inflight(&sh.cfg.agent_id), 1, raw.as_str()).await;
+                tracing::error!("{}: interrupted task ignored: {e}", keys::tasks(agent));
+                let _ = sh.redis.lrem::<i64, _, _>(keys::inflight(agent), 1, raw.as_str()).await;
             }
         }
     }

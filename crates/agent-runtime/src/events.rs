@@ -23,6 +23,7 @@ use bus::fred::clients::SubscriberClient;
 use bus::fred::prelude::*;
 use bus::fred::types::ClientUnblockFlag;
 use bus::fred::types::{ClusterHash, CustomCommand};
+use bus::retry;
 use protocol::{AgentId, keys};
 use tokio::sync::{mpsc, watch};
 
@@ -55,28 +56,6 @@ fn value_text(v: &Value) -> String {
         Value::String(s) => s.to_string(),
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         other => other.as_string().unwrap_or_default(),
-    }
-}
-
-async fn retry<T, Fut: Future<Output = Result<T, bus::fred::error::Error>>>(
-    what: &str,
-    mut f: impl FnMut() -> Fut,
-) -> T {
-    let mut delay = Duration::from_millis(100);
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last {
-                    tracing::warn!("{what}: {msg}; retrying");
-                    last = msg;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }
 

@@ -111,7 +111,7 @@ pub struct Finish<'a> {
 }
 
 /// Store a result and close the task, in one atomic command.
-pub async fn finish(redis: &Client, agent: &AgentId, f: &Finish<'_>) -> Result<(), bus::fred::error::Error> {
+pub async fn finish(redis: &Client, agent: &AgentId, f: Finish<'_>) -> Result<(), bus::fred::error::Error> {
     let task_keys = vec![
         keys::environment(agent),
         keys::task_output(agent, f.task_id),

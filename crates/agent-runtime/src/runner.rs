@@ -1,11 +1,10 @@
 //! Running one task, from the moment it is popped to its stored result.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::ffi::OsString;
 
 use bus::fred::prelude::*;
 use protocol::comfd::Command as ComCommand;
@@ -207,13 +206,11 @@ async fn remove_inflight(sh: &Shared, raw: &str) {
 /// Retried until Redis takes it: a result is never dropped.
 pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, o: Outcome) {
     let agent = sh.agent();
-    let mut delay = Duration::from_millis(100);
-    let mut last_error = String::new();
-    loop {
-        let result = redis_ops::finish(
+    bus::retry(&format!("task/{agent}/{task_id}: cannot store the result"), || {
+        redis_ops::finish(
             &sh.redis,
             agent,
-            &redis_ops::Finish {
+            redis_ops::Finish {
                 task_id,
                 raw,
                 output: &o.output,
@@ -224,20 +221,8 @@ pub(crate) async fn finish(sh: &Shared, task_id: &str, action: &str, raw: &str, 
                 environment: o.copy_env.then(|| read_environment(&sh.cfg)),
             },
         )
-        .await;
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last_error {
-                    tracing::error!("task/{agent}/{task_id}: cannot store the result, retrying: {msg}");
-                    last_error = msg;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    })
+    .await;
     let at = if o.step.is_empty() { String::new() } else { format!(" at step {}", o.step) };
     let line = format!(
         "task/{agent}/{task_id}: action \"{action}\" status is \"{}\" ({}){at}",

@@ -119,27 +119,31 @@ pub async fn connect_subscriber(cfg: &RedisConfig, name: &str, capacity: usize) 
 /// while Redis starts, and a worker's ACL user may not be replicated yet). Each distinct
 /// error is logged once.
 pub async fn connect_retrying(cfg: &RedisConfig, name: &str) -> Client {
-    retry(cfg, || connect(cfg, name)).await
+    retry("waiting for Redis", || connect(cfg, name)).await
 }
 
 pub async fn connect_subscriber_retrying(cfg: &RedisConfig, name: &str, capacity: usize) -> SubscriberClient {
-    retry(cfg, || connect_subscriber(cfg, name, capacity)).await
+    retry("waiting for Redis", || connect_subscriber(cfg, name, capacity)).await
 }
 
-async fn retry<T, F, Fut>(cfg: &RedisConfig, mut f: F) -> T
+/// Run `f` until it succeeds, with back-off from 100 ms to 5 s. Each distinct error is
+/// logged once (as `<what>: <error>; retrying`), not at every attempt: an agent waits
+/// for Redis as long as it takes, without flooding its log.
+pub async fn retry<T, E, F, Fut>(what: &str, mut f: F) -> T
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, BusError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut last = String::new();
     let mut delay = Duration::from_millis(100);
     loop {
         match f().await {
-            Ok(c) => return c,
+            Ok(v) => return v,
             Err(e) => {
                 let msg = e.to_string();
                 if msg != last {
-                    tracing::warn!("{msg}; retrying (Redis at {})", cfg.address);
+                    tracing::warn!("{what}: {msg}; retrying");
                     last = msg;
                 }
                 tokio::time::sleep(delay).await;
