@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use protocol::task::{Progress, Task};
-use protocol::{AgentId, keys};
+use protocol::{AgentId, keys, stepenv};
 
 use crate::resp::{Conn, Reply};
 
@@ -101,14 +101,28 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU times of a process from /proc/<pid>/stat, in ms: (user, system, reaped
-/// children's user + system).
-fn cpu(pid: u32) -> (f64, f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 * 10.0;
-    // USER_HZ is 100 on Linux; fields counted from the state letter.
-    (ticks(11), ticks(12), ticks(13) + ticks(14))
+/// CPU times of a process from /proc/<pid>/stat, in ms.
+#[derive(Clone, Copy)]
+struct Cpu {
+    user: f64,
+    system: f64,
+    /// Reaped children's user + system (the agent's steps).
+    children: f64,
+}
+
+impl Cpu {
+    fn of(pid: u32) -> Cpu {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        // USER_HZ is 100 on Linux; fields counted from the state letter.
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 * 10.0;
+        Cpu { user: ticks(11), system: ticks(12), children: ticks(13) + ticks(14) }
+    }
+
+    /// The process's own CPU (children excluded).
+    fn own(self) -> f64 {
+        self.user + self.system
+    }
 }
 
 /// The machine's CPU counters (first line of /proc/stat).
@@ -122,11 +136,6 @@ fn system_cpu() -> Vec<u64> {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect()
-}
-
-fn cpu_ms(pid: u32) -> f64 {
-    let (u, s, _) = cpu(pid);
-    u + s
 }
 
 /// A private redis-server on a free loopback port, as the baseline ran it (no
@@ -176,7 +185,6 @@ fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
         ("AGENT_STATE_DIR".into(), dir.join("state").display().to_string()),
         ("REDIS_ADDRESS".into(), format!("127.0.0.1:{port}")),
         ("RUST_LOG".into(), "warn".into()),
-        ("AGENT_MAX_CONCURRENCY".into(), std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "32".into())),
     ]
 }
 
@@ -184,14 +192,14 @@ fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
 /// the per-task variables.
 fn step_env(dir: &Path, port: u16) -> Vec<(String, String)> {
     let mut env = agent_env(dir, port);
-    env.push(("AGENT_ID".into(), AGENT.into()));
+    env.push((stepenv::AGENT_ID.into(), AGENT.into()));
     let file = std::fs::read_to_string(dir.join("state/environment")).unwrap_or_default();
     env.extend(protocol::envfile::parse(&file));
     for (k, v) in [
-        ("AGENT_COMFD", "3"),
-        ("AGENT_TASK_ID", "bench-0"),
-        ("AGENT_TASK_ACTION", "noop-bash"),
-        ("AGENT_TASK_USER", "admin"),
+        (stepenv::AGENT_COMFD, "3"),
+        (stepenv::AGENT_TASK_ID, "bench-0"),
+        (stepenv::AGENT_TASK_ACTION, "noop-bash"),
+        (stepenv::AGENT_TASK_USER, "admin"),
     ] {
         env.push((k.into(), v.into()));
     }
@@ -362,10 +370,9 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
         bare_spawns(&dir.join("actions/noop-bash/10noop"), &step_env(&dir, port), &dir.join("state"), args.tasks)?;
     let bash = client.latency("noop-bash", args.tasks)?;
     let native = client.latency("noop", args.tasks)?;
-    let cpu0 = cpu_ms(pid);
-    let (a0, r0, s0) = (cpu(pid), cpu(redis_pid), system_cpu());
+    let (a0, r0, s0) = (Cpu::of(pid), Cpu::of(redis_pid), system_cpu());
     let (bash_rate, bash_failed) = client.burst("noop-bash", args.burst)?;
-    let (a1, r1, s1) = (cpu(pid), cpu(redis_pid), system_cpu());
+    let (a1, r1, s1) = (Cpu::of(pid), Cpu::of(redis_pid), system_cpu());
     let d: Vec<f64> = s0.iter().zip(&s1).map(|(a, b)| (b - a) as f64).collect();
     let total: f64 = d.iter().sum();
     eprintln!(
@@ -376,14 +383,13 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
     let per = |x: f64| x / args.burst as f64;
     eprintln!(
         "xtask: bash burst CPU per task: agent user {:.3} ms, system {:.3} ms; steps {:.3} ms; redis {:.3} ms",
-        per(a1.0 - a0.0),
-        per(a1.1 - a0.1),
-        per(a1.2 - a0.2),
-        per(r1.0 + r1.1 - r0.0 - r0.1)
+        per(a1.user - a0.user),
+        per(a1.system - a0.system),
+        per(a1.children - a0.children),
+        per(r1.own() - r0.own())
     );
-    let cpu1 = cpu_ms(pid);
     let (native_rate, native_failed) = client.burst("noop", args.burst)?;
-    let cpu2 = cpu_ms(pid);
+    let a2 = Cpu::of(pid);
     let peak_rss_kb = status_kb(pid, "VmHWM");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(RunFigures {
@@ -394,8 +400,8 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
         native_rate,
         bash_failed,
         native_failed,
-        bash_cpu_ms: (cpu1 - cpu0) / args.burst as f64,
-        native_cpu_ms: (cpu2 - cpu1) / args.burst as f64,
+        bash_cpu_ms: per(a1.own() - a0.own()),
+        native_cpu_ms: per(a2.own() - a1.own()),
         idle_rss_kb,
         peak_rss_kb,
     })

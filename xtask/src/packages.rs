@@ -24,7 +24,7 @@ pub fn ensure(packages: &[Package]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !nix_is_root() {
+    if !nix::unistd::Uid::effective().is_root() {
         bail!("missing packages {missing:?}: run as root, or install them with apt-get");
     }
     eprintln!("xtask: installing {}", missing.join(" "));
@@ -41,9 +41,4 @@ pub fn ensure(packages: &[Package]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    // `id -u` avoids a libc dependency for one call.
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }

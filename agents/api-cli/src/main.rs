@@ -124,7 +124,7 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
     let agent = input::resolve_agent(&args.agent, node_id.as_deref()).map_err(Failure::cli)?;
     let data = input::json_arg("--data", &args.data, std::io::stdin().lock()).map_err(Failure::cli)?;
     let extra = input::json_inline("--extra", &args.extra).map_err(Failure::cli)?;
-    let parent = input::parent_task(std::env::var("AGENT_TASK_ID").ok().as_deref());
+    let parent = input::parent_task(std::env::var(protocol::stepenv::AGENT_TASK_ID).ok().as_deref());
 
     let cfg = RedisConfig::from_env(DEFAULT_REDIS_USER)?;
     let client = TaskClient::connect(&cfg, CLIENT_NAME).await?;

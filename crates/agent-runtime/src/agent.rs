@@ -50,7 +50,7 @@ pub async fn run(
         reaper,
         spawner: Spawner::new(),
         base_env: std::env::vars_os().collect(),
-        schemas: SchemaCache::new(Some(definitions)),
+        schemas: SchemaCache::new(definitions),
         cfg,
         redis,
         natives,
@@ -228,8 +228,9 @@ async fn adopt_orphans(sh: &Arc<Shared>, slots: &Arc<Semaphore>) -> bool {
 async fn stop_leftovers(agent: &protocol::AgentId, task_ids: &[String]) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let agent_var = format!("AGENT_ID={agent}");
-    let task_vars: Vec<String> = task_ids.iter().map(|id| format!("AGENT_TASK_ID={id}")).collect();
+    let agent_var = format!("{}={agent}", protocol::stepenv::AGENT_ID);
+    let task_vars: Vec<String> =
+        task_ids.iter().map(|id| format!("{}={id}", protocol::stepenv::AGENT_TASK_ID)).collect();
     let me = std::process::id();
     let find = || -> Vec<i32> {
         let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -6,9 +6,9 @@ use std::time::Duration;
 use bus::RedisConfig;
 use protocol::AgentId;
 
-pub const ENV_AGENT_ID: &str = "AGENT_ID";
-pub const ENV_INSTALL_DIR: &str = "AGENT_INSTALL_DIR";
-pub const ENV_STATE_DIR: &str = "AGENT_STATE_DIR";
+pub const ENV_AGENT_ID: &str = protocol::stepenv::AGENT_ID;
+pub const ENV_INSTALL_DIR: &str = protocol::stepenv::AGENT_INSTALL_DIR;
+pub const ENV_STATE_DIR: &str = protocol::stepenv::AGENT_STATE_DIR;
 /// Go duration syntax, as NS8 (`5s`, `500ms`, `1m`).
 pub const ENV_POLLING_INTERVAL: &str = "AGENT_POLLING_INTERVAL";
 /// Beyond NS8: how many tasks run at once (default 32, NS8's `MAX_CONCURRENCY`).

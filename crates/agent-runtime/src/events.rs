@@ -24,7 +24,7 @@ use bus::fred::prelude::*;
 use bus::fred::types::ClientUnblockFlag;
 use bus::fred::types::{ClusterHash, CustomCommand};
 use bus::retry;
-use protocol::{AgentId, keys};
+use protocol::{AgentId, keys, stepenv};
 use tokio::sync::{mpsc, watch};
 
 use crate::actions;
@@ -273,7 +273,7 @@ impl Consumer {
         let Some(events_dir) = &self.sh.cfg.events_dir else {
             return;
         };
-        if keys::parse_event_channel(&keys::event_channel(&source, &entry.name)).is_none() {
+        if !keys::is_event_name(&entry.name) {
             return;
         }
         let steps = actions::handler_steps(&events_dir.join(&entry.name));
@@ -313,7 +313,11 @@ async fn run_handler(sh: &Shared, source: &AgentId, name: &str, payload: &str, s
     let src = source.to_string();
     let mut status = ("completed", 0, String::new());
     for (step, path) in steps {
-        let env = sh.child_env(&[("AGENT_COMFD", "2"), ("AGENT_EVENT_NAME", name), ("AGENT_EVENT_SOURCE", &src)]);
+        let env = sh.child_env(&[
+            (stepenv::AGENT_COMFD, "2"),
+            (stepenv::AGENT_EVENT_NAME, name),
+            (stepenv::AGENT_EVENT_SOURCE, &src),
+        ]);
         let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: payload.as_bytes().to_vec(), comfd: false };
         let mut process =
             match StepProcess::spawn(spec, Arc::new(CancelHandle::default()), &sh.reaper, &sh.spawner).await {

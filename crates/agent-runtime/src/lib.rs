@@ -25,10 +25,8 @@ mod step;
 mod validate;
 
 pub use agent::{AgentError, run};
-pub use config::{
-    AgentArgs, AgentConfig, ConfigError, DEFAULT_MAX_CONCURRENCY, DEFAULT_POLLING_INTERVAL, parse_duration,
-};
-pub use main_helper::{AgentBinary, EXIT_CONFIG, EXIT_FAILURE, init_logging};
+pub use config::{AgentArgs, AgentConfig, ConfigError};
+pub use main_helper::AgentBinary;
 pub use native::{ActionContext, ActionError, NativeActions};
 
 /// Resolves on SIGTERM, SIGUSR1 (NS8's graceful stop) or SIGINT.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bus::fred::prelude::*;
 use protocol::comfd::Command as ComCommand;
 use protocol::task::{Progress, Task, TaskStatus, ValidationError, mask_secrets};
-use protocol::{AgentId, envfile, exit, keys};
+use protocol::{AgentId, envfile, exit, keys, stepenv};
 use serde_json::Value;
 
 use crate::actions;
@@ -67,9 +67,9 @@ impl Shared {
     /// `state/environment` as it is now (steps may have changed it), then `extra`.
     pub fn child_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = vec![
-            ("AGENT_ID".to_owned(), self.cfg.agent_id.to_string()),
-            ("AGENT_INSTALL_DIR".to_owned(), self.cfg.install_dir.display().to_string()),
-            ("AGENT_STATE_DIR".to_owned(), self.cfg.state_dir.display().to_string()),
+            (stepenv::AGENT_ID.to_owned(), self.cfg.agent_id.to_string()),
+            (stepenv::AGENT_INSTALL_DIR.to_owned(), self.cfg.install_dir.display().to_string()),
+            (stepenv::AGENT_STATE_DIR.to_owned(), self.cfg.state_dir.display().to_string()),
         ];
         env.extend(read_environment(&self.cfg));
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
@@ -380,10 +380,10 @@ async fn run_script(
         }
         progress.start_step(index);
         let env = sh.child_env(&[
-            ("AGENT_COMFD", "3"),
-            ("AGENT_TASK_ID", &task.id),
-            ("AGENT_TASK_ACTION", &task.action),
-            ("AGENT_TASK_USER", &task.user),
+            (stepenv::AGENT_COMFD, "3"),
+            (stepenv::AGENT_TASK_ID, &task.id),
+            (stepenv::AGENT_TASK_ACTION, &task.action),
+            (stepenv::AGENT_TASK_USER, &task.user),
         ]);
         tracing::debug!("{tag}: {}/{name} is starting", task.action);
         let spec = StepSpec { path, cwd: &sh.cfg.state_dir, env, stdin: stdin.clone(), comfd: true };

@@ -94,18 +94,19 @@ type Entry = (Option<SystemTime>, Arc<Validator>);
 /// replaces action files while the agent runs).
 #[derive(Default)]
 pub struct SchemaCache {
-    definitions_path: Option<PathBuf>,
+    /// `validator-definitions.json`, used when it exists.
+    definitions_path: PathBuf,
     entries: Mutex<HashMap<PathBuf, Entry>>,
 }
 
 impl SchemaCache {
-    pub fn new(definitions_path: Option<PathBuf>) -> Self {
+    pub fn new(definitions_path: PathBuf) -> Self {
         SchemaCache { definitions_path, entries: Mutex::default() }
     }
 
     pub fn get(&self, path: &Path) -> Result<Arc<Validator>, String> {
         let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let defs_path = self.definitions_path.as_deref().filter(|p| p.exists());
+        let defs_path = Some(self.definitions_path.as_path()).filter(|p| p.exists());
         // The stamp covers the definitions file too: a changed $ref target recompiles.
         let stamp = mtime(path).max(defs_path.and_then(mtime));
         if let Some((s, v)) = self.entries.lock().expect("schema cache poisoned").get(path)

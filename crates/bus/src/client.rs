@@ -35,6 +35,12 @@ pub async fn agent_is_alive(client: &Client, agent: &AgentId, max_idle_secs: u64
     }))
 }
 
+fn ensure_id(task: &mut Task) {
+    if task.id.is_empty() {
+        task.id = uuid::Uuid::new_v4().to_string();
+    }
+}
+
 pub struct TaskClient {
     client: Client,
     subscriber: SubscriberClient,
@@ -62,11 +68,9 @@ impl TaskClient {
 
     /// `LPUSH` the task on the agent's queue, giving it an id first if it has none.
     pub async fn push(&self, agent: &AgentId, task: &mut Task) -> Result<(), BusError> {
-        if task.id.is_empty() {
-            task.id = uuid::Uuid::new_v4().to_string();
-        }
-        let json = serde_json::to_string(task)
-            .map_err(|e| BusError::BadResult { task: task.id.clone(), detail: e.to_string() })?;
+        ensure_id(task);
+        // Strings and JSON values only: serializing cannot fail.
+        let json = serde_json::to_string(task).expect("a Task always serializes");
         let _: i64 = self.client.lpush(keys::tasks(agent), json).await?;
         Ok(())
     }
@@ -97,9 +101,8 @@ impl TaskClient {
         task: &mut Task,
         mut on_progress: impl FnMut(Progress),
     ) -> Result<TaskResult, BusError> {
-        if task.id.is_empty() {
-            task.id = uuid::Uuid::new_v4().to_string();
-        }
+        // The id names the progress channel, which is subscribed before the push.
+        ensure_id(task);
         let channel = keys::progress_channel(agent, &task.id);
         let mut rx = self.subscriber.message_rx();
         self.subscriber.subscribe(channel.as_str()).await?;

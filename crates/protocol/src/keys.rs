@@ -66,12 +66,17 @@ pub fn event_channel(source: &AgentId, name: &str) -> String {
 /// Every agent listens to all events.
 pub const EVENT_PATTERN: &str = "*/event/*";
 
+/// An event name becomes a directory name under the events root: no `/`, not `.`
+/// or `..`, not empty.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
+}
+
 /// Split `<source>/event/<name>` into its parts. `None` for anything else, including
 /// a source that is not a valid agent id (nobody could have published it legally).
 pub fn parse_event_channel(channel: &str) -> Option<(AgentId, String)> {
     let (source, name) = channel.rsplit_once("/event/")?;
-    // The name becomes a directory name under the events root: no path tricks.
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+    if !is_event_name(name) {
         return None;
     }
     Some((source.parse().ok()?, name.to_owned()))

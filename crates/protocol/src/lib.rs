@@ -11,6 +11,7 @@ pub mod envfile;
 pub mod exit;
 mod id;
 pub mod keys;
+pub mod stepenv;
 pub mod task;
 
 pub use id::{AgentId, IdError, validate_module_id, validate_task_id};
