@@ -8,7 +8,6 @@
 
 mod input;
 mod output;
-mod time;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -153,7 +152,7 @@ async fn submit(
         queue: keys::tasks(agent),
         // NS8: tasks pushed straight into Redis carry no user.
         user: String::new(),
-        timestamp: Some(time::rfc3339(std::time::SystemTime::now())),
+        timestamp: Some(protocol::time::rfc3339(std::time::SystemTime::now())),
     };
     let id = task.id.clone();
     let prefix = keys::task_prefix(agent, &id);

@@ -152,3 +152,26 @@ where
         }
     }
 }
+
+/// Whether `user`/`password` are valid Redis credentials at `cfg`'s address (NS8's way
+/// of logging agents in to the API: their ACL user is their identity). One connection,
+/// no retry, closed at once. `Err` only when Redis cannot be reached.
+pub async fn check_credentials(cfg: &RedisConfig, user: &str, password: &str) -> Result<bool, BusError> {
+    let config = Config {
+        server: cfg.address.server_config(),
+        username: Some(user.to_owned()),
+        password: Some(password.to_owned()),
+        ..Default::default()
+    };
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(5))
+        .build()?;
+    match client.init().await {
+        Ok(_) => {
+            let _ = client.quit().await;
+            Ok(true)
+        }
+        Err(e) if *e.kind() == fred::error::ErrorKind::Auth || e.details().contains("WRONGPASS") => Ok(false),
+        Err(e) => Err(connect_error(cfg, e)),
+    }
+}

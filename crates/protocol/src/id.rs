@@ -23,6 +23,10 @@ pub enum IdError {
     Module(String),
     #[error("invalid task id {0:?}: expected 1-128 characters among letters, digits, '-', '_', '.' and ':'")]
     Task(String),
+    #[error(
+        "invalid action name {0:?}: expected 1-64 characters among letters, digits, '-', '_' and '.', not starting with '.'"
+    )]
+    Action(String),
 }
 
 /// Module ids double as Unix user names, hence the conservative alphabet and length.
@@ -40,6 +44,16 @@ pub fn validate_task_id(id: &str) -> Result<(), IdError> {
         && id.len() <= 128
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if ok { Ok(()) } else { Err(IdError::Task(id.to_owned())) }
+}
+
+/// An action name is a directory name under the actions roots, so it may not climb out
+/// of one, and it is written in keys and logs verbatim: a short conservative alphabet.
+pub fn validate_action_name(name: &str) -> Result<(), IdError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(IdError::Action(name.to_owned())) }
 }
 
 fn parse_node_id(s: &str) -> Result<u32, IdError> {
@@ -109,6 +123,17 @@ impl FromStr for AgentId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn action_names() {
+        for ok in ["list-actions", "get_info", "a", "v1.2"] {
+            assert_eq!(validate_action_name(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "list-*", long.as_str()] {
+            assert!(validate_action_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_and_prints_the_three_kinds() {

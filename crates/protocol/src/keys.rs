@@ -106,6 +106,54 @@ pub fn event_cursors(agent: &AgentId) -> String {
 /// the agent was down are not skipped.
 pub const EVENT_CURSOR_SINCE: &str = "*since";
 
+/// VPN network in CIDR form, set by `create-cluster`; agent identities may call the
+/// API only from there or from loopback.
+pub const CLUSTER_NETWORK: &str = "cluster/network";
+
+/// Hash: profile of an admin user (`display_name`, `email`, `allowed_networks`, `2fa`),
+/// plus, beyond NS8, `password_hash` (argon2id, PHC string).
+pub fn user(name: &str) -> String {
+    format!("user/{name}")
+}
+
+/// Beyond NS8: set of SHA-256 hashes of the user's unused 2FA recovery codes.
+pub fn user_recovery_codes(name: &str) -> String {
+    format!("user/{name}/2fa_recovery")
+}
+
+/// `SCAN` pattern of the user profiles (it also matches [`user_recovery_codes`]).
+pub const USER_PATTERN: &str = "user/*";
+
+/// Hash `agent id -> "role1,role2"`: the roles a subject (user or agent) holds.
+pub fn grants(subject: &str) -> String {
+    format!("roles/{subject}")
+}
+
+/// Set of action glob patterns of `role` on `agent`.
+pub fn role(agent: &AgentId, role: &str) -> String {
+    format!("{agent}/roles/{role}")
+}
+
+/// Beyond NS8: a revoked session token, by its `jti`, kept until the token expires.
+pub fn revoked_token(jti: &str) -> String {
+    format!("private/api/revoked/{jti}")
+}
+
+/// Beyond NS8: login failure counters (hash `failures`, `until`) of a source address or
+/// a user name.
+pub fn throttle(kind: &str, who: &str) -> String {
+    format!("private/api/throttle/{kind}/{who}")
+}
+
+/// Beyond NS8: a TOTP code already accepted for `user`, so it cannot be replayed.
+pub fn otp_used(user: &str, code: &str) -> String {
+    format!("private/api/otp_used/{user}/{code}")
+}
+
+/// Beyond NS8: the audit trail, a stream (it replicates to every node, unlike NS8's
+/// SQLite file) whose records are hash-chained.
+pub const AUDIT_STREAM: &str = "private/audit";
+
 pub fn cluster_ui_name() -> &'static str {
     "cluster/ui_name"
 }

@@ -13,5 +13,6 @@ mod id;
 pub mod keys;
 pub mod stepenv;
 pub mod task;
+pub mod time;
 
-pub use id::{AgentId, IdError, validate_module_id, validate_task_id};
+pub use id::{AgentId, IdError, validate_action_name, validate_module_id, validate_task_id};

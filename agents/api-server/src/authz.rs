@@ -1,0 +1,201 @@
+//! Who is calling and what they may do: NS8's roles and grants (reference section 8),
+//! checked on every request, reads included.
+//!
+//! A subject (admin user or agent id) holds roles per agent in `roles/<subject>`; a role
+//! is a set of action globs in `<agent>/roles/<role>`. One script reads, in a single
+//! round trip, everything a request needs: whether the token was revoked, whether the
+//! user still exists and from which networks it may connect, and the patterns of the
+//! roles it holds on the agent concerned.
+
+use std::net::IpAddr;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use protocol::{AgentId, keys};
+
+use crate::error::ApiError;
+use crate::net;
+use crate::token::Claims;
+
+/// KEYS: revoked token, user profile, grants of the subject, cluster network.
+/// ARGV: agent id (or ""), "user" or "agent".
+/// Returns {status, networks, patterns...}: status 0 = revoked, 1 = user gone, 2 = ok.
+pub const SESSION: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local nets
+if ARGV[2] == 'user' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {1} end
+  nets = redis.call('HGET', KEYS[2], 'allowed_networks') or ''
+else
+  nets = redis.call('GET', KEYS[4]) or ''
+end
+local out = {2, nets}
+if ARGV[1] ~= '' then
+  local roles = redis.call('HGET', KEYS[3], ARGV[1])
+  if roles then
+    for role in string.gmatch(roles, '[^,%s]+') do
+      for _, p in ipairs(redis.call('SMEMBERS', ARGV[1] .. '/roles/' .. role)) do out[#out + 1] = p end
+    end
+  end
+end
+return out";
+
+pub fn session_script() -> Script {
+    Script::from_lua(SESSION)
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    User(String),
+    Agent(AgentId),
+}
+
+impl Subject {
+    pub fn parse(id: &str) -> Subject {
+        match id.parse::<AgentId>() {
+            Ok(a) => Subject::Agent(a),
+            Err(_) => Subject::User(id.to_owned()),
+        }
+    }
+    pub fn name(&self) -> String {
+        match self {
+            Subject::User(u) => u.clone(),
+            Subject::Agent(a) => a.to_string(),
+        }
+    }
+    pub fn user_name(&self) -> Option<&str> {
+        match self {
+            Subject::User(u) => Some(u),
+            Subject::Agent(_) => None,
+        }
+    }
+}
+
+/// A checked request: valid token, not revoked, allowed source, and the action
+/// patterns granted on the agent the request is about.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub claims: Claims,
+    pub subject: Subject,
+    pub source: IpAddr,
+    pub agent: Option<AgentId>,
+    pub patterns: Vec<String>,
+}
+
+impl Session {
+    /// Whether a granted pattern matches `action` (Go `filepath.Match` globs, as NS8).
+    pub fn may(&self, action: &str) -> bool {
+        matches_any(&self.patterns, action)
+    }
+
+    /// A task is visible to whoever created it and to whoever may run its action.
+    pub fn may_see_task(&self, action: &str, user: &str) -> bool {
+        user == self.subject.name() || self.may(action)
+    }
+
+    pub fn require(&self, action: &str) -> Result<(), ApiError> {
+        if self.may(action) {
+            Ok(())
+        } else {
+            let agent = self.agent.as_ref().map(|a| a.to_string()).unwrap_or_default();
+            Err(ApiError::forbidden(format!(
+                "{} may not run action \"{action}\" on {agent}: no granted role allows it",
+                self.subject.name()
+            )))
+        }
+    }
+}
+
+pub fn matches_any(patterns: &[String], action: &str) -> bool {
+    patterns.iter().any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(action)))
+}
+
+/// Run the session script for `claims` about `agent`.
+pub async fn check(
+    redis: &Client,
+    script: &Script,
+    claims: Claims,
+    source: IpAddr,
+    agent: Option<AgentId>,
+) -> Result<Session, ApiError> {
+    let subject = Subject::parse(&claims.id);
+    let (kind, user_key) = match &subject {
+        Subject::User(u) => ("user", keys::user(u)),
+        Subject::Agent(_) => ("agent", String::from("-")),
+    };
+    let keys_ = vec![
+        keys::revoked_token(&claims.jti),
+        user_key,
+        keys::grants(&subject.name()),
+        keys::CLUSTER_NETWORK.to_owned(),
+    ];
+    let agent_arg = agent.as_ref().map(|a| a.to_string()).unwrap_or_default();
+    let reply: Vec<fred::types::Value> = script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into()]).await?;
+    let status = reply.first().and_then(|v| v.as_i64()).unwrap_or(-1);
+    match status {
+        0 => return Err(ApiError::unauthorized("the session token was revoked (logged out): log in again")),
+        1 => return Err(ApiError::unauthorized(format!("user {} no longer exists", subject.name()))),
+        2 => {}
+        _ => return Err(ApiError::unauthorized("the session could not be checked")),
+    }
+    let networks = reply.get(1).and_then(|v| v.as_string()).unwrap_or_default();
+    let allowed = match &subject {
+        Subject::User(_) => net::user_may_connect(&networks, source),
+        Subject::Agent(_) => net::agent_may_connect(&networks, source),
+    };
+    if !allowed {
+        return Err(ApiError::forbidden(format!("{} may not connect from {source}", subject.name())));
+    }
+    let patterns = reply.iter().skip(2).filter_map(|v| v.as_string()).collect();
+    Ok(Session { claims, subject, source, agent, patterns })
+}
+
+/// Roles: 1-32 characters, lowercase letters, digits, '-' and '_'.
+pub fn valid_role_name(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= 32
+        && role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Admin user names: 1-32 characters, a lowercase letter first, then lowercase letters,
+/// digits, '.', '-' and '_'. They never contain '/', so they cannot be agent ids.
+pub fn valid_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        && name.len() <= 32
+        && !matches!(name, "default" | "cluster")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_as_ns8() {
+        let reader: Vec<String> = ["list-*", "get-*", "show-*", "read-*"].map(String::from).to_vec();
+        assert!(matches_any(&reader, "list-actions"));
+        assert!(matches_any(&reader, "get-name"));
+        assert!(!matches_any(&reader, "set-name"));
+        assert!(matches_any(&["*".into()], "anything"));
+        assert!(matches_any(&["set-?ame".into()], "set-name"));
+        assert!(matches_any(&["[gs]et-name".into()], "set-name"));
+        assert!(!matches_any(&["[".into()], "["), "a malformed pattern matches nothing");
+        assert!(!matches_any(&[], "get-name"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_user_name("admin"));
+        assert!(valid_user_name("j.doe-2"));
+        assert!(!valid_user_name("default"));
+        assert!(!valid_user_name("Admin"));
+        assert!(!valid_user_name("module/x"));
+        assert!(!valid_user_name(""));
+        assert!(valid_role_name("owner"));
+        assert!(!valid_role_name("own*"));
+        assert_eq!(Subject::parse("module/mail1"), Subject::Agent(AgentId::Module("mail1".into())));
+        assert_eq!(Subject::parse("admin"), Subject::User("admin".into()));
+    }
+}

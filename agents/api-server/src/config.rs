@@ -1,0 +1,37 @@
+//! Command line and environment, NS8's variable names where NS8 has one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default: the edge proxy publishes the API.
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "127.0.0.1:9311")]
+    pub listen: SocketAddr,
+    /// File holding the token signing key; created with a random key (mode 0600) if
+    /// missing. Ignored when SECRET is set (NS8's variable).
+    #[arg(long, env = "API_SECRET_FILE", default_value = "/var/lib/ns8rs/api-server/secret")]
+    pub secret_file: PathBuf,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Issuer shown by authenticator apps for 2FA.
+    #[arg(long, env = "ISSUER", default_value = "NethServer")]
+    pub issuer: String,
+    /// Seconds a session token is valid; refresh it with POST /api/refresh.
+    #[arg(long, env = "TOKEN_LIFETIME", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_lifetime: u64,
+    /// Seconds after login when a session can no longer be refreshed (NS8's token
+    /// lifetime: 14 days).
+    #[arg(long, env = "MAX_SESSION", default_value_t = 14 * 86400)]
+    pub max_session: u64,
+    /// About how many audit records are kept (older ones are trimmed).
+    #[arg(long, env = "AUDIT_MAXLEN", default_value_t = 100_000)]
+    pub audit_maxlen: u64,
+    /// Largest request body accepted, in bytes (login: 16 KiB whatever this says).
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+}

@@ -1,0 +1,111 @@
+//! `api-server`: serve the API, or `api-server add-user` to create an admin user from
+//! the command line (how the first admin is made).
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use api_server::config::ServeArgs;
+use api_server::{CLIENT_NAME, authz, password, routes};
+use clap::{Parser, Subcommand};
+use protocol::AgentId;
+
+#[derive(Parser, Debug)]
+#[command(name = "api-server", version, about = "The cluster's HTTP and WebSocket API", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create an admin user in Redis (REDIS_ADDRESS, REDIS_USER, REDIS_PASSWORD).
+    AddUser(AddUser),
+}
+
+#[derive(clap::Args, Debug)]
+struct AddUser {
+    name: String,
+    /// Read the password from the first line of stdin instead of generating one.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Grant ROLE on AGENT, e.g. `owner:cluster` (repeatable).
+    #[arg(long, value_name = "ROLE:AGENT")]
+    grant: Vec<String>,
+    /// Succeed without change if the user exists.
+    #[arg(long)]
+    if_missing: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(telemetry::Level::INFO);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("api-server: cannot start the async runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let result = match cli.command {
+        None => runtime.block_on(api_server::serve(cli.serve)),
+        Some(Command::AddUser(a)) => runtime.block_on(add_user(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("api-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn add_user(a: AddUser) -> anyhow::Result<()> {
+    if !authz::valid_user_name(&a.name) {
+        anyhow::bail!("{:?} is not a valid user name (a lowercase letter, then lowercase letters, digits, '.', '-', '_'; at most 32)", a.name);
+    }
+    let mut grants = Vec::new();
+    for g in &a.grant {
+        let (role, agent) = g.split_once(':').ok_or_else(|| anyhow::anyhow!("--grant {g:?}: expected ROLE:AGENT"))?;
+        if !authz::valid_role_name(role) {
+            anyhow::bail!("--grant {g:?}: {role:?} is not a role name");
+        }
+        let agent: AgentId = agent.parse().map_err(|e| anyhow::anyhow!("--grant {g:?}: {e}"))?;
+        grants.push((role.to_owned(), agent));
+    }
+    let (pw, generated) = if a.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+        password::check_policy(&pw).map_err(|e| anyhow::anyhow!(e))?;
+        (pw, false)
+    } else {
+        (password::generate(20), true)
+    };
+    let cfg = bus::RedisConfig::from_env(CLIENT_NAME)?;
+    let redis = bus::connect(&cfg, CLIENT_NAME).await?;
+    let exists: bool = bus::fred::prelude::KeysInterface::exists(&redis, protocol::keys::user(&a.name)).await?;
+    if exists {
+        if a.if_missing {
+            return Ok(());
+        }
+        anyhow::bail!("user {} already exists", a.name);
+    }
+    let to_hash = pw.clone();
+    let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash)).await?;
+    if !routes::users::create_user(&redis, &a.name, &hash, &[]).await? {
+        anyhow::bail!("user {} already exists", a.name);
+    }
+    for (role, agent) in &grants {
+        routes::users::set_grant(&redis, &a.name, agent, role, true).await?;
+    }
+    if generated {
+        // Shown once, on stdout only: Redis holds the argon2id hash.
+        println!("{pw}");
+        if std::io::stdout().is_terminal() {
+            eprintln!("(the password of {} above is shown only now: store it safely)", a.name);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Tasks: create on an agent's queue, list, read status and context (NS8 7.2).
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
+use protocol::task::{decode_output, mask_secrets};
+use protocol::{AgentId, keys, validate_action_name, validate_task_id};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Params, parse_body};
+use crate::audit::Entry;
+use crate::authz::Session;
+use crate::error::{ApiError, ApiResult, envelope, ok};
+use crate::state::Shared;
+
+/// NS8's idle limit for the liveness check before a push.
+const MAX_IDLE_SECS: u64 = 8;
+
+/// The agent a route is about: `node_id` or `module_id` parameters, else the cluster.
+pub fn agent_from(p: &Params) -> Result<AgentId, ApiError> {
+    if let Some(n) = p.get("node_id") {
+        return format!("node/{n}").parse().map_err(|e: protocol::IdError| ApiError::bad_request(e.to_string()));
+    }
+    if let Some(m) = p.get("module_id") {
+        return AgentId::module(m).map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    Ok(AgentId::Cluster)
+}
+
+fn task_id_from(p: &Params) -> Result<String, ApiError> {
+    let id = p.get("task_id").cloned().unwrap_or_default();
+    validate_task_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(id)
+}
+
+#[derive(Deserialize)]
+struct TaskRequest {
+    action: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    extra: Value,
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+pub async fn create(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Path(p): Path<Params>,
+    body: Bytes,
+) -> ApiResult {
+    let agent = agent_from(&p)?;
+    let session = s.session(&headers, q.as_deref(), peer, Some(agent.clone())).await?;
+    let req: TaskRequest = parse_body(&body)?;
+    validate_action_name(&req.action).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let parent = req.parent.unwrap_or_default();
+    if !parent.is_empty() {
+        validate_task_id(&parent).map_err(|e| ApiError::bad_request(format!("field \"parent\": {e}")))?;
+    }
+    if !session.may(&req.action) {
+        let mut entry = s.audit_entry(&session.subject.name(), session.source, "auth-fail");
+        entry.agent = agent.to_string();
+        entry.data = json!({"action": req.action}).to_string();
+        s.audit(entry).await;
+        session.require(&req.action)?;
+    }
+    require_master(&s).await?;
+    if !bus::agent_is_alive(&s.redis, &agent, MAX_IDLE_SECS).await? {
+        return Err(ApiError::not_found(format!(
+            "agent {agent} is not running: no Redis connection named \"{agent}\" was active in the last {MAX_IDLE_SECS} s"
+        )));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let task = json!({
+        "id": id,
+        "action": req.action,
+        "data": req.data,
+        "extra": req.extra,
+        "queue": keys::tasks(&agent),
+        "user": session.subject.name(),
+        "timestamp": protocol::time::rfc3339(std::time::SystemTime::now()),
+        "parent": parent,
+    });
+    let _: i64 = s.redis.lpush(keys::tasks(&agent), task.to_string()).await?;
+    s.audit(Entry {
+        user: session.subject.name(),
+        source: session.source.to_string(),
+        action: "create-task".into(),
+        agent: agent.to_string(),
+        task: id,
+        data: mask_secrets(&task).to_string(),
+    })
+    .await;
+    Ok(envelope(StatusCode::CREATED, "success", task))
+}
+
+/// NS8 refuses tasks on a read-only replica and names the leader.
+async fn require_master(s: &Shared) -> Result<(), ApiError> {
+    let role: Vec<RedisValue> = s.redis.custom(CustomCommand::new_static("ROLE", ClusterHash::Random, false), Vec::<String>::new()).await?;
+    if role.first().and_then(|v| v.as_string()).as_deref() == Some("master") {
+        return Ok(());
+    }
+    let leader = role.get(1).and_then(|v| v.as_string()).unwrap_or_default();
+    Err(ApiError::forbidden(format!("this node is not the cluster leader: send tasks to {leader}")).with_data(json!(leader)))
+}
+
+/// The four keys of a task, in [`task_fields`] order.
+fn task_keys(agent: &AgentId, id: &str) -> Vec<String> {
+    vec![
+        keys::task_context(agent, id),
+        keys::task_output(agent, id),
+        keys::task_error(agent, id),
+        keys::task_exit_code(agent, id),
+    ]
+}
+
+/// `(action, user)` of a stored context, empty when missing or unreadable.
+pub fn context_owner(context: Option<&str>) -> (String, String) {
+    let v: Value = context.and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    (s("action"), s("user"))
+}
+
+fn deny_task(session: &Session, agent: &AgentId, id: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "{} may not read task {id} of {agent}: it is not theirs and no granted role allows its action",
+        session.subject.name()
+    ))
+}
+
+pub async fn status(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Path(p): Path<Params>,
+) -> ApiResult {
+    let agent = agent_from(&p)?;
+    let id = task_id_from(&p)?;
+    // Both in one round trip: the values are dropped unless the session allows them.
+    let (session, values) = tokio::join!(
+        s.session(&headers, q.as_deref(), peer, Some(agent.clone())),
+        s.redis.mget::<Vec<Option<String>>, _>(task_keys(&agent, &id))
+    );
+    let session = session?;
+    let [context, output, error, code]: [Option<String>; 4] =
+        values?.try_into().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unexpected MGET reply"))?;
+    let (action, user) = context_owner(context.as_deref());
+    if context.is_none() && output.is_none() && code.is_none() {
+        return Err(ApiError::not_found(format!("no task {id} on {agent} (unknown, or its result has expired)")));
+    }
+    if !session.may_see_task(&action, &user) {
+        return Err(deny_task(&session, &agent, &id));
+    }
+    let (Some(output), Some(error), Some(code)) = (output, error, code) else {
+        return Err(ApiError::bad_request(format!("task {id} on {agent} has not finished yet")));
+    };
+    let exit_code: i64 = code.trim().parse().unwrap_or(-1);
+    Ok(ok(json!({
+        "output": decode_output(&output),
+        "error": error,
+        "exit_code": exit_code,
+        "file": keys::task_prefix(&agent, &id),
+    })))
+}
+
+pub async fn context(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Path(p): Path<Params>,
+) -> ApiResult {
+    let agent = agent_from(&p)?;
+    let id = task_id_from(&p)?;
+    let session = s.session(&headers, q.as_deref(), peer, Some(agent.clone())).await?;
+    let context: Option<String> = s.redis.get(keys::task_context(&agent, &id)).await?;
+    let Some(context) = context else {
+        return Err(ApiError::not_found(format!("no task {id} on {agent} (unknown, or its context has expired)")));
+    };
+    let (action, user) = context_owner(Some(&context));
+    if !session.may_see_task(&action, &user) {
+        return Err(deny_task(&session, &agent, &id));
+    }
+    let value: Value = serde_json::from_str(&context).unwrap_or(Value::String(context));
+    Ok(ok(json!({"context": value, "file": keys::task_prefix(&agent, &id)})))
+}
+
+/// All keys matching `pattern`, by SCAN (never KEYS, which blocks Redis).
+pub async fn scan(redis: &Client, pattern: &str) -> Result<Vec<String>, ApiError> {
+    let mut cursor = "0".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let reply: Vec<RedisValue> = redis
+            .custom(
+                CustomCommand::new_static("SCAN", ClusterHash::Random, false),
+                vec![cursor.clone(), "MATCH".into(), pattern.into(), "COUNT".into(), "1000".into()],
+            )
+            .await?;
+        let mut it = reply.into_iter();
+        cursor = it.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0".into());
+        if let Some(RedisValue::Array(keys)) = it.next() {
+            out.extend(keys.into_iter().filter_map(|k| k.as_string()));
+        }
+        if cursor == "0" {
+            return Ok(out);
+        }
+    }
+}
+
+pub async fn list(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Path(p): Path<Params>,
+) -> ApiResult {
+    let agent = agent_from(&p)?;
+    let session = s.session(&headers, q.as_deref(), peer, Some(agent.clone())).await?;
+    let prefix = format!("task/{agent}/");
+    let ids: Vec<String> = scan(&s.redis, &format!("{prefix}*/context"))
+        .await?
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix("/context").map(str::to_owned))
+        .filter(|id| !id.contains('/'))
+        .collect();
+    let mut tasks = serde_json::Map::new();
+    for id in ids {
+        let values: Vec<Option<String>> = s.redis.mget(task_keys(&agent, &id)).await?;
+        let [context, output, error, code]: [Option<String>; 4] = match values.try_into() {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let (action, user) = context_owner(context.as_deref());
+        if context.is_none() || !session.may_see_task(&action, &user) {
+            continue;
+        }
+        let context: Value = context.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or(Value::Null);
+        tasks.insert(
+            keys::task_prefix(&agent, &id),
+            json!({
+                "context": context,
+                "output": output.as_deref().map(decode_output),
+                "error": error,
+                "exit_code": code.and_then(|c| c.trim().parse::<i64>().ok()),
+            }),
+        );
+    }
+    // Pending tasks, as their submitters sent them, secrets masked.
+    let pending: Vec<String> = s.redis.lrange(keys::tasks(&agent), 0, -1).await?;
+    let queue: Vec<Value> = pending
+        .iter()
+        .filter_map(|t| serde_json::from_str::<Value>(t).ok())
+        .filter(|t| {
+            let (action, user) = context_owner(Some(&t.to_string()));
+            session.may_see_task(&action, &user)
+        })
+        .map(|t| mask_secrets(&t))
+        .collect();
+    Ok(ok(json!({"tasks": tasks, "queue": queue})))
+}
+
+/// Agents of one kind the caller holds a role on.
+async fn granted_agents(s: &Shared, session: &Session, kind: &str) -> Result<Vec<String>, ApiError> {
+    let grants: std::collections::HashMap<String, String> = s.redis.hgetall(keys::grants(&session.subject.name())).await?;
+    let prefix = format!("{kind}/");
+    let mut seen = std::collections::BTreeSet::new();
+    for key in scan(&s.redis, &format!("{kind}/*")).await? {
+        if let Some(rest) = key.strip_prefix(&prefix)
+            && let Some(id) = rest.split('/').next()
+            && grants.get(&format!("{kind}/{id}")).is_some_and(|r| !r.trim().is_empty())
+        {
+            seen.insert(id.to_owned());
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+pub async fn nodes(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let session = s.session(&headers, q.as_deref(), peer, None).await?;
+    let list = granted_agents(&s, &session, "node").await?;
+    Ok(ok(json!({"list": list, "queue": "node/*"})))
+}
+
+pub async fn modules(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let session = s.session(&headers, q.as_deref(), peer, None).await?;
+    let list = granted_agents(&s, &session, "module").await?;
+    Ok(ok(json!({"list": list, "queue": "module/*"})))
+}

@@ -1,0 +1,276 @@
+//! Admin users and grants. NS8 changes these through cluster actions with client-side
+//! SHA-256 hashes; here the api-server owns them, because only it may see a password
+//! to hash it with argon2id. Each endpoint is authorized as the NS8 cluster action of
+//! the same purpose (`list-users`, `add-user`, `remove-user`, `alter-user`,
+//! `list-grants`, `grant-roles`, `revoke-roles`), so `owner` of `cluster` may do all
+//! of it and `reader` may list.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use protocol::{AgentId, keys};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Params, bounded, parse_body};
+use crate::authz::{self, Session, Subject};
+use crate::error::{ApiError, ApiResult, envelope, ok};
+use crate::state::{AppState, Shared};
+use crate::{net, password};
+
+async fn cluster_session(s: &Shared, headers: &HeaderMap, q: Option<&str>, peer: SocketAddr) -> Result<Session, ApiError> {
+    s.session(headers, q, peer, Some(AgentId::Cluster)).await
+}
+
+pub async fn list(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    cluster_session(&s, &headers, q.as_deref(), peer).await?.require("list-users")?;
+    let mut users = Vec::new();
+    let mut names: Vec<String> = super::tasks::scan(&s.redis, keys::USER_PATTERN)
+        .await?
+        .into_iter()
+        .filter_map(|k| k.strip_prefix("user/").filter(|n| !n.contains('/')).map(str::to_owned))
+        .collect();
+    names.sort();
+    for name in names {
+        let p: HashMap<String, String> = s.redis.hgetall(keys::user(&name)).await?;
+        let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+        let nets: Vec<String> = get("allowed_networks").split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect();
+        users.push(json!({
+            "user": name,
+            "display_name": get("display_name"),
+            "email": get("email"),
+            "allowed_networks": nets,
+            "2fa": !get("2fa").is_empty(),
+        }));
+    }
+    Ok(ok(json!({"users": users})))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    user: String,
+    password: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    allowed_networks: Vec<String>,
+}
+
+/// Validate the profile fields shared by the API and the command line.
+pub fn check_profile(display_name: &str, email: &str, networks: &[String]) -> Result<String, ApiError> {
+    bounded("display_name", display_name, 256)?;
+    bounded("email", email, 256)?;
+    if networks.len() > 64 {
+        return Err(ApiError::bad_request("field \"allowed_networks\": at most 64 entries"));
+    }
+    for n in networks {
+        if net::parse_net(n).is_none() {
+            return Err(ApiError::bad_request(format!("field \"allowed_networks\": {n:?} is not an IP address or CIDR")));
+        }
+    }
+    Ok(networks.join(","))
+}
+
+/// Create a user; `false` if it already exists. The hash is computed by the caller.
+pub async fn create_user(redis: &Client, name: &str, hash: &str, profile: &[(&str, &str)]) -> Result<bool, fred::error::Error> {
+    let created: bool = redis.hsetnx(keys::user(name), "password_hash", hash).await?;
+    if created && !profile.is_empty() {
+        let _: () = redis.hset(keys::user(name), profile.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()).await?;
+    }
+    Ok(created)
+}
+
+async fn hash_password(s: &AppState, pw: String) -> Result<String, ApiError> {
+    let _permit = s.hashing.acquire().await.map_err(|_| ApiError::bad_request("server shutting down"))?;
+    tokio::task::spawn_blocking(move || password::hash(&pw))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "password hashing failed"))
+}
+
+pub async fn add(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+    session.require("add-user")?;
+    let req: NewUser = parse_body(&body)?;
+    if !authz::valid_user_name(&req.user) {
+        return Err(ApiError::bad_request(format!(
+            "field \"user\": {:?} is not a valid user name (1-32 characters: a lowercase letter, then lowercase letters, digits, '.', '-', '_'; not \"default\" or \"cluster\")",
+            req.user.chars().take(64).collect::<String>()
+        )));
+    }
+    password::check_policy(&req.password).map_err(|e| ApiError::bad_request(format!("field \"password\": {e}")))?;
+    let nets = check_profile(&req.display_name, &req.email, &req.allowed_networks)?;
+    let exists: bool = s.redis.exists(keys::user(&req.user)).await?;
+    if exists {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("user {} already exists", req.user)));
+    }
+    let hash = hash_password(&s, req.password).await?;
+    let profile = [("display_name", req.display_name.as_str()), ("email", req.email.as_str()), ("allowed_networks", nets.as_str())];
+    if !create_user(&s.redis, &req.user, &hash, &profile).await? {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("user {} already exists", req.user)));
+    }
+    let mut entry = s.audit_entry(&session.subject.name(), session.source, "add-user");
+    entry.data = json!({"user": req.user, "display_name": req.display_name, "email": req.email, "allowed_networks": req.allowed_networks}).to_string();
+    s.audit(entry).await;
+    Ok(envelope(StatusCode::CREATED, "success", json!({"user": req.user})))
+}
+
+pub async fn remove(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Path(p): Path<Params>) -> ApiResult {
+    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+    session.require("remove-user")?;
+    let user = p.get("user").cloned().unwrap_or_default();
+    if !authz::valid_user_name(&user) {
+        return Err(ApiError::bad_request(format!("{user:?} is not a valid user name")));
+    }
+    if session.subject.user_name() == Some(user.as_str()) {
+        return Err(ApiError::bad_request("you cannot remove your own account"));
+    }
+    let removed: i64 = s.redis.del(vec![keys::user(&user), keys::user_recovery_codes(&user), keys::grants(&user)]).await?;
+    if removed == 0 {
+        return Err(ApiError::not_found(format!("no user {user}")));
+    }
+    let mut entry = s.audit_entry(&session.subject.name(), session.source, "remove-user");
+    entry.data = json!({"user": user}).to_string();
+    s.audit(entry).await;
+    Ok(ok(json!(null)))
+}
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    #[serde(default)]
+    current_password: Option<String>,
+    new_password: String,
+}
+
+/// Users change their own password with the current one; `alter-user` holders set
+/// anyone's.
+pub async fn password(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Path(p): Path<Params>, body: Bytes) -> ApiResult {
+    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+    let user = p.get("user").cloned().unwrap_or_default();
+    if !authz::valid_user_name(&user) {
+        return Err(ApiError::bad_request(format!("{user:?} is not a valid user name")));
+    }
+    let req: PasswordChange = parse_body(&body)?;
+    bounded("current_password", req.current_password.as_deref().unwrap_or(""), password::MAX_LENGTH)?;
+    password::check_policy(&req.new_password).map_err(|e| ApiError::bad_request(format!("field \"new_password\": {e}")))?;
+    let own = session.subject.user_name() == Some(user.as_str());
+    if own {
+        let current = req.current_password.clone().unwrap_or_default();
+        if super::login::verify_credentials(&s, &user, &current).await?.is_none() {
+            return Err(ApiError::forbidden("field \"current_password\": wrong password"));
+        }
+    } else {
+        session.require("alter-user")?;
+        let exists: bool = s.redis.exists(keys::user(&user)).await?;
+        if !exists {
+            return Err(ApiError::not_found(format!("no user {user}")));
+        }
+    }
+    let hash = hash_password(&s, req.new_password).await?;
+    let _: () = s.redis.hset(keys::user(&user), ("password_hash", hash)).await?;
+    let mut entry = s.audit_entry(&session.subject.name(), session.source, "change-password");
+    entry.data = json!({"user": user}).to_string();
+    s.audit(entry).await;
+    Ok(ok(json!(null)))
+}
+
+/// KEYS: grants hash. ARGV: agent, role, "1" add / "0" remove. Returns whether the
+/// role was held before.
+const SET_GRANT: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+local roles, held = {}, 0
+for r in string.gmatch(cur, '[^,%s]+') do
+  if r == ARGV[2] then held = 1 else roles[#roles + 1] = r end
+end
+if ARGV[3] == '1' then roles[#roles + 1] = ARGV[2] end
+if #roles == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], table.concat(roles, ',')) end
+return held";
+
+/// Add or remove one role of `subject` on `agent`; whether it was held before.
+pub async fn set_grant(redis: &Client, subject: &str, agent: &AgentId, role: &str, add: bool) -> Result<bool, fred::error::Error> {
+    let held: i64 = Script::from_lua(SET_GRANT)
+        .evalsha_with_reload(redis, vec![keys::grants(subject)], vec![agent.to_string(), role.to_owned(), if add { "1" } else { "0" }.to_owned()])
+        .await?;
+    Ok(held == 1)
+}
+
+#[derive(Deserialize)]
+struct Grant {
+    subject: String,
+    on: String,
+    role: String,
+}
+
+fn check_grant(g: &Grant) -> Result<(Subject, AgentId), ApiError> {
+    let subject = Subject::parse(&g.subject);
+    if let Subject::User(u) = &subject
+        && !authz::valid_user_name(u)
+    {
+        return Err(ApiError::bad_request(format!("field \"subject\": {:?} is neither a user name nor an agent id", g.subject.chars().take(64).collect::<String>())));
+    }
+    let on: AgentId = g.on.parse().map_err(|e: protocol::IdError| ApiError::bad_request(format!("field \"on\": {e}")))?;
+    if !authz::valid_role_name(&g.role) {
+        return Err(ApiError::bad_request(format!("field \"role\": {:?} is not a role name (1-32 lowercase letters, digits, '-', '_')", g.role.chars().take(64).collect::<String>())));
+    }
+    Ok((subject, on))
+}
+
+pub async fn grants(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+    let subject = p.get("subject").cloned().unwrap_or_else(|| session.subject.name());
+    if subject != session.subject.name() {
+        session.require("list-grants")?;
+    }
+    bounded("subject", &subject, 128)?;
+    let map: HashMap<String, String> = s.redis.hgetall(keys::grants(&subject)).await?;
+    let grants: serde_json::Map<String, Value> = map
+        .into_iter()
+        .map(|(agent, roles)| (agent, json!(roles.split(',').map(str::trim).filter(|r| !r.is_empty()).collect::<Vec<_>>())))
+        .collect();
+    Ok(ok(json!({"subject": subject, "grants": grants})))
+}
+
+pub async fn grant(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+    session.require("grant-roles")?;
+    let g: Grant = parse_body(&body)?;
+    let (subject, on) = check_grant(&g)?;
+    if let Subject::User(u) = &subject {
+        let exists: bool = s.redis.exists(keys::user(u)).await?;
+        if !exists {
+            return Err(ApiError::not_found(format!("field \"subject\": no user {u}")));
+        }
+    }
+    let defined: bool = s.redis.exists(keys::role(&on, &g.role)).await?;
+    if !defined {
+        return Err(ApiError::bad_request(format!("field \"role\": role {} is not defined on {on} (no key {})", g.role, keys::role(&on, &g.role))));
+    }
+    set_grant(&s.redis, &subject.name(), &on, &g.role, true).await?;
+    let mut entry = s.audit_entry(&session.subject.name(), session.source, "grant-role");
+    entry.agent = on.to_string();
+    entry.data = json!({"subject": subject.name(), "role": g.role}).to_string();
+    s.audit(entry).await;
+    Ok(ok(json!(null)))
+}
+
+pub async fn revoke(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+    session.require("revoke-roles")?;
+    let field = |k: &str| p.get(k).cloned().ok_or_else(|| ApiError::bad_request(format!("query parameter \"{k}\" missing")));
+    let g = Grant { subject: field("subject")?, on: field("on")?, role: field("role")? };
+    let (subject, on) = check_grant(&g)?;
+    if !set_grant(&s.redis, &subject.name(), &on, &g.role, false).await? {
+        return Err(ApiError::not_found(format!("{} does not hold role {} on {on}", subject.name(), g.role)));
+    }
+    let mut entry = s.audit_entry(&session.subject.name(), session.source, "revoke-role");
+    entry.agent = on.to_string();
+    entry.data = json!({"subject": subject.name(), "role": g.role}).to_string();
+    s.audit(entry).await;
+    Ok(ok(json!(null)))
+}

@@ -1,0 +1,76 @@
+//! What every handler shares.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use protocol::AgentId;
+use tokio::sync::Semaphore;
+
+use crate::audit::{Audit, Entry};
+use crate::authz::{self, Session};
+use crate::error::ApiError;
+use crate::throttle::Throttle;
+use crate::token::{TokenError, Tokens};
+use crate::ws::Hub;
+
+pub struct AppState {
+    pub redis: Client,
+    pub tokens: Tokens,
+    pub session_script: Script,
+    pub throttle: Throttle,
+    pub audit: Audit,
+    /// Bounds concurrent argon2 computations (memory and CPU).
+    pub hashing: Semaphore,
+    pub issuer: String,
+    pub redis_config: bus::RedisConfig,
+    pub hub: Hub,
+    pub basic_cache: crate::routes::login::BasicCache,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The bearer token of a request: `Authorization: Bearer ...`, or NS8's `?jwt=`.
+pub fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_owned());
+    }
+    let query = query?;
+    query.split('&').find_map(|kv| kv.strip_prefix("jwt=")).map(str::to_owned)
+}
+
+impl AppState {
+    /// Authenticate a request and load the caller's patterns on `agent`.
+    pub async fn session(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: SocketAddr,
+        agent: Option<AgentId>,
+    ) -> Result<Session, ApiError> {
+        let source = crate::net::client_addr(peer, headers);
+        let token = bearer(headers, query)
+            .ok_or_else(|| ApiError::unauthorized("authentication required: send \"Authorization: Bearer <token>\" (POST /api/login gives one)"))?;
+        let claims = self.tokens.verify(&token).map_err(|e| match e {
+            TokenError::Expired => ApiError::unauthorized(e.to_string()),
+            TokenError::Invalid => ApiError::unauthorized(e.to_string()),
+        })?;
+        authz::check(&self.redis, &self.session_script, claims, source, agent).await
+    }
+
+    /// Record an audit entry. A lost audit record must not go unnoticed, but a Redis
+    /// outage already fails the request that caused it.
+    pub async fn audit(&self, entry: Entry) {
+        if let Err(e) = self.audit.append(entry.clone()).await {
+            tracing::error!(action = %entry.action, user = %entry.user, "cannot write the audit record: {e}");
+        }
+    }
+
+    pub fn audit_entry(&self, user: &str, source: IpAddr, action: &str) -> Entry {
+        Entry { user: user.to_owned(), source: source.to_string(), action: action.to_owned(), ..Default::default() }
+    }
+}

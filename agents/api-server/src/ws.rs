@@ -1,0 +1,214 @@
+//! `/ws`: live task progress (NS8 7.5), only for tasks the session may see.
+//!
+//! NS8 relays every agent's progress to every session. Here a message goes to a
+//! session only if the task is the session's own or its action is allowed by the roles
+//! the session holds on that agent; roles and revocation are re-checked every few
+//! seconds, and the socket closes when the token expires or is revoked.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use fred::prelude::*;
+use protocol::{AgentId, keys};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::authz::{self, Session};
+use crate::routes::tasks::context_owner;
+use crate::state::{AppState, Shared};
+
+/// How long a session's roles are trusted before they are read again.
+const RECHECK: Duration = Duration::from_secs(5);
+const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Progress messages from Redis, fanned out to the sessions.
+pub struct Hub {
+    tx: broadcast::Sender<(String, String)>,
+    /// `(agent, task id) -> (action, user)`, read once per task from its context.
+    owners: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Hub { tx: broadcast::channel(4096).0, owners: Mutex::new(HashMap::new()) }
+    }
+
+    /// Relay `progress/*` from Redis to the sessions, forever (the subscriber
+    /// reconnects and resubscribes by itself).
+    pub fn start(state: &Shared, subscriber: fred::clients::SubscriberClient) {
+        let tx = state.hub.tx.clone();
+        tokio::spawn(async move {
+            let mut rx = subscriber.message_rx();
+            if let Err(e) = subscriber.psubscribe("progress/*").await {
+                tracing::error!("cannot subscribe to task progress: {e}");
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(msg) => {
+                        let payload = msg.value.as_string().unwrap_or_default();
+                        let _ = tx.send((msg.channel.to_string(), payload));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("progress relay lagged: {n} messages dropped"),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    async fn owner(&self, s: &AppState, agent: &AgentId, task: &str) -> Option<(String, String)> {
+        let key = format!("{agent}/{task}");
+        if let Some(o) = self.owners.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Some(o.clone());
+        }
+        let context: Option<String> = s.redis.get(keys::task_context(agent, task)).await.ok()?;
+        let context = context?;
+        let owner = context_owner(Some(&context));
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.len() > 10_000 {
+            owners.clear();
+        }
+        owners.insert(key, owner.clone());
+        Some(owner)
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `progress/<agent>/task/<id>` → (agent, id).
+fn parse_progress_channel(channel: &str) -> Option<(AgentId, String)> {
+    let rest = channel.strip_prefix("progress/")?;
+    let (agent, id) = rest.rsplit_once("/task/")?;
+    protocol::validate_task_id(id).ok()?;
+    Some((agent.parse().ok()?, id.to_owned()))
+}
+
+pub async fn handler(
+    ws: WebSocketUpgrade,
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let source = crate::net::client_addr(peer, &headers);
+    ws.max_message_size(64 * 1024).on_upgrade(move |socket| session(s, socket, source))
+}
+
+fn message(kind: &str, payload: Value) -> Message {
+    Message::Text(json!({"type": kind, "payload": payload}).to_string().into())
+}
+
+async fn authorize(s: &Shared, socket: &mut WebSocket, source: IpAddr) -> Result<Session, String> {
+    let deadline = Instant::now() + AUTHORIZE_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = match tokio::time::timeout(left, socket.recv()).await {
+            Err(_) => return Err("no authorize message within 10 s".into()),
+            Ok(None) | Ok(Some(Err(_))) => return Err(String::new()),
+            Ok(Some(Ok(m))) => m,
+        };
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("invalid JSON message: {e}"))?;
+        if v.get("action").and_then(Value::as_str) != Some("authorize") {
+            return Err("the first message must be {\"action\":\"authorize\",\"payload\":{\"jwt\":...}}".into());
+        }
+        let jwt = v.pointer("/payload/jwt").and_then(Value::as_str).ok_or("authorize: payload.jwt missing")?;
+        let claims = s.tokens.verify(jwt).map_err(|e| e.to_string())?;
+        return authz::check(&s.redis, &s.session_script, claims, source, None).await.map_err(|e| e.message);
+    }
+}
+
+async fn session(s: Shared, mut socket: WebSocket, source: IpAddr) {
+    let session = match authorize(&s, &mut socket, source).await {
+        Ok(session) => session,
+        Err(reason) => {
+            if !reason.is_empty() {
+                let _ = socket.send(message("authorize-error", json!(reason))).await;
+            }
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let mut rx = s.hub.tx.subscribe();
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(session.claims.exp);
+    let until_expiry = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    let expiry = tokio::time::sleep(until_expiry);
+    tokio::pin!(expiry);
+    let mut roles: HashMap<AgentId, (Session, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = &mut expiry => {
+                let _ = socket.send(message("authorize-error", json!("the session token has expired"))).await;
+                break;
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Text(text))) => {
+                    let action = serde_json::from_str::<Value>(&text).ok()
+                        .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
+                        .unwrap_or_default();
+                    let reply = format!("unsupported action {action:?}: this server streams task progress only");
+                    let _ = socket.send(message("error", json!(reply))).await;
+                }
+                Some(Ok(_)) => {}
+            },
+            relayed = rx.recv() => {
+                let (channel, payload) = match relayed {
+                    Ok(m) => m,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                let Some((agent, task)) = parse_progress_channel(&channel) else { continue };
+                let fresh = roles.get(&agent).is_some_and(|(_, at)| at.elapsed() < RECHECK);
+                if !fresh {
+                    match authz::check(&s.redis, &s.session_script, session.claims.clone(), source, Some(agent.clone())).await {
+                        Ok(sess) => { roles.insert(agent.clone(), (sess, Instant::now())); }
+                        Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => continue,
+                        Err(e) => {
+                            let _ = socket.send(message("authorize-error", json!(e.message))).await;
+                            break;
+                        }
+                    }
+                }
+                let Some((sess, _)) = roles.get(&agent) else { continue };
+                let Some((action, user)) = s.hub.owner(&s, &agent, &task).await else { continue };
+                if !sess.may_see_task(&action, &user) {
+                    continue;
+                }
+                let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+                let out = json!({
+                    "name": channel,
+                    "payload": payload,
+                    "timestamp": protocol::time::rfc3339(std::time::SystemTime::now()),
+                    "type": "task",
+                });
+                if socket.send(Message::Text(out.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_channels() {
+        let (a, t) = parse_progress_channel("progress/module/mail1/task/abc-1").unwrap();
+        assert_eq!(a, AgentId::Module("mail1".into()));
+        assert_eq!(t, "abc-1");
+        assert!(parse_progress_channel("progress/bogus/task/1").is_none());
+        assert!(parse_progress_channel("module/x/event/y").is_none());
+    }
+}
