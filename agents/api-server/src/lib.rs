@@ -82,7 +82,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     });
     ws::Hub::start(&state, subscriber);
     let app = routes::router(state, args.body_limit).into_make_service_with_connect_info::<SocketAddr>();
-    let tcp = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let tcp = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = tcp.local_addr()?;
     match tls {
         Some(config) => {

@@ -10,7 +10,12 @@ use clap::{Parser, Subcommand};
 use protocol::AgentId;
 
 #[derive(Parser, Debug)]
-#[command(name = "api-server", version, about = "The cluster's HTTP and WebSocket API", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "api-server",
+    version,
+    about = "The cluster's HTTP and WebSocket API",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -63,7 +68,10 @@ fn main() -> ExitCode {
 
 async fn add_user(a: AddUser) -> anyhow::Result<()> {
     if !authz::valid_user_name(&a.name) {
-        anyhow::bail!("{:?} is not a valid user name (a lowercase letter, then lowercase letters, digits, '.', '-', '_'; at most 32)", a.name);
+        anyhow::bail!(
+            "{:?} is not a valid user name (a lowercase letter, then lowercase letters, digits, '.', '-', '_'; at most 32)",
+            a.name
+        );
     }
     let mut grants = Vec::new();
     for g in &a.grant {

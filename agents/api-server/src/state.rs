@@ -53,8 +53,11 @@ impl AppState {
         agent: Option<AgentId>,
     ) -> Result<Session, ApiError> {
         let source = crate::net::client_addr(peer, headers);
-        let token = bearer(headers, query)
-            .ok_or_else(|| ApiError::unauthorized("authentication required: send \"Authorization: Bearer <token>\" (POST /api/login gives one)"))?;
+        let token = bearer(headers, query).ok_or_else(|| {
+            ApiError::unauthorized(
+                "authentication required: send \"Authorization: Bearer <token>\" (POST /api/login gives one)",
+            )
+        })?;
         let claims = self.tokens.verify(&token).map_err(|e| match e {
             TokenError::Expired => ApiError::unauthorized(e.to_string()),
             TokenError::Invalid => ApiError::unauthorized(e.to_string()),

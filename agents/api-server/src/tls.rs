@@ -26,7 +26,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
     if certs.is_empty() {
         anyhow::bail!("{} holds no PEM certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read a PEM private key from {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a PEM private key from {}", key.display()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?

@@ -78,9 +78,7 @@ impl Tokens {
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
             Ok(data) if !data.claims.jti.is_empty() => Ok(data.claims),
             Ok(_) => Err(TokenError::Invalid),
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                Err(TokenError::Expired)
-            }
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(_) => Err(TokenError::Invalid),
         }
     }

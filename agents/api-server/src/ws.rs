@@ -54,7 +54,9 @@ impl Hub {
                         let payload = msg.value.as_string().unwrap_or_default();
                         let _ = tx.send((msg.channel.to_string(), payload));
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("progress relay lagged: {n} messages dropped"),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("progress relay lagged: {n} messages dropped")
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }

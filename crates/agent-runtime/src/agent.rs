@@ -58,6 +58,7 @@ pub async fn run(
         held: Mutex::new(HashMap::new()),
     });
 
+    define_builtin_roles(&sh).await;
     close_interrupted(&sh).await;
 
     let (stop_events_tx, stop_events) = watch::channel(false);
@@ -169,6 +170,17 @@ async fn inflight_items(sh: &Shared) -> Option<Vec<String>> {
 
 /// At start-up, every in-flight task belonged to a previous run of this agent that
 /// died before storing its result. Close each one with a terminal result.
+/// NS8's built-in roles every agent has (reference section 8): `owner` may run
+/// everything, `reader` the read-only actions. Adding set members is idempotent, and
+/// the agent's own ACL user may write `<agent>/roles/*`.
+async fn define_builtin_roles(sh: &Shared) {
+    let agent = &sh.cfg.agent_id;
+    for (role, patterns) in protocol::keys::BUILTIN_ROLES {
+        let key = keys::role(agent, role);
+        bus::retry(&format!("cannot define role {key}"), || sh.redis.sadd::<i64, _, _>(&key, patterns.to_vec())).await;
+    }
+}
+
 async fn close_interrupted(sh: &Shared) {
     let agent = &sh.cfg.agent_id;
     let items: Vec<String> =

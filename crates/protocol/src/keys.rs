@@ -134,6 +134,10 @@ pub fn role(agent: &AgentId, role: &str) -> String {
     format!("{agent}/roles/{role}")
 }
 
+/// Roles every agent defines on itself at start, as NS8 does at install.
+pub const BUILTIN_ROLES: [(&str, &[&str]); 2] =
+    [("owner", &["*"]), ("reader", &["list-*", "get-*", "show-*", "read-*"])];
+
 /// Beyond NS8: a revoked session token, by its `jti`, kept until the token expires.
 pub fn revoked_token(jti: &str) -> String {
     format!("private/api/revoked/{jti}")

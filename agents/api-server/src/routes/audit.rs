@@ -31,9 +31,11 @@ fn list(v: Option<&String>) -> Vec<String> {
 fn time(name: &str, v: Option<&String>) -> Result<Option<u64>, ApiError> {
     match v.map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(t) => protocol::time::parse_rfc3339_ms(t)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("parameter \"{name}\": {t:?} is not an ISO 8601 time such as 2026-11-27T10:00:00Z"))),
+        Some(t) => protocol::time::parse_rfc3339_ms(t).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "parameter \"{name}\": {t:?} is not an ISO 8601 time such as 2026-11-27T10:00:00Z"
+            ))
+        }),
     }
 }
 
@@ -64,18 +66,33 @@ pub async fn query(
     Ok(ok(json!({"audits": audits})))
 }
 
-pub async fn users(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult {
+pub async fn users(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     reader(&s, &headers, raw.as_deref(), peer).await?;
     Ok(ok(json!({"users": s.audit.distinct("user").await?})))
 }
 
-pub async fn actions(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult {
+pub async fn actions(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     reader(&s, &headers, raw.as_deref(), peer).await?;
     Ok(ok(json!({"actions": s.audit.distinct("action").await?})))
 }
 
 /// Walk the hash chain; `first_broken` names the first record that fails.
-pub async fn verify(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult {
+pub async fn verify(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     reader(&s, &headers, raw.as_deref(), peer).await?;
     Ok(ok(s.audit.verify().await?))
 }

@@ -64,9 +64,8 @@ pub async fn verify_credentials(s: &AppState, username: &str, password: &str) ->
             let pw = password.to_owned();
             // A missing user still costs one hash: answers take the same time.
             let stored_or_dummy = stored.clone().unwrap_or_else(|| password::dummy_hash().to_owned());
-            let matches = tokio::task::spawn_blocking(move || password::verify(&pw, &stored_or_dummy))
-                .await
-                .unwrap_or(false);
+            let matches =
+                tokio::task::spawn_blocking(move || password::verify(&pw, &stored_or_dummy)).await.unwrap_or(false);
             if !matches || stored.is_none() {
                 return Ok(None);
             }
@@ -86,7 +85,12 @@ fn may_connect(account: &Account, source: IpAddr) -> bool {
 
 /// Check a second factor: a TOTP code (each accepted once) or a recovery code
 /// (consumed). Returns a reason on failure.
-async fn check_second_factor(s: &AppState, user: &str, secret: &str, otp: &str) -> Result<Result<(), &'static str>, ApiError> {
+async fn check_second_factor(
+    s: &AppState,
+    user: &str,
+    secret: &str,
+    otp: &str,
+) -> Result<Result<(), &'static str>, ApiError> {
     let otp = otp.trim();
     if totp::looks_like_recovery_code(otp) {
         let removed: i64 = s.redis.srem(keys::user_recovery_codes(user), totp::hash_recovery_code(otp)).await?;
@@ -105,16 +109,18 @@ fn token_response(token: &str, exp: u64) -> Response {
     json_response(StatusCode::OK, json!({"code": 200, "expire": expire, "token": token}))
 }
 
-pub async fn login(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> ApiResult {
+pub async fn login(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let source = net::client_addr(peer, &headers);
     let req: LoginRequest = parse_body(&body)?;
     bounded("username", &req.username, 128)?;
     bounded("password", &req.password, password::MAX_LENGTH)?;
     if let Some(otp) = &req.otp {
         bounded("otp", otp, 32)?;
-    }
-    if req.username.is_empty() || req.username == "default" {
-        return Err(ApiError::unauthorized(BAD_CREDENTIALS));
     }
     let addr = source.to_string();
     let wait = s.throttle.wait_ms(&s.redis, &addr, &req.username).await?;
@@ -123,7 +129,8 @@ pub async fn login(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
         let mut entry = s.audit_entry(&req.username, source, "login-fail");
         entry.data = json!({"reason": "throttled"}).to_string();
         s.audit(entry).await;
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins: try again in {secs} s"));
+        let mut e =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins: try again in {secs} s"));
         e.retry_after = Some(secs);
         return Err(e);
     }
@@ -139,6 +146,10 @@ pub async fn login(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
             Err::<Response, ApiError>(ApiError::unauthorized(message))
         }
     };
+    // Redis's `default` user is nobody's identity.
+    if req.username.is_empty() || req.username == "default" {
+        return fail("bad credentials", BAD_CREDENTIALS).await;
+    }
     let Some(account) = verify_credentials(&s, &req.username, &req.password).await? else {
         return fail("bad credentials", BAD_CREDENTIALS).await;
     };
@@ -152,7 +163,9 @@ pub async fn login(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
             let mut entry = s.audit_entry(&req.username, source, "login-fail");
             entry.data = json!({"reason": "OTP required"}).to_string();
             s.audit(entry).await;
-            return Err(ApiError::unauthorized("OTP required: this account has two-factor authentication enabled; send the code in \"otp\""));
+            return Err(ApiError::unauthorized(
+                "OTP required: this account has two-factor authentication enabled; send the code in \"otp\"",
+            ));
         };
         if let Err(reason) = check_second_factor(&s, &req.username, secret, otp).await? {
             return fail(reason, reason).await;
@@ -170,7 +183,12 @@ pub async fn login(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
 }
 
 /// Revoke the token: it is refused from now on, even before it expires.
-pub async fn logout(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn logout(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let source = net::client_addr(peer, &headers);
     let Some(token) = bearer(&headers, q.as_deref()) else {
         return Ok(json_response(StatusCode::OK, json!({"code": 200})));
@@ -190,7 +208,12 @@ pub async fn revoke(s: &AppState, jti: &str, exp: u64) -> Result<(), ApiError> {
 }
 
 /// Trade a valid token for a fresh one; the old one is revoked.
-pub async fn refresh(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn refresh(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let session = s.session(&headers, q.as_deref(), peer, None).await?;
     let now = now();
     let c = &session.claims;

@@ -67,9 +67,7 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 pub const LOGIN_BODY_LIMIT: usize = 16 * 1024;
 
 pub fn router(state: Shared, body_limit: usize) -> Router {
-    let login = Router::new()
-        .route("/api/login", post(login::login))
-        .layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT));
+    let login = Router::new().route("/api/login", post(login::login)).layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT));
     Router::new()
         .route("/api/logout", post(login::logout))
         .route("/api/refresh", post(login::refresh))

@@ -105,12 +105,14 @@ pub async fn create(
 
 /// NS8 refuses tasks on a read-only replica and names the leader.
 async fn require_master(s: &Shared) -> Result<(), ApiError> {
-    let role: Vec<RedisValue> = s.redis.custom(CustomCommand::new_static("ROLE", ClusterHash::Random, false), Vec::<String>::new()).await?;
+    let role: Vec<RedisValue> =
+        s.redis.custom(CustomCommand::new_static("ROLE", ClusterHash::Random, false), Vec::<String>::new()).await?;
     if role.first().and_then(|v| v.as_string()).as_deref() == Some("master") {
         return Ok(());
     }
     let leader = role.get(1).and_then(|v| v.as_string()).unwrap_or_default();
-    Err(ApiError::forbidden(format!("this node is not the cluster leader: send tasks to {leader}")).with_data(json!(leader)))
+    Err(ApiError::forbidden(format!("this node is not the cluster leader: send tasks to {leader}"))
+        .with_data(json!(leader)))
 }
 
 /// The four keys of a task, in [`task_fields`] order.
@@ -271,7 +273,8 @@ pub async fn list(
 
 /// Agents of one kind the caller holds a role on.
 async fn granted_agents(s: &Shared, session: &Session, kind: &str) -> Result<Vec<String>, ApiError> {
-    let grants: std::collections::HashMap<String, String> = s.redis.hgetall(keys::grants(&session.subject.name())).await?;
+    let grants: std::collections::HashMap<String, String> =
+        s.redis.hgetall(keys::grants(&session.subject.name())).await?;
     let prefix = format!("{kind}/");
     let mut seen = std::collections::BTreeSet::new();
     for key in scan(&s.redis, &format!("{kind}/*")).await? {

@@ -17,7 +17,12 @@ use crate::state::Shared;
 use crate::token::now;
 use crate::totp;
 
-async fn user_session(s: &Shared, headers: &HeaderMap, q: Option<&str>, peer: SocketAddr) -> Result<(Session, String), ApiError> {
+async fn user_session(
+    s: &Shared,
+    headers: &HeaderMap,
+    q: Option<&str>,
+    peer: SocketAddr,
+) -> Result<(Session, String), ApiError> {
     let session = s.session(headers, q, peer, None).await?;
     let Some(user) = session.subject.user_name().map(str::to_owned) else {
         return Err(ApiError::forbidden("two-factor authentication is for admin users, not agent identities"));
@@ -25,14 +30,24 @@ async fn user_session(s: &Shared, headers: &HeaderMap, q: Option<&str>, peer: So
     Ok((session, user))
 }
 
-pub async fn status(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn status(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let (_, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
     let secret: Option<String> = s.redis.hget(keys::user(&user), "2fa").await?;
     Ok(ok(json!(secret.is_some_and(|x| !x.is_empty()))))
 }
 
 /// A new secret to enrol, not stored until `POST /api/2FA` proves the app has it.
-pub async fn qr_code(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn qr_code(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let (_, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
     let key = totp::generate_secret();
     let url = totp::otpauth_url(&key, &s.issuer, &user)
@@ -49,16 +64,26 @@ struct Enable {
 
 /// Store the secret once a code from it checks; answer the recovery codes, shown
 /// this once only (only their hashes are kept).
-pub async fn enable(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+pub async fn enable(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult {
     let (session, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
     let req: Enable = parse_body(&body)?;
     bounded("otp", &req.otp, 32)?;
     bounded("secret", &req.secret, 128)?;
     if !totp::valid_secret(&req.secret) {
-        return Err(ApiError::bad_request("field \"secret\": expected a base32 TOTP secret of at least 128 bits (GET /api/2FA/qr-code gives one)"));
+        return Err(ApiError::bad_request(
+            "field \"secret\": expected a base32 TOTP secret of at least 128 bits (GET /api/2FA/qr-code gives one)",
+        ));
     }
     if totp::check(&req.secret, &req.otp, now()).is_none() {
-        return Err(ApiError::bad_request("field \"otp\": the code does not match the secret (check the device's clock)"));
+        return Err(ApiError::bad_request(
+            "field \"otp\": the code does not match the secret (check the device's clock)",
+        ));
     }
     let codes = totp::generate_recovery_codes();
     let hashes: Vec<String> = codes.iter().map(|c| totp::hash_recovery_code(c)).collect();
@@ -71,7 +96,12 @@ pub async fn enable(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Sock
     Ok(ok(json!({"recovery_codes": codes})))
 }
 
-pub async fn disable(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn disable(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let (session, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
     let tx = s.redis.multi();
     let _: () = tx.hdel(keys::user(&user), "2fa").await?;

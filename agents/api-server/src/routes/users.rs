@@ -23,11 +23,21 @@ use crate::error::{ApiError, ApiResult, envelope, ok};
 use crate::state::{AppState, Shared};
 use crate::{net, password};
 
-async fn cluster_session(s: &Shared, headers: &HeaderMap, q: Option<&str>, peer: SocketAddr) -> Result<Session, ApiError> {
+async fn cluster_session(
+    s: &Shared,
+    headers: &HeaderMap,
+    q: Option<&str>,
+    peer: SocketAddr,
+) -> Result<Session, ApiError> {
     s.session(headers, q, peer, Some(AgentId::Cluster)).await
 }
 
-pub async fn list(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+pub async fn list(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     cluster_session(&s, &headers, q.as_deref(), peer).await?.require("list-users")?;
     let mut users = Vec::new();
     let mut names: Vec<String> = super::tasks::scan(&s.redis, keys::USER_PATTERN)
@@ -39,7 +49,8 @@ pub async fn list(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socket
     for name in names {
         let p: HashMap<String, String> = s.redis.hgetall(keys::user(&name)).await?;
         let get = |k: &str| p.get(k).cloned().unwrap_or_default();
-        let nets: Vec<String> = get("allowed_networks").split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect();
+        let nets: Vec<String> =
+            get("allowed_networks").split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect();
         users.push(json!({
             "user": name,
             "display_name": get("display_name"),
@@ -72,17 +83,26 @@ pub fn check_profile(display_name: &str, email: &str, networks: &[String]) -> Re
     }
     for n in networks {
         if net::parse_net(n).is_none() {
-            return Err(ApiError::bad_request(format!("field \"allowed_networks\": {n:?} is not an IP address or CIDR")));
+            return Err(ApiError::bad_request(format!(
+                "field \"allowed_networks\": {n:?} is not an IP address or CIDR"
+            )));
         }
     }
     Ok(networks.join(","))
 }
 
 /// Create a user; `false` if it already exists. The hash is computed by the caller.
-pub async fn create_user(redis: &Client, name: &str, hash: &str, profile: &[(&str, &str)]) -> Result<bool, fred::error::Error> {
+pub async fn create_user(
+    redis: &Client,
+    name: &str,
+    hash: &str,
+    profile: &[(&str, &str)],
+) -> Result<bool, fred::error::Error> {
     let created: bool = redis.hsetnx(keys::user(name), "password_hash", hash).await?;
     if created && !profile.is_empty() {
-        let _: () = redis.hset(keys::user(name), profile.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()).await?;
+        let _: () = redis
+            .hset(keys::user(name), profile.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+            .await?;
     }
     Ok(created)
 }
@@ -94,7 +114,13 @@ async fn hash_password(s: &AppState, pw: String) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "password hashing failed"))
 }
 
-pub async fn add(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+pub async fn add(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult {
     let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
     session.require("add-user")?;
     let req: NewUser = parse_body(&body)?;
@@ -111,7 +137,11 @@ pub async fn add(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         return Err(ApiError::new(StatusCode::CONFLICT, format!("user {} already exists", req.user)));
     }
     let hash = hash_password(&s, req.password).await?;
-    let profile = [("display_name", req.display_name.as_str()), ("email", req.email.as_str()), ("allowed_networks", nets.as_str())];
+    let profile = [
+        ("display_name", req.display_name.as_str()),
+        ("email", req.email.as_str()),
+        ("allowed_networks", nets.as_str()),
+    ];
     if !create_user(&s.redis, &req.user, &hash, &profile).await? {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("user {} already exists", req.user)));
     }
@@ -121,7 +151,13 @@ pub async fn add(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
     Ok(envelope(StatusCode::CREATED, "success", json!({"user": req.user})))
 }
 
-pub async fn remove(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Path(p): Path<Params>) -> ApiResult {
+pub async fn remove(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Path(p): Path<Params>,
+) -> ApiResult {
     let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
     session.require("remove-user")?;
     let user = p.get("user").cloned().unwrap_or_default();
@@ -131,7 +167,8 @@ pub async fn remove(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Sock
     if session.subject.user_name() == Some(user.as_str()) {
         return Err(ApiError::bad_request("you cannot remove your own account"));
     }
-    let removed: i64 = s.redis.del(vec![keys::user(&user), keys::user_recovery_codes(&user), keys::grants(&user)]).await?;
+    let removed: i64 =
+        s.redis.del(vec![keys::user(&user), keys::user_recovery_codes(&user), keys::grants(&user)]).await?;
     if removed == 0 {
         return Err(ApiError::not_found(format!("no user {user}")));
     }
@@ -150,7 +187,14 @@ struct PasswordChange {
 
 /// Users change their own password with the current one; `alter-user` holders set
 /// anyone's.
-pub async fn password(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Path(p): Path<Params>, body: Bytes) -> ApiResult {
+pub async fn password(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Path(p): Path<Params>,
+    body: Bytes,
+) -> ApiResult {
     let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
     let user = p.get("user").cloned().unwrap_or_default();
     if !authz::valid_user_name(&user) {
@@ -158,7 +202,8 @@ pub async fn password(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<So
     }
     let req: PasswordChange = parse_body(&body)?;
     bounded("current_password", req.current_password.as_deref().unwrap_or(""), password::MAX_LENGTH)?;
-    password::check_policy(&req.new_password).map_err(|e| ApiError::bad_request(format!("field \"new_password\": {e}")))?;
+    password::check_policy(&req.new_password)
+        .map_err(|e| ApiError::bad_request(format!("field \"new_password\": {e}")))?;
     let own = session.subject.user_name() == Some(user.as_str());
     if own {
         let current = req.current_password.clone().unwrap_or_default();
@@ -193,9 +238,19 @@ if #roles == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET',
 return held";
 
 /// Add or remove one role of `subject` on `agent`; whether it was held before.
-pub async fn set_grant(redis: &Client, subject: &str, agent: &AgentId, role: &str, add: bool) -> Result<bool, fred::error::Error> {
+pub async fn set_grant(
+    redis: &Client,
+    subject: &str,
+    agent: &AgentId,
+    role: &str,
+    add: bool,
+) -> Result<bool, fred::error::Error> {
     let held: i64 = Script::from_lua(SET_GRANT)
-        .evalsha_with_reload(redis, vec![keys::grants(subject)], vec![agent.to_string(), role.to_owned(), if add { "1" } else { "0" }.to_owned()])
+        .evalsha_with_reload(
+            redis,
+            vec![keys::grants(subject)],
+            vec![agent.to_string(), role.to_owned(), if add { "1" } else { "0" }.to_owned()],
+        )
         .await?;
     Ok(held == 1)
 }
@@ -212,16 +267,29 @@ fn check_grant(g: &Grant) -> Result<(Subject, AgentId), ApiError> {
     if let Subject::User(u) = &subject
         && !authz::valid_user_name(u)
     {
-        return Err(ApiError::bad_request(format!("field \"subject\": {:?} is neither a user name nor an agent id", g.subject.chars().take(64).collect::<String>())));
+        return Err(ApiError::bad_request(format!(
+            "field \"subject\": {:?} is neither a user name nor an agent id",
+            g.subject.chars().take(64).collect::<String>()
+        )));
     }
-    let on: AgentId = g.on.parse().map_err(|e: protocol::IdError| ApiError::bad_request(format!("field \"on\": {e}")))?;
+    let on: AgentId =
+        g.on.parse().map_err(|e: protocol::IdError| ApiError::bad_request(format!("field \"on\": {e}")))?;
     if !authz::valid_role_name(&g.role) {
-        return Err(ApiError::bad_request(format!("field \"role\": {:?} is not a role name (1-32 lowercase letters, digits, '-', '_')", g.role.chars().take(64).collect::<String>())));
+        return Err(ApiError::bad_request(format!(
+            "field \"role\": {:?} is not a role name (1-32 lowercase letters, digits, '-', '_')",
+            g.role.chars().take(64).collect::<String>()
+        )));
     }
     Ok((subject, on))
 }
 
-pub async fn grants(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+pub async fn grants(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Query(p): Query<HashMap<String, String>>,
+) -> ApiResult {
     let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
     let subject = p.get("subject").cloned().unwrap_or_else(|| session.subject.name());
     if subject != session.subject.name() {
@@ -231,12 +299,20 @@ pub async fn grants(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Sock
     let map: HashMap<String, String> = s.redis.hgetall(keys::grants(&subject)).await?;
     let grants: serde_json::Map<String, Value> = map
         .into_iter()
-        .map(|(agent, roles)| (agent, json!(roles.split(',').map(str::trim).filter(|r| !r.is_empty()).collect::<Vec<_>>())))
+        .map(|(agent, roles)| {
+            (agent, json!(roles.split(',').map(str::trim).filter(|r| !r.is_empty()).collect::<Vec<_>>()))
+        })
         .collect();
     Ok(ok(json!({"subject": subject, "grants": grants})))
 }
 
-pub async fn grant(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+pub async fn grant(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult {
     let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
     session.require("grant-roles")?;
     let g: Grant = parse_body(&body)?;
@@ -249,7 +325,11 @@ pub async fn grant(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
     }
     let defined: bool = s.redis.exists(keys::role(&on, &g.role)).await?;
     if !defined {
-        return Err(ApiError::bad_request(format!("field \"role\": role {} is not defined on {on} (no key {})", g.role, keys::role(&on, &g.role))));
+        return Err(ApiError::bad_request(format!(
+            "field \"role\": role {} is not defined on {on} (no key {})",
+            g.role,
+            keys::role(&on, &g.role)
+        )));
     }
     set_grant(&s.redis, &subject.name(), &on, &g.role, true).await?;
     let mut entry = s.audit_entry(&session.subject.name(), session.source, "grant-role");
@@ -259,10 +339,17 @@ pub async fn grant(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
     Ok(ok(json!(null)))
 }
 
-pub async fn revoke(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, RawQuery(q): RawQuery, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+pub async fn revoke(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    Query(p): Query<HashMap<String, String>>,
+) -> ApiResult {
     let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
     session.require("revoke-roles")?;
-    let field = |k: &str| p.get(k).cloned().ok_or_else(|| ApiError::bad_request(format!("query parameter \"{k}\" missing")));
+    let field =
+        |k: &str| p.get(k).cloned().ok_or_else(|| ApiError::bad_request(format!("query parameter \"{k}\" missing")));
     let g = Grant { subject: field("subject")?, on: field("on")?, role: field("role")? };
     let (subject, on) = check_grant(&g)?;
     if !set_grant(&s.redis, &subject.name(), &on, &g.role, false).await? {
