@@ -80,17 +80,19 @@ pub async fn enable(
             "field \"secret\": expected a base32 TOTP secret of at least 128 bits (GET /api/2FA/qr-code gives one)",
         ));
     }
-    if totp::check(&req.secret, &req.otp, now()).is_none() {
+    let Some(step) = totp::check(&req.secret, &req.otp, now()) else {
         return Err(ApiError::bad_request(
             "field \"otp\": the code does not match the secret (check the device's clock)",
         ));
-    }
+    };
     let codes = totp::generate_recovery_codes();
     let hashes: Vec<String> = codes.iter().map(|c| totp::hash_recovery_code(c)).collect();
     let tx = s.redis.multi();
     let _: () = tx.hset(keys::user(&user), ("2fa", req.secret.as_str())).await?;
     let _: () = tx.del(keys::user_recovery_codes(&user)).await?;
     let _: () = tx.sadd(keys::user_recovery_codes(&user), hashes).await?;
+    // The enrolment code counts as used: it cannot log in a second time.
+    let _: () = tx.set(keys::otp_used(&user, &step.to_string()), "1", Some(Expiration::EX(120)), None, false).await?;
     let _: () = tx.exec(true).await?;
     s.audit(s.audit_entry(&user, session.source, "2fa-enable")).await;
     Ok(ok(json!({"recovery_codes": codes})))
