@@ -17,8 +17,12 @@ use serde_json::json;
 
 use crate::{packages, run, workspace};
 
-const BINARIES: &[&str] = &["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli"];
+const BINARIES: &[&str] = &["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli", "api-server"];
 pub const DEFAULT_PORT: u16 = 16379;
+/// The api-server's port, as NS8's.
+pub const DEFAULT_API_PORT: u16 = 9311;
+/// The first admin, created at the first `up` with a generated password.
+pub const ADMIN: &str = "admin";
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -28,6 +32,9 @@ pub struct UpArgs {
     /// Loopback port of the cluster's Redis.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     redis_port: u16,
+    /// Loopback port of the api-server.
+    #[arg(long, default_value_t = DEFAULT_API_PORT)]
+    api_port: u16,
     /// Use the binaries already built in this directory instead of building release
     /// ones (the tests use their debug build).
     #[arg(long)]
@@ -105,6 +112,10 @@ pub fn up(args: UpArgs) -> Result<()> {
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");
     }
+    let api_port = args.api_port;
+    if TcpListener::bind(("127.0.0.1", api_port)).is_err() {
+        bail!("port {api_port} on 127.0.0.1 is in use by another program: pick another with --api-port");
+    }
     let built = match args.bin_dir {
         Some(dir) => dir,
         None => {
@@ -130,6 +141,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         "node/actions",
         "node/events",
         "node/state",
+        "api-server",
     ] {
         std::fs::create_dir_all(root.join(dir))
             .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
@@ -173,6 +185,20 @@ pub fn up(args: UpArgs) -> Result<()> {
         program(&root, file, name, vec![bin(name)], env, &dir.join("state"))?;
     }
 
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    program(
+        &root,
+        "40-api-server.json",
+        "api-server",
+        vec![bin("api-server")],
+        json!({
+            "REDIS_ADDRESS": redis_address,
+            "LISTEN_ADDRESS": format!("127.0.0.1:{api_port}"),
+            "API_SECRET_FILE": root.join("api-server/secret"),
+        }),
+        &root.join("api-server"),
+    )?;
+
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("log/supervisor.log"))?;
     // setsid: the cluster outlives this command and the terminal it ran in.
     Command::new("setsid")
@@ -190,7 +216,8 @@ pub fn up(args: UpArgs) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let clients = redis_cli(port, &["CLIENT", "LIST"]).unwrap_or_default();
-        if clients.contains("name=cluster ") && clients.contains("name=node/1 ") {
+        let api_up = std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok();
+        if clients.contains("name=cluster ") && clients.contains("name=node/1 ") && api_up {
             break;
         }
         if Instant::now() > deadline {
@@ -198,20 +225,47 @@ pub fn up(args: UpArgs) -> Result<()> {
                 "the cluster did not come up within 60 s.\nsupervisor log:\n{}\nredis log:\n{}\ncluster-agent log:\n{}",
                 tail(&root.join("log/supervisor.log")),
                 tail(&root.join("log/redis.log")),
-                tail(&root.join("log/cluster-agent.log"))
+                tail(&root.join("log/cluster-agent.log")) + &tail(&root.join("log/api-server.log"))
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let password = first_admin(&bin("api-server"), &redis_address)?;
     let cli = bin("api-cli");
+    let admin = match password {
+        Some(pw) => format!("  Admin user \"{ADMIN}\", password (shown only this once, store it safely): {pw}\n"),
+        None => format!(
+            "  Admin user \"{ADMIN}\" already exists. Lost its password? REDIS_ADDRESS={redis_address} {} set-password {ADMIN}\n",
+            bin("api-server")
+        ),
+    };
     println!(
-        "The local cluster is up: Redis on {redis_address}, agents cluster and node/1.\n\
-         \n  Run a task:\n    REDIS_ADDRESS={redis_address} {cli} run get-info --agent node/1\n    \
+        "The local cluster is up: Redis on {redis_address}, agents cluster and node/1, API on {api_url}.\n\
+         \n{admin}\
+         \n  Log in and run a task through the API:\n    {cli} login --endpoint {api_url} --username {ADMIN}\n    \
+         {cli} run get-info --agent node/1 --endpoint {api_url}\n\
+         \n  Or straight through Redis, as root on this machine:\n    \
          REDIS_ADDRESS={redis_address} {cli} run set-name --data '{{\"name\": \"My cluster\"}}'\n\
          \n  State and logs: {}\n  Stop:           cargo xtask down",
         root.display()
     );
     Ok(())
+}
+
+/// Create the first admin (owner of the cluster and of node 1) if there is none yet;
+/// its generated password, which only the api-server's stdout ever shows.
+fn first_admin(api_server: &str, redis_address: &str) -> Result<Option<String>> {
+    let out = Command::new(api_server)
+        .args(["add-user", ADMIN, "--if-missing", "--grant", "owner:cluster", "--grant", "owner:node/1"])
+        .env("REDIS_ADDRESS", redis_address)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run api-server add-user")?;
+    if !out.status.success() {
+        bail!("cannot create the admin user: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let password = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok((!password.is_empty()).then_some(password))
 }
 
 pub fn down(args: DownArgs) -> Result<()> {

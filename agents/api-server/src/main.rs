@@ -27,6 +27,17 @@ struct Cli {
 enum Command {
     /// Create an admin user in Redis (REDIS_ADDRESS, REDIS_USER, REDIS_PASSWORD).
     AddUser(AddUser),
+    /// Set a user's password (a lost admin password), printing a generated one unless
+    /// --password-stdin.
+    SetPassword(SetPassword),
+}
+
+#[derive(clap::Args, Debug)]
+struct SetPassword {
+    name: String,
+    /// Read the password from the first line of stdin instead of generating one.
+    #[arg(long)]
+    password_stdin: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => runtime.block_on(api_server::serve(cli.serve)),
         Some(Command::AddUser(a)) => runtime.block_on(add_user(a)),
+        Some(Command::SetPassword(a)) => runtime.block_on(set_password(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,15 +94,7 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
         let agent: AgentId = agent.parse().map_err(|e| anyhow::anyhow!("--grant {g:?}: {e}"))?;
         grants.push((role.to_owned(), agent));
     }
-    let (pw, generated) = if a.password_stdin {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        let pw = line.trim_end_matches(['\n', '\r']).to_owned();
-        password::check_policy(&pw).map_err(|e| anyhow::anyhow!(e))?;
-        (pw, false)
-    } else {
-        (password::generate(20), true)
-    };
+    let (pw, generated) = new_password(a.password_stdin)?;
     let cfg = bus::RedisConfig::from_env(CLIENT_NAME)?;
     let redis = bus::connect(&cfg, CLIENT_NAME).await?;
     let exists: bool = bus::fred::prelude::KeysInterface::exists(&redis, protocol::keys::user(&a.name)).await?;
@@ -108,12 +112,46 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
     for (role, agent) in &grants {
         routes::users::set_grant(&redis, &a.name, agent, role, true).await?;
     }
+    show_once(&a.name, &pw, generated);
+    Ok(())
+}
+
+async fn set_password(a: SetPassword) -> anyhow::Result<()> {
+    if !authz::valid_user_name(&a.name) {
+        anyhow::bail!("{:?} is not a valid user name", a.name);
+    }
+    let (pw, generated) = new_password(a.password_stdin)?;
+    let cfg = bus::RedisConfig::from_env(CLIENT_NAME)?;
+    let redis = bus::connect(&cfg, CLIENT_NAME).await?;
+    let key = protocol::keys::user(&a.name);
+    if !bus::fred::prelude::KeysInterface::exists::<bool, _>(&redis, &key).await? {
+        anyhow::bail!("no user {}", a.name);
+    }
+    let to_hash = pw.clone();
+    let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash)).await?;
+    bus::fred::prelude::HashesInterface::hset::<(), _, _>(&redis, &key, ("password_hash", hash)).await?;
+    show_once(&a.name, &pw, generated);
+    Ok(())
+}
+
+/// The password from stdin (checked against the policy) or a generated one.
+fn new_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((password::generate(20), true));
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+    password::check_policy(&pw).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((pw, false))
+}
+
+/// A generated password is shown once, on stdout only: Redis holds its argon2id hash.
+fn show_once(name: &str, pw: &str, generated: bool) {
     if generated {
-        // Shown once, on stdout only: Redis holds the argon2id hash.
         println!("{pw}");
         if std::io::stdout().is_terminal() {
-            eprintln!("(the password of {} above is shown only now: store it safely)", a.name);
+            eprintln!("(the password of {name} above is shown only now: store it safely)");
         }
     }
-    Ok(())
 }

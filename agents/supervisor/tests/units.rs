@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const UNITS: &[&str] = &["redis.service", "cluster-agent.service", "node-agent.service", "module-agent@.service"];
+const UNITS: &[&str] =
+    &["redis.service", "cluster-agent.service", "node-agent.service", "module-agent@.service", "api-server.service"];
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
 fn deploy_dir() -> PathBuf {

@@ -2,6 +2,8 @@
 //! under the supervisor, a crashed agent comes back, `down` leaves nothing running.
 //! Runs the real xtask binary with the workspace's debug build of the agents.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,7 @@ impl Cluster {
 
     fn log(&self) -> String {
         let mut all = String::new();
-        for f in ["supervisor", "redis", "cluster-agent", "node-agent"] {
+        for f in ["supervisor", "redis", "cluster-agent", "node-agent", "api-server"] {
             let text = std::fs::read_to_string(self.root.path().join(format!("log/{f}.log"))).unwrap_or_default();
             all.push_str(&format!("--- {f}.log\n{text}\n"));
         }
@@ -56,6 +58,24 @@ impl Drop for Cluster {
             let _ = kill9(pid);
         }
     }
+}
+
+/// A one-shot HTTP/1.1 request: status and body.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the api-server");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let status = reply.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
 fn kill9(pid: u32) -> nix::Result<()> {
@@ -74,19 +94,45 @@ fn ok(out: &Output) -> String {
 
 #[test]
 fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
-    for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli"] {
+    for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli", "api-server"] {
         assert!(
             bin_dir().join(b).exists(),
             "{b} is not built in {}: run the whole workspace's tests",
             bin_dir().display()
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, api_port) = (free_port(), free_port());
     let cluster = Cluster { root: tempfile::tempdir().unwrap(), port };
-    let out = cluster.xtask(&["up", "--redis-port", &port.to_string(), "--bin-dir", &bin_dir().display().to_string()]);
+    let up_args = [
+        "up",
+        "--redis-port",
+        &port.to_string(),
+        "--api-port",
+        &api_port.to_string(),
+        "--bin-dir",
+        &bin_dir().display().to_string(),
+    ]
+    .map(str::to_owned);
+    let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
+    let out = cluster.xtask(&up_args);
     let text = ok(&out);
     assert!(text.contains("The local cluster is up"), "{text}");
     assert!(text.contains("api-cli run"), "up prints how to run a task: {text}");
+
+    // The first admin's generated password is printed once, and logs in to the API.
+    let password = text
+        .lines()
+        .find_map(|l| l.split_once("store it safely): ").map(|(_, p)| p.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no admin password in: {text}"));
+    assert!(password.len() >= 16, "{password}");
+    let login = serde_json::json!({"username": "admin", "password": password}).to_string();
+    let (status, reply) = http(api_port, "POST", "/api/login", None, &login);
+    assert_eq!(status, 200, "{reply}\n{}", cluster.log());
+    let token = reply["token"].as_str().unwrap().to_owned();
+    let (status, reply) =
+        http(api_port, "POST", "/api/node/1/tasks", Some(&token), r#"{"action":"get-info","data":{}}"#);
+    assert_eq!(status, 201, "{reply}");
 
     let info: serde_json::Value =
         serde_json::from_str(&ok(&cluster.api_cli(&["run", "get-info", "--agent", "node/1"]))).unwrap();
@@ -118,7 +164,10 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     // Data survives a restart of the whole cluster (Redis persistence).
     ok(&cluster.xtask(&["down"]));
     assert!(cluster.processes().is_empty(), "down leaves nothing running: {:?}", cluster.processes());
-    ok(&cluster.xtask(&["up", "--redis-port", &port.to_string(), "--bin-dir", &bin_dir().display().to_string()]));
+    let text = ok(&cluster.xtask(&up_args));
+    assert!(!text.contains(&password) && text.contains("already exists"), "the password is shown once: {text}");
+    let (status, _) = http(api_port, "POST", "/api/login", None, &login);
+    assert_eq!(status, 200, "the admin survives a restart\n{}", cluster.log());
     let name = ok(&cluster.api_cli(&["run", "get-name"]));
     assert!(name.contains("Test HQ"), "{name}\n{}", cluster.log());
     ok(&cluster.xtask(&["down", "--purge"]));
