@@ -1,4 +1,5 @@
-//! `/ws`: live task progress (NS8 7.5), only for tasks the session may see.
+//! `/ws`: live task progress (NS8 7.5) and the steps' stderr lines (type `log`), only
+//! for tasks the session may see.
 //!
 //! NS8 relays every agent's progress to every session. Here a message goes to a
 //! session only if the task is the session's own or its action is allowed by the roles
@@ -86,12 +87,16 @@ impl Default for Hub {
     }
 }
 
-/// `progress/<agent>/task/<id>` → (agent, id).
-fn parse_progress_channel(channel: &str) -> Option<(AgentId, String)> {
+/// `progress/<agent>/task/<id>[/log]` → (agent, id, whether it is a log line).
+fn parse_progress_channel(channel: &str) -> Option<(AgentId, String, bool)> {
+    let (channel, log) = match channel.strip_suffix("/log") {
+        Some(c) => (c, true),
+        None => (channel, false),
+    };
     let rest = channel.strip_prefix("progress/")?;
     let (agent, id) = rest.rsplit_once("/task/")?;
     protocol::validate_task_id(id).ok()?;
-    Some((agent.parse().ok()?, id.to_owned()))
+    Some((agent.parse().ok()?, id.to_owned(), log))
 }
 
 pub async fn handler(
@@ -157,7 +162,7 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr) {
                     let action = serde_json::from_str::<Value>(&text).ok()
                         .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_owned))
                         .unwrap_or_default();
-                    let reply = format!("unsupported action {action:?}: this server streams task progress only");
+                    let reply = format!("unsupported action {action:?}: this server streams task progress and step logs only");
                     let _ = socket.send(message("error", json!(reply))).await;
                 }
                 Some(Ok(_)) => {}
@@ -168,7 +173,7 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr) {
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                let Some((agent, task)) = parse_progress_channel(&channel) else { continue };
+                let Some((agent, task, log)) = parse_progress_channel(&channel) else { continue };
                 let fresh = roles.get(&agent).is_some_and(|(_, at)| at.elapsed() < RECHECK);
                 if !fresh {
                     match authz::check(&s.redis, &s.session_script, session.claims.clone(), source, Some(agent.clone())).await {
@@ -185,13 +190,15 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr) {
                 if !sess.may_see_task(&action, &user) {
                     continue;
                 }
-                let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
-                let out = json!({
-                    "name": channel,
-                    "payload": payload,
-                    "timestamp": protocol::time::rfc3339(std::time::SystemTime::now()),
-                    "type": "task",
-                });
+                let timestamp = protocol::time::rfc3339(std::time::SystemTime::now());
+                let out = if log {
+                    // A step's stderr line: named after the task's progress channel.
+                    let name = keys::progress_channel(&agent, &task);
+                    json!({"name": name, "payload": {"line": payload}, "timestamp": timestamp, "type": "log"})
+                } else {
+                    let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+                    json!({"name": channel, "payload": payload, "timestamp": timestamp, "type": "task"})
+                };
                 if socket.send(Message::Text(out.to_string().into())).await.is_err() {
                     break;
                 }
@@ -207,9 +214,12 @@ mod tests {
 
     #[test]
     fn progress_channels() {
-        let (a, t) = parse_progress_channel("progress/module/mail1/task/abc-1").unwrap();
+        let (a, t, log) = parse_progress_channel("progress/module/mail1/task/abc-1").unwrap();
         assert_eq!(a, AgentId::Module("mail1".into()));
         assert_eq!(t, "abc-1");
+        assert!(!log);
+        let (a, t, log) = parse_progress_channel("progress/node/2/task/abc-1/log").unwrap();
+        assert_eq!((a, t.as_str(), log), (AgentId::Node(2), "abc-1", true));
         assert!(parse_progress_channel("progress/bogus/task/1").is_none());
         assert!(parse_progress_channel("module/x/event/y").is_none());
     }

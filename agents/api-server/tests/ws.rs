@@ -104,3 +104,31 @@ fn a_bad_token_is_refused() {
     let seen = collect(&mut ws, common::PATIENCE, |v| v["type"] == "authorize-error");
     assert_eq!(seen.last().map(|m| m["type"].clone()), Some(json!("authorize-error")), "{seen:?}");
 }
+
+#[test]
+fn step_stderr_lines_stream_live_to_who_may_see_the_task() {
+    let mut api = Api::start(&[]);
+    let app = api.start_agent("module-agent", "module/app1");
+    api.agents[app].0.step("say", "10say", "#!/bin/sh\necho hello-log >&2\necho second-line >&2\necho '{}'\n").unwrap();
+    api.add_user("admin", PASSWORD, &["owner:module/app1"]);
+    api.add_user("bob", PASSWORD, &["reader:cluster"]);
+    let admin = api.token("admin", PASSWORD);
+    let bob = api.token("bob", PASSWORD);
+    let mut admin_ws = connect(&api, &admin);
+    let mut bob_ws = connect(&api, &bob);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let r = api.post("/api/module/app1/tasks", &admin, &json!({"action": "say"}));
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.data()["id"].as_str().unwrap().to_owned();
+    let seen = collect(&mut admin_ws, common::PATIENCE, completed(&id));
+    let lines: Vec<&str> =
+        seen.iter().filter(|m| m["type"] == "log").filter_map(|m| m["payload"]["line"].as_str()).collect();
+    assert_eq!(lines, ["hello-log", "second-line"], "{seen:?}");
+    let log = seen.iter().find(|m| m["type"] == "log").unwrap();
+    assert_eq!(log["name"], format!("progress/module/app1/task/{id}"));
+    // The whole stderr is also the task's error text.
+    assert_eq!(api.wait_task("module/app1", &id, &admin).data()["error"], "hello-log\nsecond-line\n");
+    let leaked = collect(&mut bob_ws, Duration::from_secs(1), |_| false);
+    assert!(leaked.is_empty(), "bob saw {leaked:?}");
+}

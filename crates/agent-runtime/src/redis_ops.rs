@@ -64,6 +64,15 @@ fn eval_args(script: &str, keys: Vec<String>, args: Vec<String>) -> Vec<String> 
 /// Hand a command to the client now, so it goes out before anything issued later,
 /// and let a background task collect its reply. fred queues a command on its first
 /// poll when the connection is not blocked (the agent's command connection never is).
+/// Publish one stderr line of a running step for live viewers (`/ws`), without
+/// waiting: nobody may be listening, and the line is in the task's `error` anyway.
+pub fn publish_log(redis: &Client, agent: &AgentId, task_id: &str, line: &[u8]) {
+    let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line)).into_owned();
+    let redis = redis.clone();
+    let channel = keys::task_log_channel(agent, task_id);
+    send_now("publish a step's log line", async move { redis.publish(channel, text).await });
+}
+
 pub fn send_now<F>(what: &'static str, future: F)
 where
     F: Future<Output = Result<RedisValue, bus::fred::error::Error>> + Send + 'static,

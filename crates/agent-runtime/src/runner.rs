@@ -402,6 +402,7 @@ async fn run_script(
                 event = process.next() => match event {
                     StepEvent::Stderr(line) => {
                         log_child_output(&line);
+                        redis_ops::publish_log(&sh.redis, agent, &task.id, &line);
                         error.extend_from_slice(&line);
                     }
                     StepEvent::Command(ComCommand::SetProgress(p)) => {

@@ -54,6 +54,13 @@ pub fn progress_channel(agent: &AgentId, task_id: &str) -> String {
     format!("progress/{agent}/task/{task_id}")
 }
 
+/// Beyond NS8: each stderr line of a running task's steps, live (the whole text is
+/// stored in the `error` key at the end). Under the progress prefix, so the agent's
+/// NS8 ACL already allows it; NS8 clients subscribe to exact progress channels.
+pub fn task_log_channel(agent: &AgentId, task_id: &str) -> String {
+    format!("progress/{agent}/task/{task_id}/log")
+}
+
 /// Pattern matching the progress of every task of one agent.
 pub fn progress_pattern(agent: &AgentId) -> String {
     format!("progress/{agent}/task/*")
