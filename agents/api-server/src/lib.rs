@@ -32,6 +32,13 @@ use crate::state::AppState;
 /// Name of the server's Redis connections (`CLIENT LIST`).
 pub const CLIENT_NAME: &str = "api-server";
 
+/// The Redis ACL rules of the api-server's user: every key (it reads task results and
+/// writes queues, users, grants, the audit stream), only the progress channels, no
+/// dangerous command but the two it needs (`CLIENT LIST` for the liveness check,
+/// `ROLE` for the leader check). Tested in tests/redis_acl.rs.
+pub const REDIS_ACL_RULES: &str = "resetkeys ~* resetchannels &progress/* -@all +@read +@write +@scripting \
+     +@connection +@transaction +@pubsub -@dangerous +client|list +client|setname +role";
+
 /// The token signing key: `SECRET` (NS8), else the key file, created if missing.
 pub fn load_secret(file: &Path) -> Result<Vec<u8>> {
     if let Ok(s) = std::env::var("SECRET")

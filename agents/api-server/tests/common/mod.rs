@@ -60,7 +60,22 @@ impl std::fmt::Debug for Reply {
 impl Api {
     /// Redis and an api-server on a free loopback port, with `env` added.
     pub fn start(env: &[(&str, &str)]) -> Api {
+        Self::start_on(RedisServer::start().expect("start redis-server"), env)
+    }
+
+    /// Like [`start`](Self::start), with the api-server connecting as the Redis user
+    /// `api-server` (created here with `api_server::REDIS_ACL_RULES`).
+    pub fn start_with_acl(password: &str) -> Api {
         let redis = RedisServer::start().expect("start redis-server");
+        let pass = format!(">{password}");
+        let mut rules = vec!["ACL", "SETUSER", "api-server", "on", pass.as_str()];
+        rules.extend(api_server::REDIS_ACL_RULES.split_whitespace());
+        let reply = redis.cli(&rules).unwrap();
+        assert_eq!(reply, "OK", "ACL SETUSER: {reply}");
+        Self::start_on(redis, &[("REDIS_USER", "api-server"), ("REDIS_PASSWORD", password)])
+    }
+
+    fn start_on(redis: RedisServer, env: &[(&str, &str)]) -> Api {
         let tree = AgentTree::new().expect("temp dir");
         let secret = tree.root().join("secret");
         let secret = secret.to_str().unwrap();
