@@ -32,6 +32,9 @@ use crate::state::AppState;
 /// Name of the server's Redis connections (`CLIENT LIST`).
 pub const CLIENT_NAME: &str = "api-server";
 
+/// How long a request waits for Redis before it is answered 503.
+pub const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The Redis ACL rules of the api-server's user: every key (it reads task results and
 /// writes queues, users, grants, the audit stream), only the progress channels, no
 /// dangerous command but the two it needs (`CLIENT LIST` for the liveness check,
@@ -73,7 +76,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let redis_config = bus::RedisConfig::from_env(CLIENT_NAME)?;
-    let redis = bus::connect_retrying(&redis_config, CLIENT_NAME).await;
+    let redis = bus::connect_bounded_retrying(&redis_config, CLIENT_NAME, REDIS_TIMEOUT).await;
     let subscriber = bus::connect_subscriber_retrying(&redis_config, CLIENT_NAME, 4096).await;
     let state = Arc::new(AppState {
         audit: audit::Audit::new(redis.clone(), args.audit_maxlen),

@@ -165,3 +165,21 @@ fn tokens_expire_refresh_and_die_at_logout() {
     let r = api.get("/api/cluster/tasks", "eyJhbGciOiJIUzI1NiJ9.e30.bm90IGEgc2lnbmF0dXJl");
     assert_eq!(r.status, 401);
 }
+
+#[test]
+fn redis_down_is_a_503_then_service_resumes() {
+    let mut api = Api::start_on(testkit::RedisServer::start_persistent().unwrap(), &[]);
+    api.add_user("admin", PASSWORD, &["owner:cluster"]);
+    let token = api.token("admin", PASSWORD);
+    api.redis.stop();
+    let started = std::time::Instant::now();
+    let r = api.get("/api/cluster/tasks", &token);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.message().contains("Redis"), "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "answered in {:?}", started.elapsed());
+    api.redis.restart().unwrap();
+    let ok = testkit::wait_for("the api-server to reconnect", common::PATIENCE, || {
+        (api.get("/api/cluster/tasks", &token).status == 200).then_some(())
+    });
+    assert!(ok.is_ok(), "{}", api.server.log());
+}

@@ -122,6 +122,19 @@ pub async fn connect_retrying(cfg: &RedisConfig, name: &str) -> Client {
     retry("waiting for Redis", || connect(cfg, name)).await
 }
 
+/// Like [`connect_retrying`], for request handlers (the api-server): while Redis is
+/// away each command fails after `timeout` instead of waiting for the reconnection, so
+/// a client gets an error rather than a hung request.
+pub async fn connect_bounded_retrying(cfg: &RedisConfig, name: &str, timeout: Duration) -> Client {
+    retry("waiting for Redis", || async {
+        let client = builder(cfg, false).with_performance_config(|p| p.default_command_timeout = timeout).build()?;
+        client.init().await.map_err(|e| connect_error(cfg, e))?;
+        keep_named(&client, name).await?;
+        Ok::<_, BusError>(client)
+    })
+    .await
+}
+
 pub async fn connect_subscriber_retrying(cfg: &RedisConfig, name: &str, capacity: usize) -> SubscriberClient {
     retry("waiting for Redis", || connect_subscriber(cfg, name, capacity)).await
 }

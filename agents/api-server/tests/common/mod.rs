@@ -75,7 +75,7 @@ impl Api {
         Self::start_on(redis, &[("REDIS_USER", "api-server"), ("REDIS_PASSWORD", password)])
     }
 
-    fn start_on(redis: RedisServer, env: &[(&str, &str)]) -> Api {
+    pub fn start_on(redis: RedisServer, env: &[(&str, &str)]) -> Api {
         let tree = AgentTree::new().expect("temp dir");
         let secret = tree.root().join("secret");
         let secret = secret.to_str().unwrap();
