@@ -233,6 +233,7 @@ local roles, held = {}, 0
 for r in string.gmatch(cur, '[^,%s]+') do
   if r == ARGV[2] then held = 1 else roles[#roles + 1] = r end
 end
+if ARGV[3] == '0' and held == 0 then return 0 end
 if ARGV[3] == '1' then roles[#roles + 1] = ARGV[2] end
 if #roles == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], table.concat(roles, ',')) end
 return held";
