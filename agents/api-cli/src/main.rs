@@ -1,15 +1,21 @@
 //! `api-cli`: run an action on an agent and print its result, like NS8's command of
 //! the same name.
 //!
-//! This version talks to Redis directly (NS8's fallback when there is no API token):
-//! it checks that the agent is alive, pushes the task on `<agent>/tasks`, follows the
-//! progress channel and prints the stored result. Exit status: the task's exit code, or
+//! Two transports. Without `--endpoint`, api-cli talks to Redis directly (NS8's
+//! fallback when there is no API token): it checks that the agent is alive, pushes the
+//! task on `<agent>/tasks`, follows the progress channel and prints the stored result.
+//! With `--endpoint URL` it goes through the api-server with the session that
+//! `api-cli login` cached ([`remote`]). Exit status: the task's exit code, or
 //! [`EXIT_CLI`] when api-cli itself could not do its job (see the README).
 
+mod api;
+mod cache;
 mod input;
 mod output;
+mod remote;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,9 +31,11 @@ use serde_json::Value;
 /// running. Clap uses the same code for usage errors.
 pub const EXIT_CLI: u8 = 2;
 /// Exit code after Ctrl-C while waiting (128 + SIGINT, as shells report it).
-const EXIT_INTERRUPTED: u8 = 130;
+pub const EXIT_INTERRUPTED: u8 = 130;
 /// Name of our Redis connections, as seen in `CLIENT LIST`.
 const CLIENT_NAME: &str = "api-cli";
+/// NS8's liveness limit: the agent's connection active within this many seconds.
+const DEFAULT_CHECK_IDLE: u64 = 8;
 /// Redis user assumed when `REDIS_PASSWORD` is set without `REDIS_USER`.
 const DEFAULT_REDIS_USER: &str = "cluster";
 
@@ -42,6 +50,43 @@ struct Cli {
 enum Command {
     /// Run ACTION on an agent, wait for it and print its output.
     Run(RunArgs),
+    /// Log in to an api-server and keep the session for `run --endpoint`.
+    Login(LoginArgs),
+    /// End the cached session on an api-server (the server revokes its token).
+    Logout(LogoutArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoginArgs {
+    /// The api-server's URL, e.g. `http://127.0.0.1:9311` (requests go to URL/api/...).
+    #[arg(long, env = "API_CLI_ENDPOINT", value_name = "URL")]
+    endpoint: String,
+    /// The admin user (or agent identity) to log in as.
+    #[arg(long, short = 'u', value_name = "NAME", default_value = remote::DEFAULT_USER)]
+    username: String,
+    /// Read the password from the first line of stdin instead of the terminal.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The second factor when the account has 2FA: a TOTP code or a recovery code.
+    #[arg(long, value_name = "CODE")]
+    otp: Option<String>,
+    /// Trust the server certificates signed by the CA(s) in this PEM file (a
+    /// self-signed server certificate); remembered for `run` and `logout`.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct LogoutArgs {
+    /// The api-server's URL, as given to `login`.
+    #[arg(long, env = "API_CLI_ENDPOINT", value_name = "URL")]
+    endpoint: String,
+    /// Log out only this user (default: every login cached for the endpoint).
+    #[arg(long, short = 'u', value_name = "NAME")]
+    username: Option<String>,
+    /// Like `login --ca-file` (default: the file given at login).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,9 +111,20 @@ struct RunArgs {
     #[arg(long, short = 'q')]
     quiet: bool,
     /// Refuse to push unless the agent's Redis connection was active within SECS
-    /// seconds (NS8's liveness check); 0 disables the check.
-    #[arg(long, value_name = "SECS", default_value_t = 8)]
-    check_idle: u64,
+    /// seconds (NS8's liveness check); 0 disables the check. Default 8. Redis transport
+    /// only: the api-server does its own check.
+    #[arg(long, value_name = "SECS")]
+    check_idle: Option<u64>,
+    /// Go through the api-server at URL with the session of `api-cli login`, instead
+    /// of talking to Redis.
+    #[arg(long, env = "API_CLI_ENDPOINT", value_name = "URL")]
+    endpoint: Option<String>,
+    /// With --endpoint: whose cached login to use, when there are several.
+    #[arg(long, short = 'u', value_name = "NAME", requires = "endpoint")]
+    username: Option<String>,
+    /// With --endpoint: like `login --ca-file` (default: the file given at login).
+    #[arg(long, value_name = "PEM", requires = "endpoint")]
+    ca_file: Option<PathBuf>,
 }
 
 /// Why api-cli stops without a task result to report.
@@ -93,15 +149,12 @@ impl From<bus::BusError> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let Command::Run(args) = cli.command;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("api-cli: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_CLI);
-        }
+    let outcome = match cli.command {
+        Command::Run(args) => run_async(args),
+        Command::Login(args) => remote::login(&args),
+        Command::Logout(args) => remote::logout(&args),
     };
-    match runtime.block_on(run(args)) {
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("api-cli: {}", f.message);
@@ -110,21 +163,43 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_async(args: RunArgs) -> Result<u8, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::cli(format!("cannot start the async runtime: {e}")))?;
+    // An empty API_CLI_ENDPOINT counts as unset.
+    let outcome = match args.endpoint.clone().filter(|e| !e.is_empty()) {
+        Some(_) if args.check_idle.is_some() => Err(Failure::cli(
+            "--check-idle is for the Redis transport: with --endpoint the api-server checks that the agent is alive",
+        )),
+        Some(endpoint) => runtime.block_on(remote::run(args, &endpoint)),
+        None => runtime.block_on(run(args)),
+    };
+    // After Ctrl-C the HTTP status poller may still be in a request: do not wait for it.
+    runtime.shutdown_background();
+    outcome
+}
+
 /// Library logs (a lost Redis connection, say) go to stderr at `warn` and above,
 /// `RUST_LOG` permitting.
 fn init_logging() {
     telemetry::init(telemetry::Level::WARN);
 }
 
-async fn run(args: RunArgs) -> Result<u8, Failure> {
-    // Everything that can be checked locally is checked before connecting, so a typo
-    // never reaches a queue.
+/// The target agent, `data`, `extra` and `parent` of the task. Everything that can
+/// be checked locally is checked before connecting, so a typo never reaches a queue.
+fn task_input(args: &RunArgs) -> Result<(AgentId, Value, Value, String), Failure> {
     let node_id = std::env::var("NODE_ID").ok();
     let agent = input::resolve_agent(&args.agent, node_id.as_deref()).map_err(Failure::cli)?;
     let data = input::json_arg("--data", &args.data, std::io::stdin().lock()).map_err(Failure::cli)?;
     let extra = input::json_inline("--extra", &args.extra).map_err(Failure::cli)?;
     let parent = input::parent_task(std::env::var(protocol::stepenv::AGENT_TASK_ID).ok().as_deref());
+    Ok((agent, data, extra, parent))
+}
 
+async fn run(args: RunArgs) -> Result<u8, Failure> {
+    let (agent, data, extra, parent) = task_input(&args)?;
     let cfg = RedisConfig::from_env(DEFAULT_REDIS_USER)?;
     let client = TaskClient::connect(&cfg, CLIENT_NAME).await?;
     let outcome = submit(&client, &args, &agent, data, extra, parent).await;
@@ -140,8 +215,9 @@ async fn submit(
     extra: Value,
     parent: String,
 ) -> Result<u8, Failure> {
-    if args.check_idle > 0 {
-        client.ensure_alive(agent, args.check_idle).await?;
+    let max_idle = args.check_idle.unwrap_or(DEFAULT_CHECK_IDLE);
+    if max_idle > 0 {
+        client.ensure_alive(agent, max_idle).await?;
     }
     let mut task = Task {
         id: uuid::Uuid::new_v4().to_string(),
@@ -215,20 +291,25 @@ async fn report(
         Value::String(s) => s.clone(),
         other => other.to_string(),
     });
-    let text = output::render(&raw, std::io::stdout().is_terminal());
+    finish(agent, action, id, &raw, result.exit_code, result.error)
+}
+
+/// Print a finished task's output (`raw`, its stored text) and, when it failed, its
+/// error and a line naming it; return our exit code. Both transports end here.
+fn finish(agent: &AgentId, action: &str, id: &str, raw: &str, exit_code: i32, error: String) -> Result<u8, Failure> {
+    let text = output::render(raw, std::io::stdout().is_terminal());
     output::write_stdout(&text).map_err(Failure::cli)?;
 
-    if result.exit_code == exit::SUCCESS {
+    if exit_code == exit::SUCCESS {
         return Ok(0);
     }
-    let (code, note) = exit_status(result.exit_code);
-    let mut err = result.error;
+    let (code, note) = exit_status(exit_code);
+    let mut err = error;
     if !err.is_empty() && !err.ends_with('\n') {
         err.push('\n');
     }
     eprintln!(
-        "{err}api-cli: action {action} failed on {agent} with exit code {}{note} (task {})",
-        result.exit_code,
+        "{err}api-cli: action {action} failed on {agent} with exit code {exit_code}{note} (task {})",
         keys::task_prefix(agent, id)
     );
     Ok(code)
@@ -276,12 +357,31 @@ mod tests {
         assert_eq!(exit_status(10).0, 10);
     }
 
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(args)?;
+        match cli.command {
+            Command::Run(a) => Ok(a),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
     #[test]
     fn defaults() {
-        let cli = Cli::try_parse_from(["api-cli", "run", "list-actions"]).unwrap();
-        let Command::Run(a) = cli.command;
-        assert_eq!((a.agent.as_str(), a.data.as_str(), a.check_idle), ("cluster", "{}", 8));
+        let a = run_args(&["api-cli", "run", "list-actions"]).unwrap();
+        assert_eq!((a.agent.as_str(), a.data.as_str(), a.check_idle), ("cluster", "{}", None));
         assert!(!a.no_wait && !a.quiet);
-        assert!(Cli::try_parse_from(["api-cli", "run", ""]).is_err());
+        assert!(run_args(&["api-cli", "run", ""]).is_err());
+    }
+
+    #[test]
+    fn http_transport_options() {
+        let a = run_args(&["api-cli", "run", "get-name", "--endpoint", "http://h:1", "-u", "bob"]).unwrap();
+        assert_eq!((a.endpoint.as_deref(), a.username.as_deref()), (Some("http://h:1"), Some("bob")));
+        // The login options need an endpoint.
+        assert!(run_args(&["api-cli", "run", "x", "--username", "bob"]).is_err());
+
+        let cli = Cli::try_parse_from(["api-cli", "login", "--endpoint", "http://h:1", "--password-stdin"]).unwrap();
+        let Command::Login(l) = cli.command else { panic!("not login") };
+        assert_eq!((l.username.as_str(), l.otp, l.password_stdin), ("admin", None, true));
     }
 }
