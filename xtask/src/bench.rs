@@ -36,11 +36,25 @@ pub struct BenchArgs {
     /// builds run after run; it needs the native `noop` action).
     #[arg(long)]
     bench_agent: Option<PathBuf>,
+    /// Measure only this part (default: both).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    #[command(flatten)]
+    api: crate::bench_api::ApiArgs,
+}
+
+/// The benchmark's parts.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The agent: task latency, throughput, memory.
+    Agent,
+    /// The api-server: authenticated reads and logins.
+    Api,
 }
 
 const AGENT: &str = "module/bench1";
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -49,7 +63,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
 }
@@ -81,7 +95,7 @@ struct RunFigures {
     peak_rss_kb: u64,
 }
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -90,7 +104,7 @@ impl Drop for Proc {
     }
 }
 
-fn status_kb(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -103,7 +117,7 @@ fn status_kb(pid: u32, field: &str) -> u64 {
 
 /// CPU times of a process from /proc/<pid>/stat, in ms.
 #[derive(Clone, Copy)]
-struct Cpu {
+pub(crate) struct Cpu {
     user: f64,
     system: f64,
     /// Reaped children's user + system (the agent's steps).
@@ -111,7 +125,7 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn of(pid: u32) -> Cpu {
+    pub(crate) fn of(pid: u32) -> Cpu {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
         // USER_HZ is 100 on Linux; fields counted from the state letter.
@@ -120,13 +134,13 @@ impl Cpu {
     }
 
     /// The process's own CPU (children excluded).
-    fn own(self) -> f64 {
+    pub(crate) fn own(self) -> f64 {
         self.user + self.system
     }
 }
 
 /// The machine's CPU counters (first line of /proc/stat).
-fn system_cpu() -> Vec<u64> {
+pub(crate) fn system_cpu() -> Vec<u64> {
     std::fs::read_to_string("/proc/stat")
         .unwrap_or_default()
         .lines()
@@ -140,7 +154,7 @@ fn system_cpu() -> Vec<u64> {
 
 /// A private redis-server on a free loopback port, as the baseline ran it (no
 /// persistence), once it answers.
-fn start_redis() -> Result<(Proc, u16)> {
+pub(crate) fn start_redis() -> Result<(Proc, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let redis = Proc(
         Command::new("redis-server")
@@ -407,7 +421,7 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
     })
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
+pub(crate) fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("ns8rs-bench-{}-{}", std::process::id(), uuid_v4()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -415,26 +429,41 @@ fn tempfile_dir() -> Result<PathBuf> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     crate::packages::ensure(&[crate::packages::REDIS])?;
-    eprintln!("xtask: building the release bench agent");
-    crate::run(Command::new(env!("CARGO")).current_dir(crate::workspace()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "xtask",
-        "-p",
-        "module-agent",
-        "--bins",
-    ]))?;
+    let (agent, api) = (args.only != Some(Part::Api), args.only != Some(Part::Agent));
+    let mut packages = Vec::new();
+    if agent {
+        packages.extend(["-p", "xtask", "-p", "module-agent"]);
+    }
+    if api {
+        packages.extend(["-p", "api-server"]);
+    }
+    eprintln!("xtask: building the release binaries");
+    crate::run(
+        Command::new(env!("CARGO"))
+            .current_dir(crate::workspace())
+            .args(["build", "--release", "--quiet"])
+            .args(packages)
+            .arg("--bins"),
+    )?;
     let release = crate::workspace().join("target/release");
+    if agent {
+        bench_agent(&release, &args)?;
+    }
+    if api {
+        crate::bench_api::bench(&release, &args.api, args.runs)?;
+    }
+    Ok(())
+}
+
+fn bench_agent(release: &Path, args: &BenchArgs) -> Result<()> {
     let bin = args.bench_agent.clone().unwrap_or_else(|| release.join("bench-agent"));
     let mut runs = Vec::new();
     for i in 0..args.runs {
         eprintln!("xtask: run {}/{}", i + 1, args.runs);
-        runs.push(one_run(&bin, &args)?);
+        runs.push(one_run(&bin, args)?);
     }
     let module_agent_idle = module_agent_idle_rss(&release.join("module-agent"))?;
-    report(&runs, &args, module_agent_idle);
+    report(&runs, args, module_agent_idle);
     Ok(())
 }
 

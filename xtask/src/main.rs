@@ -3,9 +3,10 @@
 //! * `up` / `down`: a working single-node cluster on this machine (Redis, the cluster
 //!   agent and node 1's agent under the supervisor).
 //! * `test`: install what the tests need, then run the whole suite.
-//! * `bench`: the agent benchmarks (see docs/benchmarks.md).
+//! * `bench`: the agent and api-server benchmarks (see docs/benchmarks.md).
 
 mod bench;
+mod bench_api;
 mod cluster;
 mod packages;
 mod resp;
@@ -29,7 +30,8 @@ enum Cmd {
     Up(cluster::UpArgs),
     /// Stop the local cluster (its data is kept unless --purge).
     Down(cluster::DownArgs),
-    /// Measure agent latency, throughput and memory (see docs/benchmarks.md).
+    /// Measure the agent (latency, throughput, memory) and the api-server (reads,
+    /// logins); `--only agent|api` for one of them (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
     /// Install what the tests need, then run the whole test suite.
     Test {
@@ -63,6 +65,8 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Test { args } => {
             packages::ensure(TEST_PACKAGES)?;
+            // The api-server's fuzz test runs schemathesis (PyPI) from a venv in target/.
+            packages::ensure_schemathesis()?;
             // The end-to-end tests drive the binaries themselves: build them all first.
             run(Command::new(env!("CARGO")).current_dir(workspace()).args(["build", "--workspace", "--bins"]))?;
             run(Command::new(env!("CARGO")).current_dir(workspace()).args(["test", "--workspace"]).args(args))

@@ -42,3 +42,69 @@ pub fn ensure(packages: &[Package]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The schemathesis release the API fuzz test (agents/api-server/tests/fuzz.rs) runs.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// Where the schemathesis virtual environment lives; the fuzz test looks there unless
+/// `SCHEMATHESIS` names another executable.
+pub fn schemathesis_venv() -> std::path::PathBuf {
+    crate::workspace().join("target/tools/schemathesis")
+}
+
+/// Whether Debian package `name` is installed (for packages that provide no command).
+fn deb_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with(" installed"))
+}
+
+/// The version `schemathesis --version` reports, if it runs.
+fn schemathesis_version(exe: &std::path::Path) -> Option<String> {
+    let out = Command::new(exe).arg("--version").output().ok().filter(|o| o.status.success())?;
+    // "schemathesis, version 4.32.5"
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.split_whitespace().last()?.trim_start_matches('v').to_owned())
+}
+
+/// Make sure `target/tools/schemathesis` is a virtual environment holding
+/// [`SCHEMATHESIS_VERSION`]: Debian's `python3-venv` from apt, the package from PyPI,
+/// each only when missing (or another version is there).
+pub fn ensure_schemathesis() -> Result<()> {
+    let venv = schemathesis_venv();
+    let exe = venv.join("bin/schemathesis");
+    if schemathesis_version(&exe).as_deref() == Some(SCHEMATHESIS_VERSION) {
+        return Ok(());
+    }
+    if !deb_installed("python3-venv") {
+        if !nix::unistd::Uid::effective().is_root() {
+            bail!("python3-venv is missing: run as root, or install it with apt-get");
+        }
+        eprintln!("xtask: installing python3-venv");
+        crate::run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        crate::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "python3-venv"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let pip = venv.join("bin/pip");
+    let pip_runs = Command::new(&pip).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !pip_runs {
+        // Debian's interpreter, the one python3-venv completes (not whatever python3
+        // comes first on PATH). `--clear` replaces a venv whose interpreter is gone.
+        eprintln!("xtask: creating the virtual environment {}", venv.display());
+        crate::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
+    }
+    eprintln!("xtask: installing schemathesis {SCHEMATHESIS_VERSION} in {}", venv.display());
+    crate::run(
+        Command::new(&pip)
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )?;
+    match schemathesis_version(&exe) {
+        Some(v) if v == SCHEMATHESIS_VERSION => Ok(()),
+        other => bail!("{} reports version {other:?} after installing {SCHEMATHESIS_VERSION}", exe.display()),
+    }
+}

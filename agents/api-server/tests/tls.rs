@@ -22,8 +22,7 @@ fn serves_https_with_the_given_certificate() {
     let tls = TlsConfig::builder()
         .root_certs(RootCerts::Specific(Arc::new(vec![Certificate::from_der(cert.cert.der()).to_owned()])))
         .build();
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();
     let url = api.url.replace("127.0.0.1", "localhost");
     let body = serde_json::json!({"username": "admin", "password": PASSWORD});
     let mut resp = agent.post(format!("{url}/api/login")).send_json(&body).unwrap();

@@ -274,18 +274,19 @@ pub async fn http_basic(
     headers: HeaderMap,
     Path(p): Path<Params>,
 ) -> ApiResult {
-    let agent = super::tasks::agent_from(&p)?;
-    let action = p.get("action").cloned().unwrap_or_default();
-    protocol::validate_action_name(&action).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let source = net::client_addr(peer, &headers);
     let challenge = |message: &str| {
         let mut r = ApiError::unauthorized(message).into_response();
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"nethserver\""));
         r
     };
+    // No credentials at all is a challenge whatever the path holds.
     let Some((user, pass)) = basic_credentials(&headers) else {
         return Ok(challenge("HTTP Basic credentials required"));
     };
+    let agent = super::tasks::agent_from(&p)?;
+    let action = p.get("action").cloned().unwrap_or_default();
+    protocol::validate_action_name(&action).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if user.is_empty() || user == "default" || user.len() > 128 || pass.len() > password::MAX_LENGTH {
         return Ok(challenge(BAD_CREDENTIALS));
     }

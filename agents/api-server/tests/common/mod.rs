@@ -191,7 +191,8 @@ impl Api {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             let r = self.get(&path, token);
-            if r.status != 400 || std::time::Instant::now() > deadline {
+            // 404 until the agent has taken the task, 400 while it runs.
+            if !matches!(r.status, 400 | 404) || std::time::Instant::now() > deadline {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(50));
