@@ -202,6 +202,17 @@ async fn sigusr1_drains_running_tasks_and_leaves_the_queue_alone() {
 }
 
 #[tokio::test]
+async fn sigterm_stops_the_agent_while_redis_is_down() {
+    let Fixture { mut redis, tree: _tree, mut agent, client, id: _ } = Fixture::start("module/down1", &[]).await;
+    client.quit().await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.signal("TERM").unwrap();
+    // Nothing runs, so nothing needs Redis to finish: it exits without waiting for it.
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)).unwrap(), Some(0), "{}", agent.log());
+}
+
+#[tokio::test]
 async fn agents_reconnect_after_a_redis_restart() {
     let mut redis = RedisServer::start_persistent().unwrap();
     let tree = AgentTree::new().unwrap();

@@ -34,6 +34,9 @@ pub enum AgentError {
 /// rejected (NS8 rejects it with exit code 11). The result transaction removes the task
 /// from the in-flight list, so whatever is left there at start-up was interrupted by a
 /// crash: it is closed with exit code 12 (see [`Outcome::interrupted`]).
+/// How long a stopping agent waits for Redis to answer what it already sent.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 pub async fn run(
     cfg: AgentConfig,
     natives: NativeActions,
@@ -94,24 +97,41 @@ pub async fn run(
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
-        let batch = match redis_ops::take(&sh.redis, &sh.cfg.agent_id, permits.len()).await {
-            Ok(items) if !items.is_empty() => Ok(items),
-            // The stop may have come during the take, its wake-up already spent.
-            Ok(_) if *stop.borrow() => break,
-            Ok(_) => {
-                permits.truncate(1);
-                pop.blmove::<Option<String>, _, _>(
-                    queue.as_str(),
-                    inflight.as_str(),
-                    LMoveDirection::Right,
-                    LMoveDirection::Left,
-                    timeout,
-                )
-                .await
-                .map(|item| item.into_iter().collect())
+        // Redis may be away: a queued command then waits for the reconnection, so the
+        // stop is watched too. With Redis up, the unblock sent at stop makes the pop
+        // answer at once, and a task it took is still run; with Redis down it never
+        // answers, and there is nothing to take.
+        let stopping = stop.clone();
+        let want = permits.len();
+        let pop_once = async {
+            match redis_ops::take(&sh.redis, &sh.cfg.agent_id, want).await {
+                Ok(items) if !items.is_empty() => Ok(items),
+                // The stop may have come during the take, its wake-up already spent.
+                Ok(_) if *stopping.borrow() => Ok(Vec::new()),
+                Ok(_) => pop
+                    .blmove::<Option<String>, _, _>(
+                        queue.as_str(),
+                        inflight.as_str(),
+                        LMoveDirection::Right,
+                        LMoveDirection::Left,
+                        timeout,
+                    )
+                    .await
+                    .map(|item| item.into_iter().collect()),
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
         };
+        tokio::pin!(pop_once);
+        let batch = tokio::select! {
+            r = &mut pop_once => r,
+            _ = stop.wait_for(|s| *s) => match tokio::time::timeout(STOP_GRACE, &mut pop_once).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+        };
+        if matches!(&batch, Ok(items) if items.is_empty()) && *stop.borrow() {
+            break;
+        }
         match batch {
             Ok(items) => {
                 last_error.clear();
@@ -151,9 +171,10 @@ pub async fn run(
     }
     let _all = slots.acquire_many(sh.cfg.max_concurrency as u32).await;
     let _ = stop_events_tx.send(true);
-    events.stop().await;
-    let _ = pop.quit().await;
-    let _ = sh.redis.quit().await;
+    // Bounded: with Redis gone, these would wait for it.
+    let _ = tokio::time::timeout(STOP_GRACE, events.stop()).await;
+    let _ = tokio::time::timeout(STOP_GRACE, pop.quit()).await;
+    let _ = tokio::time::timeout(STOP_GRACE, sh.redis.quit()).await;
     tracing::info!("agent {name} stopped");
     Ok(())
 }
