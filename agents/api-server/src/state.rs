@@ -3,7 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use protocol::AgentId;
@@ -32,28 +34,50 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-/// The bearer token of a request: `Authorization: Bearer ...`, or NS8's `?jwt=`.
-pub fn bearer(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
-    {
-        return Some(t.trim().to_owned());
+/// Who sent a request: its source address (see [`crate::net::client_addr`]), headers
+/// and query string. Every handler takes one.
+pub struct Caller {
+    pub source: IpAddr,
+    pub headers: HeaderMap,
+    pub query: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // The server always serves with connect info; without it, trust nothing.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Ok(Caller {
+            source: crate::net::client_addr(peer, &parts.headers),
+            headers: parts.headers.clone(),
+            query: parts.uri.query().map(str::to_owned),
+        })
     }
-    let query = query?;
-    query.split('&').find_map(|kv| kv.strip_prefix("jwt=")).map(str::to_owned)
+}
+
+impl Caller {
+    /// The bearer token: `Authorization: Bearer ...`, or NS8's `?jwt=`.
+    pub fn bearer(&self) -> Option<String> {
+        if let Some(v) = self.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+            && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_owned());
+        }
+        let query = self.query.as_deref()?;
+        query.split('&').find_map(|kv| kv.strip_prefix("jwt=")).map(str::to_owned)
+    }
 }
 
 impl AppState {
     /// Authenticate a request and load the caller's patterns on `agent`.
-    pub async fn session(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        peer: SocketAddr,
-        agent: Option<AgentId>,
-    ) -> Result<Session, ApiError> {
-        let source = crate::net::client_addr(peer, headers);
-        let token = bearer(headers, query).ok_or_else(|| {
+    pub async fn session(&self, caller: &Caller, agent: Option<AgentId>) -> Result<Session, ApiError> {
+        let source = caller.source;
+        let token = caller.bearer().ok_or_else(|| {
             ApiError::unauthorized(
                 "authentication required: send \"Authorization: Bearer <token>\" (POST /api/login gives one)",
             )

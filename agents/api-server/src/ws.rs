@@ -7,13 +7,12 @@
 //! seconds, and the socket closes when the token expires or is revoked.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use fred::prelude::*;
 use protocol::{AgentId, keys};
@@ -22,7 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::authz::{self, Session};
 use crate::routes::tasks::context_owner;
-use crate::state::{AppState, Shared};
+use crate::state::{AppState, Caller, Shared};
 
 /// How long a session's roles are trusted before they are read again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -99,13 +98,8 @@ fn parse_progress_channel(channel: &str) -> Option<(AgentId, String, bool)> {
     Some((agent.parse().ok()?, id.to_owned(), log))
 }
 
-pub async fn handler(
-    ws: WebSocketUpgrade,
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let source = crate::net::client_addr(peer, &headers);
+pub async fn handler(ws: WebSocketUpgrade, State(s): State<Shared>, caller: Caller) -> Response {
+    let source = caller.source;
     ws.max_message_size(64 * 1024).on_upgrade(move |socket| session(s, socket, source))
 }
 

@@ -2,24 +2,22 @@
 //! action `read-audit` (granted by `owner` and `reader`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Query, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
 use protocol::AgentId;
 use serde_json::json;
 
 use crate::audit::Query as AuditQuery;
 use crate::authz::Session;
 use crate::error::{ApiError, ApiResult, ok};
-use crate::state::Shared;
+use crate::state::{Caller, Shared};
 
 pub const READ_AUDIT: &str = "read-audit";
 const DEFAULT_LIMIT: usize = 500;
 const MAX_LIMIT: usize = 10_000;
 
-async fn reader(s: &Shared, headers: &HeaderMap, q: Option<&str>, peer: SocketAddr) -> Result<Session, ApiError> {
-    let session = s.session(headers, q, peer, Some(AgentId::Cluster)).await?;
+async fn reader(s: &Shared, caller: &Caller) -> Result<Session, ApiError> {
+    let session = s.session(caller, Some(AgentId::Cluster)).await?;
     session.require(READ_AUDIT)?;
     Ok(session)
 }
@@ -39,14 +37,8 @@ fn time(name: &str, v: Option<&String>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-pub async fn query(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    Query(p): Query<HashMap<String, String>>,
-) -> ApiResult {
-    reader(&s, &headers, raw.as_deref(), peer).await?;
+pub async fn query(State(s): State<Shared>, caller: Caller, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+    reader(&s, &caller).await?;
     let limit = match p.get("limit") {
         None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
@@ -66,33 +58,18 @@ pub async fn query(
     Ok(ok(json!({"audits": audits})))
 }
 
-pub async fn users(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
-    reader(&s, &headers, raw.as_deref(), peer).await?;
+pub async fn users(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    reader(&s, &caller).await?;
     Ok(ok(json!({"users": s.audit.distinct("user").await?})))
 }
 
-pub async fn actions(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
-    reader(&s, &headers, raw.as_deref(), peer).await?;
+pub async fn actions(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    reader(&s, &caller).await?;
     Ok(ok(json!({"actions": s.audit.distinct("action").await?})))
 }
 
 /// Walk the hash chain; `first_broken` names the first record that fails.
-pub async fn verify(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
-    reader(&s, &headers, raw.as_deref(), peer).await?;
+pub async fn verify(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    reader(&s, &caller).await?;
     Ok(ok(s.audit.verify().await?))
 }

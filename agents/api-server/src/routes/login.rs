@@ -1,12 +1,12 @@
 //! Login, logout, token refresh, and HTTP Basic checks for Traefik's forwardAuth.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::{Params, bounded, json_response, parse_body};
 use crate::authz::{self, Subject};
 use crate::error::{ApiError, ApiResult, ok};
-use crate::state::{AppState, Shared, bearer};
+use crate::state::{AppState, Caller, Shared};
 use crate::token::now;
 use crate::{net, password, totp};
 
@@ -109,13 +109,8 @@ fn token_response(token: &str, exp: u64) -> Response {
     json_response(StatusCode::OK, json!({"code": 200, "expire": expire, "token": token}))
 }
 
-pub async fn login(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let source = net::client_addr(peer, &headers);
+pub async fn login(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
+    let source = caller.source;
     let req: LoginRequest = parse_body(&body)?;
     bounded("username", &req.username, 128)?;
     bounded("password", &req.password, password::MAX_LENGTH)?;
@@ -183,14 +178,9 @@ pub async fn login(
 }
 
 /// Revoke the token: it is refused from now on, even before it expires.
-pub async fn logout(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let source = net::client_addr(peer, &headers);
-    let Some(token) = bearer(&headers, q.as_deref()) else {
+pub async fn logout(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    let source = caller.source;
+    let Some(token) = caller.bearer() else {
         return Ok(json_response(StatusCode::OK, json!({"code": 200})));
     };
     let Ok(claims) = s.tokens.verify(&token) else {
@@ -208,13 +198,8 @@ pub async fn revoke(s: &AppState, jti: &str, exp: u64) -> Result<(), ApiError> {
 }
 
 /// Trade a valid token for a fresh one; the old one is revoked.
-pub async fn refresh(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let session = s.session(&headers, q.as_deref(), peer, None).await?;
+pub async fn refresh(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    let session = s.session(&caller, None).await?;
     let now = now();
     let c = &session.claims;
     if now >= c.orig_iat + s.tokens.max_session {
@@ -268,20 +253,15 @@ impl Default for BasicCache {
 
 /// 200 with `X-Auth-User` when the HTTP Basic credentials belong to a subject holding
 /// a role on `module/<id>` that allows `<action>`; 401/403 otherwise (NS8 7.2).
-pub async fn http_basic(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(p): Path<Params>,
-) -> ApiResult {
-    let source = net::client_addr(peer, &headers);
+pub async fn http_basic(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
+    let source = caller.source;
     let challenge = |message: &str| {
         let mut r = ApiError::unauthorized(message).into_response();
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"nethserver\""));
         r
     };
     // No credentials at all is a challenge whatever the path holds.
-    let Some((user, pass)) = basic_credentials(&headers) else {
+    let Some((user, pass)) = basic_credentials(&caller.headers) else {
         return Ok(challenge("HTTP Basic credentials required"));
     };
     let agent = super::tasks::agent_from(&p)?;

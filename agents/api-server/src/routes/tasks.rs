@@ -1,10 +1,8 @@
 //! Tasks: create on an agent's queue, list, read status and context (NS8 7.2).
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
@@ -17,7 +15,7 @@ use super::{Params, parse_body};
 use crate::audit::Entry;
 use crate::authz::Session;
 use crate::error::{ApiError, ApiResult, envelope, ok};
-use crate::state::Shared;
+use crate::state::{Caller, Shared};
 
 /// NS8's idle limit for the liveness check before a push.
 const MAX_IDLE_SECS: u64 = 8;
@@ -50,16 +48,9 @@ struct TaskRequest {
     parent: Option<String>,
 }
 
-pub async fn create(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Path(p): Path<Params>,
-    body: Bytes,
-) -> ApiResult {
+pub async fn create(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>, body: Bytes) -> ApiResult {
     let agent = agent_from(&p)?;
-    let session = s.session(&headers, q.as_deref(), peer, Some(agent.clone())).await?;
+    let session = s.session(&caller, Some(agent.clone())).await?;
     let req: TaskRequest = parse_body(&body)?;
     validate_action_name(&req.action).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let parent = req.parent.unwrap_or_default();
@@ -139,18 +130,12 @@ fn deny_task(session: &Session, agent: &AgentId, id: &str) -> ApiError {
     ))
 }
 
-pub async fn status(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Path(p): Path<Params>,
-) -> ApiResult {
+pub async fn status(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
     let agent = agent_from(&p)?;
     let id = task_id_from(&p)?;
     // Both in one round trip: the values are dropped unless the session allows them.
     let (session, values) = tokio::join!(
-        s.session(&headers, q.as_deref(), peer, Some(agent.clone())),
+        s.session(&caller, Some(agent.clone())),
         s.redis.mget::<Vec<Option<String>>, _>(task_keys(&agent, &id))
     );
     let session = session?;
@@ -175,16 +160,10 @@ pub async fn status(
     })))
 }
 
-pub async fn context(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Path(p): Path<Params>,
-) -> ApiResult {
+pub async fn context(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
     let agent = agent_from(&p)?;
     let id = task_id_from(&p)?;
-    let session = s.session(&headers, q.as_deref(), peer, Some(agent.clone())).await?;
+    let session = s.session(&caller, Some(agent.clone())).await?;
     let context: Option<String> = s.redis.get(keys::task_context(&agent, &id)).await?;
     let Some(context) = context else {
         return Err(ApiError::not_found(format!("no task {id} on {agent} (unknown, or its context has expired)")));
@@ -219,15 +198,9 @@ pub async fn scan(redis: &Client, pattern: &str) -> Result<Vec<String>, ApiError
     }
 }
 
-pub async fn list(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Path(p): Path<Params>,
-) -> ApiResult {
+pub async fn list(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
     let agent = agent_from(&p)?;
-    let session = s.session(&headers, q.as_deref(), peer, Some(agent.clone())).await?;
+    let session = s.session(&caller, Some(agent.clone())).await?;
     let prefix = format!("task/{agent}/");
     let ids: Vec<String> = scan(&s.redis, &format!("{prefix}*/context"))
         .await?
@@ -288,24 +261,14 @@ async fn granted_agents(s: &Shared, session: &Session, kind: &str) -> Result<Vec
     Ok(seen.into_iter().collect())
 }
 
-pub async fn nodes(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    let session = s.session(&headers, q.as_deref(), peer, None).await?;
+pub async fn nodes(State(s): State<Shared>, caller: Caller) -> ApiResult<Response> {
+    let session = s.session(&caller, None).await?;
     let list = granted_agents(&s, &session, "node").await?;
     Ok(ok(json!({"list": list, "queue": "node/*"})))
 }
 
-pub async fn modules(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Response> {
-    let session = s.session(&headers, q.as_deref(), peer, None).await?;
+pub async fn modules(State(s): State<Shared>, caller: Caller) -> ApiResult<Response> {
+    let session = s.session(&caller, None).await?;
     let list = granted_agents(&s, &session, "module").await?;
     Ok(ok(json!({"list": list, "queue": "module/*"})))
 }

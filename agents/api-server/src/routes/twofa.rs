@@ -1,10 +1,7 @@
 //! Two-factor authentication of the calling user (NS8 7.2), plus recovery codes.
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use fred::prelude::*;
 use protocol::keys;
 use serde::Deserialize;
@@ -13,42 +10,27 @@ use serde_json::json;
 use super::{bounded, parse_body};
 use crate::authz::Session;
 use crate::error::{ApiError, ApiResult, ok};
-use crate::state::Shared;
+use crate::state::{Caller, Shared};
 use crate::token::now;
 use crate::totp;
 
-async fn user_session(
-    s: &Shared,
-    headers: &HeaderMap,
-    q: Option<&str>,
-    peer: SocketAddr,
-) -> Result<(Session, String), ApiError> {
-    let session = s.session(headers, q, peer, None).await?;
+async fn user_session(s: &Shared, caller: &Caller) -> Result<(Session, String), ApiError> {
+    let session = s.session(caller, None).await?;
     let Some(user) = session.subject.user_name().map(str::to_owned) else {
         return Err(ApiError::forbidden("two-factor authentication is for admin users, not agent identities"));
     };
     Ok((session, user))
 }
 
-pub async fn status(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let (_, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn status(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    let (_, user) = user_session(&s, &caller).await?;
     let secret: Option<String> = s.redis.hget(keys::user(&user), "2fa").await?;
     Ok(ok(json!(secret.is_some_and(|x| !x.is_empty()))))
 }
 
 /// A new secret to enrol, not stored until `POST /api/2FA` proves the app has it.
-pub async fn qr_code(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let (_, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn qr_code(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    let (_, user) = user_session(&s, &caller).await?;
     let key = totp::generate_secret();
     let url = totp::otpauth_url(&key, &s.issuer, &user)
         .ok_or_else(|| ApiError::bad_request("the 2FA issuer name may not contain ':'"))?;
@@ -64,14 +46,8 @@ struct Enable {
 
 /// Store the secret once a code from it checks; answer the recovery codes, shown
 /// this once only (only their hashes are kept).
-pub async fn enable(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let (session, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn enable(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
+    let (session, user) = user_session(&s, &caller).await?;
     let req: Enable = parse_body(&body)?;
     bounded("otp", &req.otp, 32)?;
     bounded("secret", &req.secret, 128)?;
@@ -98,13 +74,8 @@ pub async fn enable(
     Ok(ok(json!({"recovery_codes": codes})))
 }
 
-pub async fn disable(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let (session, user) = user_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn disable(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    let (session, user) = user_session(&s, &caller).await?;
     let tx = s.redis.multi();
     let _: () = tx.hdel(keys::user(&user), "2fa").await?;
     let _: () = tx.del(keys::user_recovery_codes(&user)).await?;

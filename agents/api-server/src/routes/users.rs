@@ -6,11 +6,10 @@
 //! of it and `reader` may list.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use protocol::{AgentId, keys};
@@ -20,25 +19,15 @@ use serde_json::{Value, json};
 use super::{Params, bounded, parse_body};
 use crate::authz::{self, Session, Subject};
 use crate::error::{ApiError, ApiResult, envelope, ok};
-use crate::state::{AppState, Shared};
+use crate::state::{AppState, Caller, Shared};
 use crate::{net, password};
 
-async fn cluster_session(
-    s: &Shared,
-    headers: &HeaderMap,
-    q: Option<&str>,
-    peer: SocketAddr,
-) -> Result<Session, ApiError> {
-    s.session(headers, q, peer, Some(AgentId::Cluster)).await
+async fn cluster_session(s: &Shared, caller: &Caller) -> Result<Session, ApiError> {
+    s.session(caller, Some(AgentId::Cluster)).await
 }
 
-pub async fn list(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    cluster_session(&s, &headers, q.as_deref(), peer).await?.require("list-users")?;
+pub async fn list(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    cluster_session(&s, &caller).await?.require("list-users")?;
     let mut users = Vec::new();
     let mut names: Vec<String> = super::tasks::scan(&s.redis, keys::USER_PATTERN)
         .await?
@@ -114,14 +103,8 @@ async fn hash_password(s: &AppState, pw: String) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "password hashing failed"))
 }
 
-pub async fn add(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn add(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
+    let session = cluster_session(&s, &caller).await?;
     session.require("add-user")?;
     let req: NewUser = parse_body(&body)?;
     if !authz::valid_user_name(&req.user) {
@@ -151,14 +134,8 @@ pub async fn add(
     Ok(envelope(StatusCode::CREATED, "success", json!({"user": req.user})))
 }
 
-pub async fn remove(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Path(p): Path<Params>,
-) -> ApiResult {
-    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn remove(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
+    let session = cluster_session(&s, &caller).await?;
     session.require("remove-user")?;
     let user = p.get("user").cloned().unwrap_or_default();
     if !authz::valid_user_name(&user) {
@@ -187,15 +164,8 @@ struct PasswordChange {
 
 /// Users change their own password with the current one; `alter-user` holders set
 /// anyone's.
-pub async fn password(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Path(p): Path<Params>,
-    body: Bytes,
-) -> ApiResult {
-    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn password(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>, body: Bytes) -> ApiResult {
+    let session = cluster_session(&s, &caller).await?;
     let user = p.get("user").cloned().unwrap_or_default();
     if !authz::valid_user_name(&user) {
         return Err(ApiError::bad_request(format!("{user:?} is not a valid user name")));
@@ -284,14 +254,8 @@ fn check_grant(g: &Grant) -> Result<(Subject, AgentId), ApiError> {
     Ok((subject, on))
 }
 
-pub async fn grants(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Query(p): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn grants(State(s): State<Shared>, caller: Caller, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+    let session = cluster_session(&s, &caller).await?;
     let subject = p.get("subject").cloned().unwrap_or_else(|| session.subject.name());
     if subject != session.subject.name() {
         session.require("list-grants")?;
@@ -307,14 +271,8 @@ pub async fn grants(
     Ok(ok(json!({"subject": subject, "grants": grants})))
 }
 
-pub async fn grant(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Bytes,
-) -> ApiResult {
-    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn grant(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
+    let session = cluster_session(&s, &caller).await?;
     session.require("grant-roles")?;
     let g: Grant = parse_body(&body)?;
     let (subject, on) = check_grant(&g)?;
@@ -340,14 +298,8 @@ pub async fn grant(
     Ok(ok(json!(null)))
 }
 
-pub async fn revoke(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    Query(p): Query<HashMap<String, String>>,
-) -> ApiResult {
-    let session = cluster_session(&s, &headers, q.as_deref(), peer).await?;
+pub async fn revoke(State(s): State<Shared>, caller: Caller, Query(p): Query<HashMap<String, String>>) -> ApiResult {
+    let session = cluster_session(&s, &caller).await?;
     session.require("revoke-roles")?;
     let field =
         |k: &str| p.get(k).cloned().ok_or_else(|| ApiError::bad_request(format!("query parameter \"{k}\" missing")));
