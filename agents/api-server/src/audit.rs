@@ -35,7 +35,7 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV,
 return {1, id}";
 
 /// One audit record's content, before chaining.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Entry {
     pub user: String,
     pub source: String,
@@ -52,12 +52,8 @@ pub struct Record {
     pub stream_id: String,
     pub id: u64,
     pub timestamp: String,
-    pub user: String,
-    pub source: String,
-    pub action: String,
-    pub agent: String,
-    pub task: String,
-    pub data: String,
+    #[serde(flatten)]
+    pub entry: Entry,
     pub prev: String,
     pub hash: String,
 }
@@ -168,7 +164,7 @@ impl Audit {
     pub async fn distinct(&self, field: &str) -> Result<Vec<String>, fred::error::Error> {
         let mut seen = std::collections::BTreeSet::new();
         self.walk(|r| {
-            seen.insert(if field == "user" { r.user.clone() } else { r.action.clone() });
+            seen.insert(if field == "user" { r.entry.user.clone() } else { r.entry.action.clone() });
             true
         })
         .await?;
@@ -182,15 +178,8 @@ impl Audit {
         let mut count = 0u64;
         self.walk(|r| {
             count += 1;
-            let entry = Entry {
-                user: r.user.clone(),
-                source: r.source.clone(),
-                action: r.action.clone(),
-                agent: r.agent.clone(),
-                task: r.task.clone(),
-                data: r.data.clone(),
-            };
-            let reason = if record_hash(r.id, &r.timestamp, &entry, &r.prev) != r.hash {
+
+            let reason = if record_hash(r.id, &r.timestamp, &r.entry, &r.prev) != r.hash {
                 Some("the record's content does not match its hash (edited)")
             } else {
                 match &prev {
@@ -238,12 +227,14 @@ fn to_record(stream_id: String, mut f: HashMap<String, String>) -> Record {
     Record {
         id: take("seq").parse().unwrap_or(0),
         timestamp: take("timestamp"),
-        user: take("user"),
-        source: take("source"),
-        action: take("action"),
-        agent: take("agent"),
-        task: take("task"),
-        data: take("data"),
+        entry: Entry {
+            user: take("user"),
+            source: take("source"),
+            action: take("action"),
+            agent: take("agent"),
+            task: take("task"),
+            data: take("data"),
+        },
         prev: take("prev"),
         hash: take("hash"),
         stream_id,
@@ -264,8 +255,9 @@ pub struct Query {
 
 impl Query {
     fn matches(&self, r: &Record) -> bool {
-        (self.users.is_empty() || self.users.contains(&r.user))
-            && (self.actions.is_empty() || self.actions.contains(&r.action))
-            && self.data.as_ref().is_none_or(|d| r.data.contains(d.as_str()))
+        let e = &r.entry;
+        (self.users.is_empty() || self.users.contains(&e.user))
+            && (self.actions.is_empty() || self.actions.contains(&e.action))
+            && self.data.as_ref().is_none_or(|d| e.data.contains(d.as_str()))
     }
 }
