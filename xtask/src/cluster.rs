@@ -19,6 +19,8 @@ use crate::{packages, run, workspace};
 
 const BINARIES: &[&str] = &["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli", "api-server"];
 pub const DEFAULT_PORT: u16 = 16379;
+/// The local software repository's registry (images::DEFAULT_REGISTRY).
+pub const DEFAULT_REGISTRY_PORT: u16 = 15000;
 /// The api-server's port, as NS8's.
 pub const DEFAULT_API_PORT: u16 = 9311;
 /// The first admin, created at the first `up` with a generated password.
@@ -32,6 +34,9 @@ pub struct UpArgs {
     /// Loopback port of the cluster's Redis.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     redis_port: u16,
+    /// Loopback port of the software repository's registry.
+    #[arg(long, default_value_t = DEFAULT_REGISTRY_PORT)]
+    registry_port: u16,
     /// Loopback port of the api-server.
     #[arg(long, default_value_t = DEFAULT_API_PORT)]
     api_port: u16,
@@ -108,9 +113,14 @@ pub fn up(args: UpArgs) -> Result<()> {
         println!("The local cluster is already running (supervisor pid {pid}, root {}).", root.display());
         return Ok(());
     }
-    packages::ensure(&[packages::REDIS])?;
+    packages::ensure(&[packages::REDIS, packages::Package { name: "docker-registry", provides: "docker-registry" }])?;
+    packages::ensure(crate::images::PACKAGES)?;
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");
+    }
+    let registry_port = args.registry_port;
+    if TcpListener::bind(("127.0.0.1", registry_port)).is_err() {
+        bail!("port {registry_port} on 127.0.0.1 is in use by another program: pick another with --registry-port");
     }
     let api_port = args.api_port;
     if TcpListener::bind(("127.0.0.1", api_port)).is_err() {
@@ -142,6 +152,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         "node/events",
         "node/state",
         "api-server",
+        "registry/data",
     ] {
         std::fs::create_dir_all(root.join(dir))
             .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
@@ -185,6 +196,24 @@ pub fn up(args: UpArgs) -> Result<()> {
         program(&root, file, name, vec![bin(name)], env, &dir.join("state"))?;
     }
 
+    // The software repository: a registry for the images, repodata.json beside it.
+    let registry_host = format!("127.0.0.1:{registry_port}");
+    write(
+        &root.join("registry/config.yml"),
+        &format!(
+            "# Written by cargo xtask up.\nversion: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             \x20 delete:\n    enabled: true\nhttp:\n  addr: {registry_host}\n",
+            root.join("registry/data").display()
+        ),
+    )?;
+    program(
+        &root,
+        "15-registry.json",
+        "registry",
+        vec!["docker-registry".into(), "serve".into(), root.join("registry/config.yml").display().to_string()],
+        json!({}),
+        &root.join("registry"),
+    )?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     program(
         &root,
@@ -217,7 +246,8 @@ pub fn up(args: UpArgs) -> Result<()> {
     loop {
         let clients = redis_cli(port, &["CLIENT", "LIST"]).unwrap_or_default();
         let api_up = std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok();
-        if clients.contains("name=cluster ") && clients.contains("name=node/1 ") && api_up {
+        let registry_up = std::net::TcpStream::connect(("127.0.0.1", registry_port)).is_ok();
+        if clients.contains("name=cluster ") && clients.contains("name=node/1 ") && api_up && registry_up {
             break;
         }
         if Instant::now() > deadline {
@@ -230,6 +260,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    crate::images::build(&registry_host, &root.join("repository"), None, &[])?;
     let password = first_admin(&bin("api-server"), &redis_address)?;
     let cli = bin("api-cli");
     let admin = match password {
@@ -246,7 +277,9 @@ pub fn up(args: UpArgs) -> Result<()> {
          {cli} run get-info --agent node/1 --endpoint {api_url}\n\
          \n  Or straight through Redis, as root on this machine:\n    \
          REDIS_ADDRESS={redis_address} {cli} run set-name --data '{{\"name\": \"My cluster\"}}'\n\
+         \n  Software repository: images in {registry_host}, index {}/repository/repodata.json\
          \n  State and logs: {}\n  Stop:           cargo xtask down",
+        root.display(),
         root.display()
     );
     Ok(())

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_api;
 mod cluster;
+mod images;
 mod packages;
 mod resp;
 
@@ -33,6 +34,9 @@ enum Cmd {
     /// Measure the agent (latency, throughput, memory) and the api-server (reads,
     /// logins); `--only agent|api` for one of them (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Build the module packages under modules/ into images, push them to a registry
+    /// and write the repository index (repodata.json).
+    Images(images::ImagesArgs),
     /// Install what the tests need, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -56,15 +60,25 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Packages the test suite needs on a fresh Debian 12 machine.
-const TEST_PACKAGES: &[packages::Package] = &[packages::REDIS];
+const TEST_PACKAGES: &[packages::Package] = &[
+    packages::REDIS,
+    packages::Package { name: "docker-registry", provides: "docker-registry" },
+    packages::Package { name: "podman", provides: "podman" },
+    packages::Package { name: "runc", provides: "runc" },
+    packages::Package { name: "slirp4netns", provides: "slirp4netns" },
+    packages::Package { name: "uidmap", provides: "newuidmap" },
+];
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Up(args) => cluster::up(args),
         Cmd::Down(args) => cluster::down(args),
         Cmd::Bench(args) => bench::bench(args),
+        Cmd::Images(args) => images::images(args),
         Cmd::Test { args } => {
             packages::ensure(TEST_PACKAGES)?;
+            // The module image tests build and push with `cargo xtask images`.
+            packages::ensure(images::PACKAGES)?;
             // The api-server's fuzz test runs schemathesis (PyPI) from a venv in target/.
             packages::ensure_schemathesis()?;
             // The end-to-end tests drive the binaries themselves: build them all first.

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod registry;
+pub use registry::Registry;
+
 pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,

@@ -43,7 +43,7 @@ impl Cluster {
 
     fn log(&self) -> String {
         let mut all = String::new();
-        for f in ["supervisor", "redis", "cluster-agent", "node-agent", "api-server"] {
+        for f in ["supervisor", "redis", "cluster-agent", "node-agent", "api-server", "registry"] {
             let text = std::fs::read_to_string(self.root.path().join(format!("log/{f}.log"))).unwrap_or_default();
             all.push_str(&format!("--- {f}.log\n{text}\n"));
         }
@@ -102,7 +102,7 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
         );
     }
     let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (port, api_port) = (free_port(), free_port());
+    let (port, api_port, registry_port) = (free_port(), free_port(), free_port());
     let cluster = Cluster { root: tempfile::tempdir().unwrap(), port };
     let up_args = [
         "up",
@@ -110,6 +110,8 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
         &port.to_string(),
         "--api-port",
         &api_port.to_string(),
+        "--registry-port",
+        &registry_port.to_string(),
         "--bin-dir",
         &bin_dir().display().to_string(),
     ]
@@ -119,6 +121,9 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     let text = ok(&out);
     assert!(text.contains("The local cluster is up"), "{text}");
     assert!(text.contains("api-cli run"), "up prints how to run a task: {text}");
+    // The software repository is up and holds the module images.
+    let index = std::fs::read_to_string(cluster.root.path().join("repository/repodata.json")).unwrap();
+    assert!(index.contains(&format!("127.0.0.1:{registry_port}/ns8rs/hello")), "{index}");
 
     // The first admin's generated password is printed once, and logs in to the API.
     let password = text

@@ -1,0 +1,111 @@
+//! A private OCI registry (Debian's `docker-registry`) on a free loopback port, with
+//! its storage in a temp dir: what a software repository's image store is, for tests
+//! and benchmarks. Killed on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub struct Registry {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Registry {
+    pub fn start() -> Result<Self> {
+        let mut last = None;
+        // The free port is found by binding and releasing it; another process may take
+        // it in between, so try a few.
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn try_start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start docker-registry: is the docker-registry package installed?")?;
+        let mut registry = Registry { dir, child: Some(child), port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if registry.get("/v2/").is_ok_and(|(status, _)| status == 200) {
+                return Ok(registry);
+            }
+            if let Some(status) = registry.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("docker-registry exited with {status}: {}", registry.log());
+            }
+            if Instant::now() > deadline {
+                bail!("docker-registry on port {port} did not answer within 15 s: {}", registry.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `127.0.0.1:<port>`, the host part of image names pushed here.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// A plain HTTP GET on the registry API: status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host())?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let status = reply.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_answers_and_lists_nothing() {
+        let r = Registry::start().unwrap();
+        let (status, body) = r.get("/v2/_catalog").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"repositories\":[]"), "{body}");
+    }
+}

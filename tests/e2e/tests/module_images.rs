@@ -1,0 +1,132 @@
+//! `cargo xtask images` builds the module packages, pushes them to a real registry and
+//! writes the repository index; the service image it pushed runs under real Podman.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use e2e::bin;
+use serde_json::Value;
+use testkit::Registry;
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn build(registry: &Registry, out: &Path, version: Option<&str>) {
+    let mut cmd = Command::new(bin("xtask"));
+    cmd.args(["images", "hello", "--registry", &registry.host(), "--out"]).arg(out);
+    if let Some(v) = version {
+        cmd.args(["--version", v]);
+    }
+    ok(cmd.output().expect("run xtask images"));
+}
+
+fn index(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("repodata.json")).unwrap()).unwrap()
+}
+
+/// Podman with its own storage, removed with the test.
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rm", "-f", "-a", "-t", "0"]).output();
+    }
+}
+
+fn http_get(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    Some(reply)
+}
+
+#[test]
+fn images_are_pushed_indexed_and_run() {
+    let registry = Registry::start().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    build(&registry, out.path(), None);
+
+    let (status, catalog) = registry.get("/v2/_catalog").unwrap();
+    assert_eq!(status, 200);
+    assert!(catalog.contains("ns8rs/hello\"") && catalog.contains("ns8rs/hello-server"), "{catalog}");
+
+    // The index has NS8's shape and the labels the registry serves.
+    let idx = index(out.path());
+    let hello = idx.as_array().unwrap().iter().find(|p| p["id"] == "hello").expect("hello indexed");
+    assert_eq!(hello["source"], format!("{}/ns8rs/hello", registry.host()));
+    assert_eq!(hello["name"], "Hello");
+    assert!(hello["description"]["en"].as_str().unwrap().contains("BusyBox"));
+    let labels = &hello["versions"][0]["labels"];
+    assert_eq!(hello["versions"][0]["tag"], "1.0.0");
+    assert_eq!(labels["org.nethserver.tcp-ports-demand"], "1");
+    let service = labels["org.nethserver.images"].as_str().unwrap().to_owned();
+    assert_eq!(service, format!("{}/ns8rs/hello-server:1.0.0", registry.host()));
+
+    // The module image holds imageroot/ and nothing else.
+    let copy = tempfile::tempdir().unwrap();
+    let dest = format!("dir:{}", copy.path().display());
+    let src = format!("docker://{}/ns8rs/hello:1.0.0", registry.host());
+    ok(Command::new("skopeo").args(["copy", "--src-tls-verify=false", &src, &dest]).output().unwrap());
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(copy.path().join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "{manifest}");
+    let blob = layers[0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    let listing = ok(Command::new("tar").arg("-tzf").arg(copy.path().join(blob)).output().unwrap());
+    assert!(listing.lines().any(|l| l.trim_start_matches("./") == "imageroot/hello-server.container"), "{listing}");
+    assert!(listing.lines().all(|l| l.trim_start_matches("./").starts_with("imageroot")), "{listing}");
+
+    // A newer version joins the index, newest first.
+    build(&registry, out.path(), Some("1.1.0"));
+    let idx = index(out.path());
+    let tags: Vec<&str> = idx[0]["versions"].as_array().unwrap().iter().map(|v| v["tag"].as_str().unwrap()).collect();
+    assert_eq!(tags, ["1.1.0", "1.0.0"]);
+
+    // The service image serves its page under Podman (runc and lowered limits, as this
+    // kind of host needs; the node will detect that itself).
+    let podman = Podman { dir: tempfile::tempdir().unwrap() };
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    ok(podman
+        .cmd()
+        .args(["run", "-d", "--name", "hello-test", "--runtime", "runc"])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+        .args(["--network", "slirp4netns", "-p", &publish, "--tls-verify=false", &service])
+        .output()
+        .expect("run podman"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        if let Some(reply) = http_get(port).filter(|r| r.contains("200 OK")) {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "no answer from the hello-server container on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(page.contains("Hello from an ns8rs module"), "{page}");
+}

@@ -1,0 +1,302 @@
+//! `cargo xtask images`: build the module packages under `modules/` into OCI images,
+//! push them to a registry, and write the repository index (`repodata.json`), the way
+//! a real NS8 software repository is made (images in a registry, an index next to it).
+//!
+//! Each `modules/<name>/module.json` gives the version, the module image's labels and
+//! the service images. A service image with `base: busybox` is a root filesystem of
+//! the static BusyBox and its applets, with `images/<image>/` copied over it. The
+//! module image is `imageroot/` plus the labels, `org.nethserver.images` naming the
+//! service images just pushed. Builds use buildah with a throw-away storage, so the
+//! machine's image store is never touched.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{packages, workspace};
+
+/// The local cluster's registry.
+pub const DEFAULT_REGISTRY: &str = "127.0.0.1:15000";
+/// Repository (path) prefix of our images in a registry.
+pub const NAMESPACE: &str = "ns8rs";
+
+#[derive(clap::Args)]
+pub struct ImagesArgs {
+    /// Registry to push to (`host:port`, plain HTTP: a loopback registry).
+    #[arg(long, default_value = DEFAULT_REGISTRY)]
+    registry: String,
+    /// Directory of the repository index, `repodata.json` (default `.cluster/repository`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Build this version instead of the one in module.json (e.g. a newer one to test
+    /// updates).
+    #[arg(long)]
+    version: Option<String>,
+    /// Modules to build (names under modules/); all of them by default.
+    modules: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ModuleSpec {
+    name: String,
+    version: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    images: BTreeMap<String, ImageSpec>,
+}
+
+#[derive(Deserialize)]
+struct ImageSpec {
+    base: String,
+    cmd: Vec<String>,
+}
+
+pub const PACKAGES: &[packages::Package] = &[
+    packages::Package { name: "buildah", provides: "buildah" },
+    packages::Package { name: "skopeo", provides: "skopeo" },
+    packages::Package { name: "busybox-static", provides: "busybox" },
+];
+
+pub fn images(args: ImagesArgs) -> Result<()> {
+    packages::ensure(PACKAGES)?;
+    let out = args.out.unwrap_or_else(|| workspace().join(".cluster/repository"));
+    build(&args.registry, &out, args.version.as_deref(), &args.modules)
+}
+
+/// Build `modules` (all when empty) for `registry` and merge them into `out`'s index.
+pub fn build(registry: &str, out: &Path, version: Option<&str>, modules: &[String]) -> Result<()> {
+    let modules_dir = workspace().join("modules");
+    let names = if modules.is_empty() {
+        let mut all: Vec<String> = std::fs::read_dir(&modules_dir)?
+            .flatten()
+            .filter(|e| e.path().join("module.json").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        all.sort();
+        all
+    } else {
+        modules.to_vec()
+    };
+    let mut index = read_index(out)?;
+    for name in names {
+        let dir = modules_dir.join(&name);
+        if !dir.join("module.json").is_file() {
+            bail!("no module {name}: {} has no module.json", dir.display());
+        }
+        let entry = build_module(&dir, registry, version).with_context(|| format!("module {name}"))?;
+        merge(&mut index, entry);
+    }
+    std::fs::create_dir_all(out)?;
+    let path = out.join("repodata.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&index)? + "\n")?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+fn read_index(out: &Path) -> Result<Vec<Value>> {
+    match std::fs::read_to_string(out.join("repodata.json")) {
+        Ok(text) => serde_json::from_str(&text).context("the existing repodata.json is not a JSON array"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Add or replace the package and its version, keeping the other versions, newest first.
+fn merge(index: &mut Vec<Value>, mut entry: Value) {
+    let id = entry["id"].clone();
+    if let Some(old) = index.iter_mut().find(|p| p["id"] == id) {
+        let new_versions = entry["versions"].as_array().cloned().unwrap_or_default();
+        let mut versions: Vec<Value> = old["versions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !new_versions.iter().any(|n| n["tag"] == v["tag"]))
+            .collect();
+        versions.extend(new_versions);
+        versions.sort_by(|a, b| semver_key(b["tag"].as_str()).cmp(&semver_key(a["tag"].as_str())));
+        entry["versions"] = Value::Array(versions);
+        *old = entry;
+    } else {
+        index.push(entry);
+        index.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    }
+}
+
+fn semver_key(tag: Option<&str>) -> Vec<u64> {
+    tag.unwrap_or("").split(['.', '-']).map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+struct Buildah {
+    storage: tempfile::TempDir,
+}
+
+impl Buildah {
+    fn new() -> Result<Self> {
+        Ok(Buildah { storage: tempfile::tempdir()? })
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(self.storage.path().join("root"))
+            .arg("--runroot")
+            .arg(self.storage.path().join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    }
+
+    fn output(&self, args: &[&str]) -> Result<String> {
+        let out = self.cmd().args(args).output().with_context(|| format!("cannot run buildah {args:?}"))?;
+        if !out.status.success() {
+            bail!("buildah {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Build an image from a root directory (copied to `dest`), config and labels; push
+    /// it; return its digest.
+    fn build_and_push(
+        &self,
+        root: &Path,
+        dest: &str,
+        config: &[String],
+        labels: &BTreeMap<String, String>,
+        url: &str,
+    ) -> Result<()> {
+        let ctr = self.output(&["from", "scratch"])?;
+        self.output(&["copy", &ctr, &root.display().to_string(), dest])?;
+        let mut cfg: Vec<String> = vec!["config".into()];
+        cfg.extend(config.iter().cloned());
+        for (k, v) in labels {
+            cfg.push("--label".into());
+            cfg.push(format!("{k}={v}"));
+        }
+        cfg.push(ctr.clone());
+        self.output(&cfg.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let local = format!("localhost/build-{}", url.rsplit('/').next().unwrap_or("image").replace(':', "-"));
+        self.output(&["commit", "-q", &ctr, &local])?;
+        self.output(&["push", "-q", "--tls-verify=false", &local, &format!("docker://{url}")])?;
+        let _ = self.output(&["rm", &ctr]);
+        Ok(())
+    }
+}
+
+/// `/bin/busybox` and a link per applet, with the accounts a service may need.
+fn busybox_rootfs(root: &Path) -> Result<()> {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for d in ["etc", "tmp", "var", "www"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let busybox = which("busybox")?;
+    std::fs::copy(&busybox, bin.join("busybox"))?;
+    let list = Command::new(&busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    Ok(())
+}
+
+fn which(cmd: &str) -> Result<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|p| p.join(cmd))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{cmd} not found on PATH"))
+}
+
+/// `cp -a src/. dst/`: the overlay keeps modes and links.
+fn copy_over(src: &Path, dst: &Path) -> Result<()> {
+    if src.is_dir() {
+        crate::run(Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dst))?;
+    }
+    Ok(())
+}
+
+fn build_module(dir: &Path, registry: &str, version: Option<&str>) -> Result<Value> {
+    let spec: ModuleSpec = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("module.json"))
+            .with_context(|| format!("cannot read {}/module.json", dir.display()))?,
+    )
+    .with_context(|| format!("{}/module.json", dir.display()))?;
+    let version = version.unwrap_or(&spec.version);
+    let metadata: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metadata.json"))?)
+        .with_context(|| format!("{}/metadata.json", dir.display()))?;
+    let buildah = Buildah::new()?;
+    let work = tempfile::tempdir()?;
+
+    let mut service_urls = Vec::new();
+    for (image, ispec) in &spec.images {
+        let root = work.path().join(image);
+        match ispec.base.as_str() {
+            "busybox" => busybox_rootfs(&root)?,
+            other => bail!("image {image}: unknown base {other:?} (known: busybox)"),
+        }
+        copy_over(&dir.join("images").join(image), &root)?;
+        let url = format!("{registry}/{NAMESPACE}/{image}:{version}");
+        let cmd = serde_json::to_string(&ispec.cmd)?;
+        eprintln!("xtask: building {url}");
+        buildah.build_and_push(&root, "/", &["--cmd".into(), cmd], &BTreeMap::new(), &url)?;
+        service_urls.push(url);
+    }
+
+    let mut labels = spec.labels.clone();
+    labels.insert("org.nethserver.images".into(), service_urls.join(" "));
+    let url = format!("{registry}/{NAMESPACE}/{}:{version}", spec.name);
+    eprintln!("xtask: building {url}");
+    buildah.build_and_push(&dir.join("imageroot"), "/imageroot", &[], &labels, &url)?;
+
+    // The index records the labels as the registry has them.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &format!("docker://{url}")])
+        .output()
+        .context("cannot run skopeo")?;
+    if !inspect.status.success() {
+        bail!("skopeo inspect {url}: {}", String::from_utf8_lossy(&inspect.stderr).trim());
+    }
+    let inspected: Value = serde_json::from_slice(&inspect.stdout)?;
+    let mut entry = json!({
+        "id": spec.name,
+        "name": metadata["name"],
+        "description": metadata["description"],
+        "logo": null,
+        "screenshots": [],
+        "categories": metadata["categories"],
+        "authors": metadata["authors"],
+        "docs": metadata["docs"],
+        "source": format!("{registry}/{NAMESPACE}/{}", spec.name),
+        "versions": [{"tag": version, "testing": version.contains('-'), "labels": inspected["Labels"]}],
+    });
+    if entry["categories"].is_null() {
+        entry["categories"] = json!([]);
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_merge_newest_first() {
+        let mut index = Vec::new();
+        merge(&mut index, json!({"id": "hello", "versions": [{"tag": "1.0.0"}]}));
+        merge(&mut index, json!({"id": "hello", "versions": [{"tag": "1.10.0"}]}));
+        merge(&mut index, json!({"id": "hello", "versions": [{"tag": "1.2.0", "x": 1}]}));
+        merge(&mut index, json!({"id": "hello", "versions": [{"tag": "1.2.0", "x": 2}]}));
+        merge(&mut index, json!({"id": "abc", "versions": [{"tag": "0.1.0"}]}));
+        assert_eq!(index.len(), 2);
+        assert_eq!(index[0]["id"], "abc");
+        let tags: Vec<&str> =
+            index[1]["versions"].as_array().unwrap().iter().map(|v| v["tag"].as_str().unwrap()).collect();
+        assert_eq!(tags, ["1.10.0", "1.2.0", "1.0.0"]);
+        assert_eq!(index[1]["versions"][1]["x"], 2);
+    }
+}
