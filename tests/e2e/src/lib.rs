@@ -24,3 +24,14 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The stdout of a command that must have succeeded; else fail with both outputs.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

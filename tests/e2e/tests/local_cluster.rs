@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::{bin, bin_dir};
+use e2e::{bin, bin_dir, ok};
 
 struct Cluster {
     root: tempfile::TempDir,
@@ -80,16 +80,6 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
 
 fn kill9(pid: u32) -> nix::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

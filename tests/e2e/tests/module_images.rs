@@ -4,22 +4,12 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::bin;
+use e2e::{bin, ok};
 use serde_json::Value;
 use testkit::Registry;
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn build(registry: &Registry, out: &Path, version: Option<&str>) {
     let mut cmd = Command::new(bin("xtask"));
@@ -27,7 +17,7 @@ fn build(registry: &Registry, out: &Path, version: Option<&str>) {
     if let Some(v) = version {
         cmd.args(["--version", v]);
     }
-    ok(cmd.output().expect("run xtask images"));
+    ok(&cmd.output().expect("run xtask images"));
 }
 
 fn index(out: &Path) -> Value {
@@ -92,13 +82,13 @@ fn images_are_pushed_indexed_and_run() {
     let copy = tempfile::tempdir().unwrap();
     let dest = format!("dir:{}", copy.path().display());
     let src = format!("docker://{}/ns8rs/hello:1.0.0", registry.host());
-    ok(Command::new("skopeo").args(["copy", "--src-tls-verify=false", &src, &dest]).output().unwrap());
+    ok(&Command::new("skopeo").args(["copy", "--src-tls-verify=false", &src, &dest]).output().unwrap());
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(copy.path().join("manifest.json")).unwrap()).unwrap();
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1, "{manifest}");
     let blob = layers[0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
-    let listing = ok(Command::new("tar").arg("-tzf").arg(copy.path().join(blob)).output().unwrap());
+    let listing = ok(&Command::new("tar").arg("-tzf").arg(copy.path().join(blob)).output().unwrap());
     assert!(listing.lines().any(|l| l.trim_start_matches("./") == "imageroot/hello-server.container"), "{listing}");
     assert!(listing.lines().all(|l| l.trim_start_matches("./").starts_with("imageroot")), "{listing}");
 
@@ -113,7 +103,7 @@ fn images_are_pushed_indexed_and_run() {
     let podman = Podman { dir: tempfile::tempdir().unwrap() };
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let publish = format!("127.0.0.1:{port}:8080");
-    ok(podman
+    ok(&podman
         .cmd()
         .args(["run", "-d", "--name", "hello-test", "--runtime", "runc"])
         .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
