@@ -2,22 +2,37 @@
 //! firewall here.
 
 mod info;
+pub mod podman;
 
 use agent_runtime::{AgentConfig, NativeActions};
 use serde_json::json;
 
+/// Where `configure-podman` writes the node's containers.conf.
+pub const CONTAINERS_CONF: &str = "containers.conf";
+
 pub fn natives(cfg: &AgentConfig) -> NativeActions {
     let state_dir = cfg.state_dir.clone();
-    NativeActions::new().add(
-        "get-info",
-        None,
-        Some(json!({
-            "type": "object",
-            "required": ["hostname", "os", "kernel", "cpus", "memory", "disk", "uptime_seconds"],
-        })),
-        move |_, _| {
-            let dir = state_dir.clone();
-            async move { info::collect(&dir).map_err(agent_runtime::ActionError::failed) }
-        },
-    )
+    let conf = cfg.state_dir.join(CONTAINERS_CONF);
+    NativeActions::new()
+        .add(
+            "configure-podman",
+            None,
+            Some(json!({"type": "object", "required": ["path", "cgroups", "runtime", "default_ulimits"]})),
+            move |_, _| {
+                let conf = conf.clone();
+                async move { podman::configure(&conf).map_err(agent_runtime::ActionError::failed) }
+            },
+        )
+        .add(
+            "get-info",
+            None,
+            Some(json!({
+                "type": "object",
+                "required": ["hostname", "os", "kernel", "cpus", "memory", "disk", "uptime_seconds"],
+            })),
+            move |_, _| {
+                let dir = state_dir.clone();
+                async move { info::collect(&dir).map_err(agent_runtime::ActionError::failed) }
+            },
+        )
 }
