@@ -3,6 +3,7 @@
 
 mod info;
 pub mod podman;
+pub mod ports;
 
 use agent_runtime::{AgentConfig, NativeActions};
 use serde_json::json;
@@ -14,6 +15,8 @@ pub fn natives(cfg: &AgentConfig) -> NativeActions {
     let state_dir = cfg.state_dir.clone();
     let conf = cfg.state_dir.join(CONTAINERS_CONF);
     NativeActions::new()
+        .add("allocate-ports", Some(ports::allocate_schema()), None, ports::allocate)
+        .add("deallocate-ports", Some(ports::deallocate_schema()), None, ports::deallocate)
         .add(
             "configure-podman",
             None,

@@ -113,6 +113,17 @@ pub fn event_cursors(agent: &AgentId) -> String {
 /// the agent was down are not skipped.
 pub const EVENT_CURSOR_SINCE: &str = "*since";
 
+/// Beyond NS8 (which keeps a SQLite file on the node): hash `module id -> "start-end
+/// ..."` of the `tcp` or `udp` port ranges allocated on node `n`.
+pub fn node_ports(n: u32, protocol: &str) -> String {
+    format!("node/{n}/{protocol}_ports")
+}
+
+/// Hash `module id -> number of ports` from the images' `*-ports-demand` labels.
+pub fn ports_demand(protocol: &str) -> String {
+    format!("cluster/{protocol}_ports_demand")
+}
+
 /// VPN network in CIDR form, set by `create-cluster`; agent identities may call the
 /// API only from there or from loopback.
 pub const CLUSTER_NETWORK: &str = "cluster/network";

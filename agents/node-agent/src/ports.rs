@@ -1,0 +1,133 @@
+//! `allocate-ports` / `deallocate-ports` (NS8 10.4): contiguous ranges of TCP or UDP
+//! ports for the node's modules, first fit in 20000-45000.
+//!
+//! NS8 keeps them in a SQLite file on the node, and its allocation is a read then a
+//! write. Here the allocations are a hash per protocol in Redis (`node/<N>/tcp_ports`:
+//! module id -> "start-end ..."), changed by one Lua script: concurrent installs can
+//! never be given the same port.
+
+use agent_runtime::{ActionContext, ActionError};
+use bus::fred::prelude::*;
+use bus::fred::types::scripts::Script;
+use protocol::{AgentId, keys};
+use serde_json::{Value, json};
+
+pub const FIRST_PORT: u16 = 20000;
+pub const LAST_PORT: u16 = 45000;
+/// NS8's exit codes: a module asking for another module's ports, or beyond its demand.
+pub const EXIT_NOT_OWN: i32 = 32;
+pub const EXIT_OVER_DEMAND: i32 = 33;
+
+/// KEYS: allocations hash. ARGV: module, count, first, last, keep existing ("1"/"0").
+/// Returns {start, end}, or {0} when no gap is large enough.
+const ALLOCATE: &str = r"
+local module, n, lo, hi = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local mine = redis.call('HGET', KEYS[1], module) or ''
+if ARGV[5] ~= '1' then mine = '' end
+local used = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  if all[i] == module then v = mine end
+  for a, b in string.gmatch(v, '(%d+)-(%d+)') do used[#used + 1] = {tonumber(a), tonumber(b)} end
+end
+table.sort(used, function(x, y) return x[1] < y[1] end)
+local start = lo
+for _, r in ipairs(used) do
+  if r[1] - start >= n then break end
+  if r[2] + 1 > start then start = r[2] + 1 end
+end
+if start + n - 1 > hi then return {0} end
+local range = start .. '-' .. (start + n - 1)
+if mine == '' then mine = range else mine = mine .. ' ' .. range end
+redis.call('HSET', KEYS[1], module, mine)
+return {start, start + n - 1}";
+
+pub fn allocate_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["ports", "module_id", "protocol"],
+        "properties": {
+            "ports": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "module_id": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"},
+            "protocol": {"enum": ["tcp", "udp"]},
+            "keep_existing": {"type": "boolean"}
+        }
+    })
+}
+
+pub fn deallocate_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["module_id", "protocol"],
+        "properties": {
+            "module_id": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"},
+            "protocol": {"enum": ["tcp", "udp"]}
+        }
+    })
+}
+
+fn fail(exit_code: i32, message: String) -> ActionError {
+    ActionError::Failed { exit_code, message }
+}
+
+/// A module may change only its own ports (NS8 exit 32); other callers (the cluster,
+/// administrators, root) any module's.
+fn check_owner(ctx: &ActionContext, module: &str) -> Result<(), ActionError> {
+    match ctx.user.strip_prefix("module/") {
+        Some(caller) if caller != module => {
+            Err(fail(EXIT_NOT_OWN, format!("module {caller} may not change the ports of module {module}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn node_id(ctx: &ActionContext) -> u32 {
+    match ctx.agent {
+        AgentId::Node(n) => n,
+        _ => 0,
+    }
+}
+
+pub async fn allocate(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
+    let module = data["module_id"].as_str().unwrap_or_default().to_owned();
+    let protocol = data["protocol"].as_str().unwrap_or("tcp");
+    let count = data["ports"].as_u64().unwrap_or(1);
+    let keep = data["keep_existing"].as_bool().unwrap_or(false);
+    check_owner(&ctx, &module)?;
+    if ctx.user.starts_with("module/") {
+        // A module asks for itself: never beyond the demand its image declared.
+        let demand: Option<String> = ctx.redis.hget(keys::ports_demand(protocol), &module).await?;
+        let demand: u64 = demand.and_then(|d| d.parse().ok()).unwrap_or(0);
+        if count > demand {
+            return Err(fail(
+                EXIT_OVER_DEMAND,
+                format!("module {module} asked for {count} {protocol} ports, beyond its demand of {demand}"),
+            ));
+        }
+    }
+    let key = keys::node_ports(node_id(&ctx), protocol);
+    let args = vec![
+        module.clone(),
+        count.to_string(),
+        FIRST_PORT.to_string(),
+        LAST_PORT.to_string(),
+        if keep { "1" } else { "0" }.to_owned(),
+    ];
+    let reply: Vec<i64> = Script::from_lua(ALLOCATE).evalsha_with_reload(&ctx.redis, vec![key], args).await?;
+    match reply.as_slice() {
+        [start, end] => Ok(json!([start, end])),
+        _ => Err(ActionError::failed(format!(
+            "no free range of {count} {protocol} ports between {FIRST_PORT} and {LAST_PORT} for module {module}: \
+             the node's ports are exhausted"
+        ))),
+    }
+}
+
+pub async fn deallocate(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
+    let module = data["module_id"].as_str().unwrap_or_default().to_owned();
+    let protocol = data["protocol"].as_str().unwrap_or("tcp");
+    check_owner(&ctx, &module)?;
+    let removed: i64 = ctx.redis.hdel(keys::node_ports(node_id(&ctx), protocol), &module).await?;
+    Ok(json!({"released": removed == 1}))
+}
