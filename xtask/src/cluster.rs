@@ -261,6 +261,14 @@ pub fn up(args: UpArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     crate::images::build(&registry_host, &root.join("repository"), None, &[])?;
+    // The cluster knows its local repository (once), through its own action.
+    if redis_cli(port, &["EXISTS", "cluster/repository/local"]).is_some_and(|r| r.trim() == "0") {
+        let data = json!({"name": "local", "url": format!("file://{}", root.join("repository").display())});
+        run(Command::new(bin("api-cli"))
+            .args(["run", "add-repository", "--quiet", "--data", &data.to_string()])
+            .env("REDIS_ADDRESS", &redis_address)
+            .stdout(Stdio::null()))?;
+    }
     let password = first_admin(&bin("api-server"), &redis_address)?;
     let cli = bin("api-cli");
     let admin = match password {

@@ -1,5 +1,7 @@
-//! The cluster agent's native actions. Later issues add the cluster's control logic
-//! (nodes, modules, repositories, backups) here.
+//! The cluster agent's native actions: the cluster's name and its software
+//! repositories. Later issues add nodes, modules and backups here.
+
+mod repository;
 
 use agent_runtime::{ActionContext, ActionError, NativeActions};
 use bus::fred::prelude::*;
@@ -11,6 +13,13 @@ const DEFAULT_NAME: &str = "NethServer 8";
 
 pub fn natives() -> NativeActions {
     NativeActions::new()
+        .add("add-repository", Some(repository::add_schema()), None, repository::add)
+        .add("alter-repository", Some(repository::alter_schema()), None, repository::alter)
+        .add("remove-repository", Some(repository::name_schema()), None, repository::remove)
+        .add("list-repositories", None, Some(json!({"type": "array"})), repository::list)
+        .add("list-modules", None, Some(json!({"type": "array"})), repository::list_modules)
+        .add("list-installed-modules", None, Some(json!({"type": "object"})), repository::list_installed)
+        .add("clean-repositories-cache", None, None, repository::clean_cache)
         .add(
             "get-name",
             None,

@@ -113,6 +113,19 @@ pub fn event_cursors(agent: &AgentId) -> String {
 /// the agent was down are not skipped.
 pub const EVENT_CURSOR_SINCE: &str = "*since";
 
+/// Hash `url`, `status`, `testing` of a software repository.
+pub fn repository(name: &str) -> String {
+    format!("cluster/repository/{name}")
+}
+
+/// Hash `data` (the fetched repodata.json) of a repository, with a TTL.
+pub fn repository_cache(name: &str) -> String {
+    format!("cluster/repository_cache/{name}")
+}
+
+/// Hash `module id -> node id`: the installed modules.
+pub const MODULE_NODE: &str = "cluster/module_node";
+
 /// Beyond NS8 (which keeps a SQLite file on the node): hash `module id -> "start-end
 /// ..."` of the `tcp` or `udp` port ranges allocated on node `n`.
 pub fn node_ports(n: u32, protocol: &str) -> String {

@@ -114,6 +114,8 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     // The software repository is up and holds the module images.
     let index = std::fs::read_to_string(cluster.root.path().join("repository/repodata.json")).unwrap();
     assert!(index.contains(&format!("127.0.0.1:{registry_port}/ns8rs/hello")), "{index}");
+    let modules = ok(&cluster.api_cli(&["run", "list-modules"]));
+    assert!(modules.contains(&format!("127.0.0.1:{registry_port}/ns8rs/hello")), "{modules}");
 
     // The first admin's generated password is printed once, and logs in to the API.
     let password = text

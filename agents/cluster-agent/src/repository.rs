@@ -1,0 +1,267 @@
+//! Software repositories (NS8 10.8): where modules come from.
+//!
+//! A repository is `cluster/repository/<name>` (`url`, `status`, `testing`); its index
+//! is `<url>/repodata.json`, an array of packages each with a `source` (image name
+//! without tag) and `versions` (`tag`, `testing`, `labels`). `list-modules` merges the
+//! enabled repositories' indexes: when two carry the same source, the alphabetically
+//! later repository wins, as in NS8. Indexes are cached in
+//! `cluster/repository_cache/<name>` for an hour. Besides NS8's `http(s)://`, a
+//! `file://` URL serves a repository from a local directory (the local cluster's).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use agent_runtime::{ActionContext, ActionError};
+use bus::fred::prelude::*;
+use protocol::keys;
+use serde_json::{Value, json};
+
+const CACHE_TTL_SECS: i64 = 3600;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// An index bigger than this is not a repository index.
+const MAX_INDEX_BYTES: u64 = 32 * 1024 * 1024;
+
+const NAME: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
+
+pub fn add_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name", "url"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME},
+            "url": {"type": "string", "pattern": "^(https?|file)://[^\\s]+$", "maxLength": 2048},
+            "status": {"type": "boolean"},
+            "testing": {"type": "boolean"}
+        }
+    })
+}
+
+pub fn alter_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME},
+            "status": {"type": "boolean"},
+            "testing": {"type": "boolean"}
+        }
+    })
+}
+
+pub fn name_schema() -> Value {
+    json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": NAME}}})
+}
+
+fn flag(b: bool) -> &'static str {
+    if b { "1" } else { "0" }
+}
+
+fn name_of(data: &Value) -> String {
+    data["name"].as_str().unwrap_or_default().to_owned()
+}
+
+pub async fn add(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
+    let name = name_of(&data);
+    let key = keys::repository(&name);
+    let fields = vec![
+        ("url".to_owned(), data["url"].as_str().unwrap_or_default().trim_end_matches('/').to_owned() + "/"),
+        ("status".to_owned(), flag(data["status"].as_bool().unwrap_or(true)).to_owned()),
+        ("testing".to_owned(), flag(data["testing"].as_bool().unwrap_or(false)).to_owned()),
+    ];
+    let exists: bool = ctx.redis.exists(&key).await?;
+    if exists {
+        return Err(ActionError::invalid("name", data["name"].clone(), "already_exists"));
+    }
+    let _: () = ctx.redis.hset(&key, fields).await?;
+    Ok(Value::Null)
+}
+
+pub async fn alter(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
+    let name = name_of(&data);
+    let key = keys::repository(&name);
+    let exists: bool = ctx.redis.exists(&key).await?;
+    if !exists {
+        return Err(ActionError::invalid("name", data["name"].clone(), "not_found"));
+    }
+    let mut fields = Vec::new();
+    for f in ["status", "testing"] {
+        if let Some(b) = data[f].as_bool() {
+            fields.push((f.to_owned(), flag(b).to_owned()));
+        }
+    }
+    if !fields.is_empty() {
+        let _: () = ctx.redis.hset(&key, fields).await?;
+        let _: i64 = ctx.redis.del(keys::repository_cache(&name)).await?;
+    }
+    Ok(Value::Null)
+}
+
+pub async fn remove(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
+    let name = name_of(&data);
+    let removed: i64 = ctx.redis.del(vec![keys::repository(&name), keys::repository_cache(&name)]).await?;
+    if removed == 0 {
+        return Err(ActionError::invalid("name", data["name"].clone(), "not_found"));
+    }
+    Ok(Value::Null)
+}
+
+struct Repo {
+    name: String,
+    url: String,
+    enabled: bool,
+    testing: bool,
+}
+
+async fn repositories(ctx: &ActionContext) -> Result<Vec<Repo>, ActionError> {
+    let mut names: Vec<String> = scan(&ctx.redis, &format!("{}*", keys::repository(""))).await?;
+    names.sort();
+    let mut out = Vec::new();
+    for key in names {
+        let h: HashMap<String, String> = ctx.redis.hgetall(&key).await?;
+        let name = key.trim_start_matches(&keys::repository("")).to_owned();
+        let get = |f: &str| h.get(f).cloned().unwrap_or_default();
+        out.push(Repo { name, url: get("url"), enabled: get("status") == "1", testing: get("testing") == "1" });
+    }
+    Ok(out)
+}
+
+async fn scan(redis: &Client, pattern: &str) -> Result<Vec<String>, ActionError> {
+    use bus::fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
+    let mut cursor = "0".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let reply: Vec<RedisValue> = redis
+            .custom(
+                CustomCommand::new_static("SCAN", ClusterHash::Random, false),
+                vec![cursor.clone(), "MATCH".into(), pattern.into(), "COUNT".into(), "1000".into()],
+            )
+            .await?;
+        let mut it = reply.into_iter();
+        cursor = it.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0".into());
+        if let Some(RedisValue::Array(keys)) = it.next() {
+            out.extend(keys.into_iter().filter_map(|k| k.as_string()));
+        }
+        if cursor == "0" {
+            return Ok(out);
+        }
+    }
+}
+
+pub async fn list(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
+    let repos = repositories(&ctx).await?;
+    Ok(Value::Array(
+        repos
+            .into_iter()
+            .map(|r| json!({"name": r.name, "url": r.url, "status": r.enabled, "testing": r.testing}))
+            .collect(),
+    ))
+}
+
+/// `<url>repodata.json`, from the cache or fetched.
+async fn index(ctx: &ActionContext, repo: &Repo) -> Result<Value, String> {
+    let cache = keys::repository_cache(&repo.name);
+    let cached: Option<String> = ctx.redis.hget(&cache, "data").await.map_err(|e| e.to_string())?;
+    let text = match cached {
+        Some(t) => t,
+        None => {
+            let url = format!("{}repodata.json", repo.url);
+            let fetched = tokio::task::spawn_blocking(move || fetch(&url))
+                .await
+                .map_err(|e| format!("fetch task failed: {e}"))??;
+            let _: () = ctx.redis.hset(&cache, ("data", fetched.as_str())).await.map_err(|e| e.to_string())?;
+            let _: bool = ctx.redis.expire(&cache, CACHE_TTL_SECS, None).await.map_err(|e| e.to_string())?;
+            fetched
+        }
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("repodata.json is not JSON: {e}"))?;
+    if !v.is_array() {
+        return Err("repodata.json is not an array of packages".into());
+    }
+    Ok(v)
+}
+
+fn fetch(url: &str) -> Result<String, String> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).build().into();
+    let mut resp = agent.get(url).call().map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    resp.body_mut().with_config().limit(MAX_INDEX_BYTES).read_to_string().map_err(|e| format!("cannot read {url}: {e}"))
+}
+
+fn is_prerelease(tag: &str) -> bool {
+    tag.contains('-')
+}
+
+pub async fn list_modules(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
+    let installed = installed(&ctx).await?;
+    // Alphabetical order, later wins: a BTreeMap by source, overwritten in order.
+    let mut packages: BTreeMap<String, Value> = BTreeMap::new();
+    for repo in repositories(&ctx).await?.into_iter().filter(|r| r.enabled) {
+        let idx = match index(&ctx, &repo).await {
+            Ok(i) => i,
+            Err(e) => {
+                // One unreachable repository must not hide the others.
+                tracing::warn!("repository {}: {e}; skipped", repo.name);
+                continue;
+            }
+        };
+        for mut p in idx.as_array().cloned().unwrap_or_default() {
+            let Some(source) = p["source"].as_str().map(str::to_owned) else { continue };
+            let versions: Vec<Value> = p["versions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| repo.testing || !is_prerelease(v["tag"].as_str().unwrap_or("")))
+                .collect();
+            let rootfull = versions
+                .first()
+                .and_then(|v| v["labels"]["org.nethserver.rootfull"].as_str())
+                .is_some_and(|r| r == "1");
+            p["versions"] = Value::Array(versions);
+            p["repository"] = json!(repo.name);
+            p["rootfull"] = json!(rootfull);
+            p["installed"] = json!(installed.get(&source).cloned().unwrap_or_default());
+            packages.insert(source, p);
+        }
+    }
+    Ok(Value::Array(packages.into_values().collect()))
+}
+
+/// Installed instances by image source: `{source: [{id, node, version, ...}]}`.
+async fn installed(ctx: &ActionContext) -> Result<BTreeMap<String, Vec<Value>>, ActionError> {
+    let nodes: HashMap<String, String> = ctx.redis.hgetall(keys::MODULE_NODE).await?;
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut ids: Vec<&String> = nodes.keys().collect();
+    ids.sort();
+    for id in ids {
+        let Ok(agent) = protocol::AgentId::module(id) else { continue };
+        let image: Option<String> = ctx.redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
+        let image = image.unwrap_or_default();
+        let (source, version) = image.rsplit_once(':').filter(|(s, _)| !s.ends_with('/')).unwrap_or((&image, ""));
+        let ui_name: Option<String> = ctx.redis.get(format!("{agent}/ui_name")).await?;
+        out.entry(source.to_owned()).or_default().push(json!({
+            "id": id,
+            "node": nodes[id],
+            "source": source,
+            "version": version,
+            "module": source.rsplit('/').next().unwrap_or(""),
+            "ui_name": ui_name.unwrap_or_default(),
+        }));
+    }
+    Ok(out)
+}
+
+pub async fn list_installed(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
+    Ok(json!(installed(&ctx).await?))
+}
+
+/// Forget cached indexes, so the next `list-modules` fetches them again.
+pub async fn clean_cache(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
+    let keys_: Vec<String> = scan(&ctx.redis, &format!("{}*", keys::repository_cache(""))).await?;
+    if !keys_.is_empty() {
+        let _: i64 = ctx.redis.del(keys_).await?;
+    }
+    Ok(Value::Null)
+}
