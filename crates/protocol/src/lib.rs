@@ -6,6 +6,7 @@
 //! ([`envfile`]) and exit codes ([`exit`]). Keeping it in one I/O-free crate means the
 //! agents, the api-server and the tests cannot drift apart on a key name.
 
+pub mod acl;
 pub mod comfd;
 pub mod envfile;
 pub mod exit;
