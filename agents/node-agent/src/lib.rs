@@ -4,6 +4,7 @@
 mod info;
 pub mod podman;
 pub mod ports;
+pub mod users;
 
 use agent_runtime::{AgentConfig, NativeActions};
 use serde_json::json;
