@@ -68,9 +68,10 @@ fn create_run_a_rootless_container_and_remove() {
     assert!(out.status.success(), "run: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "rootless ok");
     // Something of the user's still running when it is removed.
-    Command::new("runuser").args(["-u", &name, "--", "sleep", "300"]).spawn().unwrap();
+    let mut sleeper = Command::new("runuser").args(["-u", &name, "--", "sleep", "300"]).spawn().unwrap();
 
     users::remove(&name, &runtime).unwrap();
+    sleeper.wait().unwrap();
     assert!(users::lookup(&name, &runtime).is_none());
     assert!(!u.home.exists() && !u.runtime_dir.exists());
     assert!(!users::has_subordinate_range(Path::new("/etc/subuid"), &name));
