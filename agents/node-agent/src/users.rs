@@ -86,26 +86,34 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
     })
 }
 
+/// SIGKILL every process of `uid` until none is left (at most about a second).
+fn kill_all(uid: u32) {
+    for _ in 0..50 {
+        let _ = Command::new("pkill").args(["-KILL", "-U"]).arg(uid.to_string()).status();
+        let left = Command::new("pgrep").args(["-U"]).arg(uid.to_string()).output();
+        if left.map(|o| o.stdout.is_empty()).unwrap_or(true) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Stop every process of the user, then remove the account, its home, its mail spool,
 /// its subordinate ranges (userdel does) and its runtime directory. Removing a user
 /// that does not exist is not an error.
 pub fn remove(name: &str, runtime_base: &Path) -> Result<(), String> {
     let Some(user) = lookup(name, runtime_base) else { return Ok(()) };
     // Processes keep userdel from working and would outlive the module.
-    for _ in 0..50 {
-        let _ = Command::new("pkill").args(["-KILL", "-U"]).arg(user.uid.to_string()).status();
-        let left = Command::new("pgrep").args(["-U"]).arg(user.uid.to_string()).output();
-        if left.map(|o| o.stdout.is_empty()).unwrap_or(true) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    kill_all(user.uid);
     if user.runtime_dir.exists() {
         std::fs::remove_dir_all(&user.runtime_dir)
             .map_err(|e| format!("cannot remove {}: {e}", user.runtime_dir.display()))?;
     }
     run(Command::new("userdel").args(["--remove"]).arg(name))
         .or_else(|e| if e.contains("mail spool") { Ok(String::new()) } else { Err(e) })?;
+    // One more sweep, by uid: a process that was still switching to the user during the
+    // first one is the user's now.
+    kill_all(user.uid);
     // userdel leaves a home outside the standard base alone when it is not the user's.
     if user.home.exists() {
         std::fs::remove_dir_all(&user.home).map_err(|e| format!("cannot remove {}: {e}", user.home.display()))?;

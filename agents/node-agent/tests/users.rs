@@ -69,6 +69,11 @@ fn create_run_a_rootless_container_and_remove() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "rootless ok");
     // Something of the user's still running when it is removed.
     let mut sleeper = Command::new("runuser").args(["-u", &name, "--", "sleep", "300"]).spawn().unwrap();
+    testkit::wait_for("the user's process to run", std::time::Duration::from_secs(10), || {
+        let out = Command::new("pgrep").args(["-U", &u.uid.to_string(), "sleep"]).output().ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })
+    .unwrap();
 
     users::remove(&name, &runtime).unwrap();
     sleeper.wait().unwrap();
