@@ -1,6 +1,7 @@
 //! The cluster agent's native actions: the cluster's name and its software
 //! repositories. Later issues add nodes, modules and backups here.
 
+pub mod image;
 mod repository;
 
 use agent_runtime::{ActionContext, ActionError, NativeActions};

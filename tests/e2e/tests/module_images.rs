@@ -92,6 +92,18 @@ fn images_are_pushed_indexed_and_run() {
     assert!(listing.lines().any(|l| l.trim_start_matches("./") == "imageroot/hello-server.container"), "{listing}");
     assert!(listing.lines().all(|l| l.trim_start_matches("./").starts_with("imageroot")), "{listing}");
 
+    // What add-module will check first, read back from the registry.
+    let image = cluster_agent::image::inspect(&format!("{}/ns8rs/hello:1.0.0", registry.host())).unwrap();
+    assert_eq!((image.name.as_str(), image.tag.as_str()), ("hello", "1.0.0"));
+    assert!(image.digest.starts_with("sha256:"), "{image:?}");
+    let req = cluster_agent::image::requirements(&image.labels).unwrap();
+    assert_eq!((req.tcp_ports, req.rootfull, req.images.clone()), (1, false, vec![service.clone()]));
+    let err = cluster_agent::image::inspect(&format!("{}/ns8rs/hello:9.9.9", registry.host())).unwrap_err();
+    assert!(err.contains("cannot read image") && err.contains("hello:9.9.9"), "{err}");
+    let server = cluster_agent::image::inspect(&service).unwrap();
+    let err = cluster_agent::image::requirements(&server.labels).unwrap_err();
+    assert!(err.contains("not a module image"), "{err}");
+
     // A newer version joins the index, newest first.
     build(&registry, out.path(), Some("1.1.0"));
     let idx = index(out.path());

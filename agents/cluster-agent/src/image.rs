@@ -1,0 +1,190 @@
+//! A module image, read from its registry and checked before any node is touched
+//! (`add-module`'s first step): its labels must make sense, or the install stops with
+//! the label and the value named.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleImage {
+    /// As given: `host/path/name:tag`.
+    pub url: String,
+    /// The last path element without tag: the base of instance ids (`<name><N>`).
+    pub name: String,
+    pub tag: String,
+    pub digest: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the labels say, checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub images: Vec<String>,
+    pub rootfull: bool,
+    pub tcp_ports: u16,
+    pub udp_ports: u16,
+    /// `(selector, roles)` pairs of `org.nethserver.authorizations`.
+    pub authorizations: Vec<(String, Vec<String>)>,
+    pub flags: Vec<String>,
+}
+
+const MAX_PORTS: u16 = 1000;
+
+/// Split `host/path/name:tag` (a digest reference `@sha256:...` keeps its tag empty).
+pub fn parse_reference(url: &str) -> Result<(String, String), String> {
+    let bad = || format!("{url:?} is not an image reference such as registry.example.org/path/name:1.0.0");
+    if url.is_empty() || url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (path, tag) = match url.rsplit_once('@') {
+        Some((p, _digest)) => (p, ""),
+        None => match url.rsplit_once(':') {
+            Some((p, t)) if !t.contains('/') => (p, t),
+            _ => (url, "latest"),
+        },
+    };
+    let name = path.rsplit('/').next().unwrap_or("");
+    let ok_name = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !ok_name || !path.contains('/') {
+        return Err(bad());
+    }
+    Ok((name.to_owned(), tag.to_owned()))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// Read the image's manifest and labels with skopeo. TLS is verified except for a
+/// registry on loopback (the local repository).
+pub fn inspect(url: &str) -> Result<ModuleImage, String> {
+    let (name, tag) = parse_reference(url)?;
+    let host = url.split('/').next().unwrap_or("");
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["inspect", "--command-timeout", "60s"]);
+    if is_loopback(host) {
+        cmd.arg("--tls-verify=false");
+    }
+    let out = cmd.arg(format!("docker://{url}")).output().map_err(|e| format!("cannot run skopeo: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reason = err.lines().last().unwrap_or("").trim();
+        return Err(format!("cannot read image {url} from its registry: {reason}"));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("skopeo answered no JSON: {e}"))?;
+    let labels = v["Labels"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
+    Ok(ModuleImage { url: url.to_owned(), name, tag, digest: v["Digest"].as_str().unwrap_or("").to_owned(), labels })
+}
+
+fn ports(labels: &BTreeMap<String, String>, label: &str) -> Result<u16, String> {
+    match labels.get(label).map(|v| v.trim()) {
+        None | Some("") => Ok(0),
+        Some(v) => match v.parse::<u16>() {
+            Ok(n) if n <= MAX_PORTS => Ok(n),
+            _ => Err(format!("label {label}={v:?}: expected a number of ports from 0 to {MAX_PORTS}")),
+        },
+    }
+}
+
+/// Check the `org.nethserver.*` labels (reference 10.1 and 8).
+pub fn requirements(labels: &BTreeMap<String, String>) -> Result<Requirements, String> {
+    let images_label = "org.nethserver.images";
+    let Some(images) = labels.get(images_label) else {
+        return Err(format!("the image has no {images_label} label: it is not a module image"));
+    };
+    let images: Vec<String> = images.split_whitespace().map(str::to_owned).collect();
+    for i in &images {
+        parse_reference(i).map_err(|e| format!("label {images_label}: {e}"))?;
+    }
+    let rootfull = match labels.get("org.nethserver.rootfull").map(|v| v.trim()) {
+        None | Some("") | Some("0") => false,
+        Some("1") => true,
+        Some(v) => return Err(format!("label org.nethserver.rootfull={v:?}: expected 0 or 1")),
+    };
+    let mut authorizations = Vec::new();
+    for a in labels.get("org.nethserver.authorizations").map(|v| v.split_whitespace()).into_iter().flatten() {
+        let bad = |why: &str| format!("label org.nethserver.authorizations: {a:?} {why}");
+        if a.contains(['*', '[', '?']) {
+            return Err(bad("contains a wildcard"));
+        }
+        let Some((selector, roles)) = a.split_once(':') else { return Err(bad("lacks \"selector:role\"")) };
+        if a == "cluster:owner" {
+            return Err(bad("would make the module owner of the cluster"));
+        }
+        let roles: Vec<String> = roles.split(',').map(str::to_owned).collect();
+        if selector.is_empty() || roles.iter().any(|r| r.is_empty()) {
+            return Err(bad("has an empty selector or role"));
+        }
+        authorizations.push((selector.to_owned(), roles));
+    }
+    let flags: Vec<String> = labels
+        .get("org.nethserver.flags")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(f) = flags.iter().find(|f| !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')) {
+        return Err(format!("label org.nethserver.flags: {f:?} is not a flag name"));
+    }
+    Ok(Requirements {
+        images,
+        rootfull,
+        tcp_ports: ports(labels, "org.nethserver.tcp-ports-demand")?,
+        udp_ports: ports(labels, "org.nethserver.udp-ports-demand")?,
+        authorizations,
+        flags,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn references() {
+        assert_eq!(parse_reference("127.0.0.1:15000/ns8rs/hello:1.0.0").unwrap(), ("hello".into(), "1.0.0".into()));
+        assert_eq!(parse_reference("ghcr.io/nethserver/mail").unwrap(), ("mail".into(), "latest".into()));
+        assert_eq!(parse_reference("ghcr.io/x/y@sha256:abc").unwrap(), ("y".into(), "".into()));
+        for bad in ["", "hello", "ghcr.io/x/Upper:1", "a b/c:1", "ghcr.io/x/:1"] {
+            assert!(parse_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels_are_checked_and_named() {
+        let ok = requirements(&labels(&[
+            ("org.nethserver.images", "reg/ns8rs/hello-server:1.0.0"),
+            ("org.nethserver.tcp-ports-demand", "2"),
+            ("org.nethserver.authorizations", "traefik@node:routeadm node:fwadm,portsadm"),
+            ("org.nethserver.flags", "no_data_backup"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.tcp_ports, 2);
+        assert_eq!(ok.udp_ports, 0);
+        assert!(!ok.rootfull);
+        assert_eq!(ok.authorizations[1], ("node".to_owned(), vec!["fwadm".to_owned(), "portsadm".to_owned()]));
+
+        let err = |pairs: &[(&str, &str)]| {
+            let mut l = labels(&[("org.nethserver.images", "reg/x/y:1")]);
+            l.extend(labels(pairs));
+            requirements(&l).unwrap_err()
+        };
+        assert!(requirements(&labels(&[])).unwrap_err().contains("no org.nethserver.images"));
+        assert!(err(&[("org.nethserver.tcp-ports-demand", "lots")]).contains("tcp-ports-demand=\"lots\""));
+        assert!(err(&[("org.nethserver.udp-ports-demand", "5000")]).contains("0 to 1000"));
+        assert!(err(&[("org.nethserver.rootfull", "yes")]).contains("expected 0 or 1"));
+        assert!(err(&[("org.nethserver.authorizations", "cluster:owner")]).contains("owner of the cluster"));
+        assert!(err(&[("org.nethserver.authorizations", "node*:x")]).contains("wildcard"));
+        assert!(err(&[("org.nethserver.authorizations", "noselector")]).contains("selector:role"));
+        assert!(err(&[("org.nethserver.images", "not an image")]).contains("org.nethserver.images"));
+    }
+}
