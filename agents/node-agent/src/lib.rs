@@ -1,6 +1,7 @@
 //! The node agent's native actions. Later issues add users, images, ports and the
 //! firewall here.
 
+pub mod extract;
 mod info;
 pub mod podman;
 pub mod ports;

@@ -104,6 +104,16 @@ fn images_are_pushed_indexed_and_run() {
     let err = cluster_agent::image::requirements(&server.labels).unwrap_err();
     assert!(err.contains("not a module image"), "{err}");
 
+    // The node unpacks the module image's imageroot/, and its digest is the registry's.
+    let dest = out.path().join("module-home/hello1");
+    let digest = node_agent::extract::imageroot(&format!("{}/ns8rs/hello:1.0.0", registry.host()), &dest).unwrap();
+    assert_eq!(digest, image.digest);
+    let unit = std::fs::read_to_string(dest.join("hello-server.container")).unwrap();
+    assert!(unit.contains("Image=${HELLO_SERVER_IMAGE}"), "{unit}");
+    let err = node_agent::extract::imageroot(&service, &out.path().join("other")).unwrap_err();
+    assert!(err.contains("no imageroot/"), "{err}");
+    assert!(node_agent::extract::imageroot(&service, &dest).unwrap_err().contains("already exists"));
+
     // A newer version joins the index, newest first.
     build(&registry, out.path(), Some("1.1.0"));
     let idx = index(out.path());
