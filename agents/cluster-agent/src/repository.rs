@@ -113,7 +113,7 @@ struct Repo {
 }
 
 async fn repositories(ctx: &ActionContext) -> Result<Vec<Repo>, ActionError> {
-    let mut names: Vec<String> = scan(&ctx.redis, &format!("{}*", keys::repository(""))).await?;
+    let mut names: Vec<String> = bus::scan(&ctx.redis, &format!("{}*", keys::repository("")), None).await?;
     names.sort();
     let mut out = Vec::new();
     for key in names {
@@ -123,28 +123,6 @@ async fn repositories(ctx: &ActionContext) -> Result<Vec<Repo>, ActionError> {
         out.push(Repo { name, url: get("url"), enabled: get("status") == "1", testing: get("testing") == "1" });
     }
     Ok(out)
-}
-
-async fn scan(redis: &Client, pattern: &str) -> Result<Vec<String>, ActionError> {
-    use bus::fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
-    let mut cursor = "0".to_owned();
-    let mut out = Vec::new();
-    loop {
-        let reply: Vec<RedisValue> = redis
-            .custom(
-                CustomCommand::new_static("SCAN", ClusterHash::Random, false),
-                vec![cursor.clone(), "MATCH".into(), pattern.into(), "COUNT".into(), "1000".into()],
-            )
-            .await?;
-        let mut it = reply.into_iter();
-        cursor = it.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0".into());
-        if let Some(RedisValue::Array(keys)) = it.next() {
-            out.extend(keys.into_iter().filter_map(|k| k.as_string()));
-        }
-        if cursor == "0" {
-            return Ok(out);
-        }
-    }
 }
 
 pub async fn list(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
@@ -259,7 +237,7 @@ pub async fn list_installed(ctx: ActionContext, _: Value) -> Result<Value, Actio
 
 /// Forget cached indexes, so the next `list-modules` fetches them again.
 pub async fn clean_cache(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
-    let keys_: Vec<String> = scan(&ctx.redis, &format!("{}*", keys::repository_cache(""))).await?;
+    let keys_: Vec<String> = bus::scan(&ctx.redis, &format!("{}*", keys::repository_cache("")), None).await?;
     if !keys_.is_empty() {
         let _: i64 = ctx.redis.del(keys_).await?;
     }

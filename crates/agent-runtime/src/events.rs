@@ -285,27 +285,9 @@ impl Consumer {
 }
 
 async fn scan_streams(redis: &Client) -> Vec<String> {
-    let scan = CustomCommand::new_static("SCAN", ClusterHash::Random, false);
-    let mut cursor = "0".to_owned();
-    let mut found = Vec::new();
-    loop {
-        let args: Vec<Value> = vec![
-            cursor.as_str().into(),
-            "MATCH".into(),
-            keys::EVENT_STREAM_PATTERN.into(),
-            "COUNT".into(),
-            1000.into(),
-            "TYPE".into(),
-            "stream".into(),
-        ];
-        let (next, keys_found): (String, Vec<String>) =
-            retry("cannot list event streams", || redis.custom(scan.clone(), args.clone())).await;
-        found.extend(keys_found.into_iter().filter(|k| keys::parse_event_stream(k).is_some()));
-        if next == "0" {
-            return found;
-        }
-        cursor = next;
-    }
+    let found =
+        retry("cannot list event streams", || bus::scan(redis, keys::EVENT_STREAM_PATTERN, Some("stream"))).await;
+    found.into_iter().filter(|k| keys::parse_event_stream(k).is_some()).collect()
 }
 
 /// Run an event's handler steps in order, stopping at the first failure (NS8 5.1).

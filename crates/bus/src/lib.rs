@@ -188,3 +188,24 @@ pub async fn check_credentials(cfg: &RedisConfig, user: &str, password: &str) ->
         Err(e) => Err(connect_error(cfg, e)),
     }
 }
+
+/// Every key matching `pattern` (and of `key_type`, e.g. `"stream"`, when given), by
+/// `SCAN`: never `KEYS`, which blocks Redis for everyone while it walks the keyspace.
+pub async fn scan(client: &Client, pattern: &str, key_type: Option<&str>) -> Result<Vec<String>, fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let cmd = CustomCommand::new_static("SCAN", ClusterHash::Random, false);
+    let mut cursor = "0".to_owned();
+    let mut found = Vec::new();
+    loop {
+        let mut args = vec![cursor, "MATCH".to_owned(), pattern.to_owned(), "COUNT".to_owned(), "1000".to_owned()];
+        if let Some(t) = key_type {
+            args.extend(["TYPE".to_owned(), t.to_owned()]);
+        }
+        let (next, keys): (String, Vec<String>) = client.custom(cmd.clone(), args).await?;
+        found.extend(keys);
+        if next == "0" {
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}

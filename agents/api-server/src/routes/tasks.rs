@@ -176,33 +176,11 @@ pub async fn context(State(s): State<Shared>, caller: Caller, Path(p): Path<Para
     Ok(ok(json!({"context": value, "file": keys::task_prefix(&agent, &id)})))
 }
 
-/// All keys matching `pattern`, by SCAN (never KEYS, which blocks Redis).
-pub async fn scan(redis: &Client, pattern: &str) -> Result<Vec<String>, ApiError> {
-    let mut cursor = "0".to_owned();
-    let mut out = Vec::new();
-    loop {
-        let reply: Vec<RedisValue> = redis
-            .custom(
-                CustomCommand::new_static("SCAN", ClusterHash::Random, false),
-                vec![cursor.clone(), "MATCH".into(), pattern.into(), "COUNT".into(), "1000".into()],
-            )
-            .await?;
-        let mut it = reply.into_iter();
-        cursor = it.next().and_then(|v| v.as_string()).unwrap_or_else(|| "0".into());
-        if let Some(RedisValue::Array(keys)) = it.next() {
-            out.extend(keys.into_iter().filter_map(|k| k.as_string()));
-        }
-        if cursor == "0" {
-            return Ok(out);
-        }
-    }
-}
-
 pub async fn list(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
     let agent = agent_from(&p)?;
     let session = s.session(&caller, Some(agent.clone())).await?;
     let prefix = format!("task/{agent}/");
-    let ids: Vec<String> = scan(&s.redis, &format!("{prefix}*/context"))
+    let ids: Vec<String> = bus::scan(&s.redis, &format!("{prefix}*/context"), None)
         .await?
         .into_iter()
         .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix("/context").map(str::to_owned))
@@ -250,7 +228,7 @@ async fn granted_agents(s: &Shared, session: &Session, kind: &str) -> Result<Vec
         s.redis.hgetall(keys::grants(&session.subject.name())).await?;
     let prefix = format!("{kind}/");
     let mut seen = std::collections::BTreeSet::new();
-    for key in scan(&s.redis, &format!("{kind}/*")).await? {
+    for key in bus::scan(&s.redis, &format!("{kind}/*"), None).await? {
         if let Some(rest) = key.strip_prefix(&prefix)
             && let Some(id) = rest.split('/').next()
             && grants.get(&format!("{kind}/{id}")).is_some_and(|r| !r.trim().is_empty())

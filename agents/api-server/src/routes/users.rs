@@ -29,7 +29,7 @@ async fn cluster_session(s: &Shared, caller: &Caller) -> Result<Session, ApiErro
 pub async fn list(State(s): State<Shared>, caller: Caller) -> ApiResult {
     cluster_session(&s, &caller).await?.require("list-users")?;
     let mut users = Vec::new();
-    let mut names: Vec<String> = super::tasks::scan(&s.redis, keys::USER_PATTERN)
+    let mut names: Vec<String> = bus::scan(&s.redis, keys::USER_PATTERN, None)
         .await?
         .into_iter()
         .filter_map(|k| k.strip_prefix("user/").filter(|n| !n.contains('/')).map(str::to_owned))
