@@ -17,11 +17,12 @@ use crate::error::ApiError;
 use crate::net;
 use crate::token::Claims;
 
-/// KEYS: revoked token, user profile, grants of the subject, cluster network.
+/// KEYS: revoked token (or "" for a request without one), user profile, grants of the
+/// subject, cluster network.
 /// ARGV: agent id (or ""), "user" or "agent".
 /// Returns {status, networks, patterns...}: status 0 = revoked, 1 = user gone, 2 = ok.
 pub const SESSION: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local nets
 if ARGV[2] == 'user' then
   if redis.call('EXISTS', KEYS[2]) == 0 then return {1} end
@@ -111,7 +112,47 @@ pub fn matches_any(patterns: &[String], action: &str) -> bool {
     patterns.iter().any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(action)))
 }
 
-/// Run the session script for `claims` about `agent`.
+/// What Redis holds about `subject`, read by the session script in one round trip:
+/// the networks it may connect from and the action patterns of the roles it holds on
+/// `agent`. Fails if the token `jti` was revoked or the user no longer exists.
+pub async fn lookup(
+    redis: &Client,
+    script: &Script,
+    subject: &Subject,
+    jti: Option<&str>,
+    agent: Option<&AgentId>,
+) -> Result<(String, Vec<String>), ApiError> {
+    let (kind, user_key) = match subject {
+        Subject::User(u) => ("user", keys::user(u)),
+        Subject::Agent(_) => ("agent", String::from("-")),
+    };
+    let keys_ = vec![
+        jti.map(keys::revoked_token).unwrap_or_default(),
+        user_key,
+        keys::grants(&subject.name()),
+        keys::CLUSTER_NETWORK.to_owned(),
+    ];
+    let agent_arg = agent.map(|a| a.to_string()).unwrap_or_default();
+    let reply: Vec<fred::types::Value> = script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into()]).await?;
+    match reply.first().and_then(|v| v.as_i64()) {
+        Some(0) => return Err(ApiError::unauthorized("the session token was revoked (logged out): log in again")),
+        Some(1) => return Err(ApiError::unauthorized(format!("user {} no longer exists", subject.name()))),
+        Some(2) => {}
+        _ => return Err(ApiError::unauthorized("the session could not be checked")),
+    }
+    let networks = reply.get(1).and_then(|v| v.as_string()).unwrap_or_default();
+    Ok((networks, reply.iter().skip(2).filter_map(|v| v.as_string()).collect()))
+}
+
+/// Whether `subject` may connect from `source` given its `networks`.
+pub fn may_connect(subject: &Subject, networks: &str, source: IpAddr) -> bool {
+    match subject {
+        Subject::User(_) => net::user_may_connect(networks, source),
+        Subject::Agent(_) => net::agent_may_connect(networks, source),
+    }
+}
+
+/// Check a request's `claims` from `source` about `agent`.
 pub async fn check(
     redis: &Client,
     script: &Script,
@@ -120,34 +161,10 @@ pub async fn check(
     agent: Option<AgentId>,
 ) -> Result<Session, ApiError> {
     let subject = Subject::parse(&claims.id);
-    let (kind, user_key) = match &subject {
-        Subject::User(u) => ("user", keys::user(u)),
-        Subject::Agent(_) => ("agent", String::from("-")),
-    };
-    let keys_ = vec![
-        keys::revoked_token(&claims.jti),
-        user_key,
-        keys::grants(&subject.name()),
-        keys::CLUSTER_NETWORK.to_owned(),
-    ];
-    let agent_arg = agent.as_ref().map(|a| a.to_string()).unwrap_or_default();
-    let reply: Vec<fred::types::Value> = script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into()]).await?;
-    let status = reply.first().and_then(|v| v.as_i64()).unwrap_or(-1);
-    match status {
-        0 => return Err(ApiError::unauthorized("the session token was revoked (logged out): log in again")),
-        1 => return Err(ApiError::unauthorized(format!("user {} no longer exists", subject.name()))),
-        2 => {}
-        _ => return Err(ApiError::unauthorized("the session could not be checked")),
-    }
-    let networks = reply.get(1).and_then(|v| v.as_string()).unwrap_or_default();
-    let allowed = match &subject {
-        Subject::User(_) => net::user_may_connect(&networks, source),
-        Subject::Agent(_) => net::agent_may_connect(&networks, source),
-    };
-    if !allowed {
+    let (networks, patterns) = lookup(redis, script, &subject, Some(&claims.jti), agent.as_ref()).await?;
+    if !may_connect(&subject, &networks, source) {
         return Err(ApiError::forbidden(format!("{} may not connect from {source}", subject.name())));
     }
-    let patterns = reply.iter().skip(2).filter_map(|v| v.as_string()).collect();
     Ok(Session { claims, subject, source, agent, patterns })
 }
 

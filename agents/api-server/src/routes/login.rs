@@ -21,7 +21,7 @@ use crate::authz::{self, Subject};
 use crate::error::{ApiError, ApiResult, ok};
 use crate::state::{AppState, Caller, Shared};
 use crate::token::now;
-use crate::{net, password, totp};
+use crate::{password, totp};
 
 #[derive(Deserialize)]
 struct LoginRequest {
@@ -77,10 +77,7 @@ pub async fn verify_credentials(s: &AppState, username: &str, password: &str) ->
 }
 
 fn may_connect(account: &Account, source: IpAddr) -> bool {
-    match account.subject {
-        Subject::User(_) => net::user_may_connect(&account.networks, source),
-        Subject::Agent(_) => net::agent_may_connect(&account.networks, source),
-    }
+    authz::may_connect(&account.subject, &account.networks, source)
 }
 
 /// Check a second factor: a TOTP code (each accepted once) or a recovery code
@@ -290,13 +287,7 @@ pub async fn http_basic(State(s): State<Shared>, caller: Caller, Path(p): Path<P
             }
         }
     }
-    let subject = Subject::parse(&user);
-    let roles: Option<String> = s.redis.hget(keys::grants(&subject.name()), agent.to_string()).await?;
-    let mut patterns = Vec::new();
-    for role in roles.unwrap_or_default().split(',').map(str::trim).filter(|r| !r.is_empty()) {
-        let p: Vec<String> = s.redis.smembers(keys::role(&agent, role)).await?;
-        patterns.extend(p);
-    }
+    let (_, patterns) = authz::lookup(&s.redis, &s.session_script, &Subject::parse(&user), None, Some(&agent)).await?;
     if !authz::matches_any(&patterns, &action) {
         return Err(ApiError::forbidden(format!("{user} may not run action \"{action}\" on {agent}")));
     }
