@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use protocol::image::{on_loopback_registry, parse_reference};
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,41 +33,13 @@ pub struct Requirements {
 
 const MAX_PORTS: u16 = 1000;
 
-/// Split `host/path/name:tag` (a digest reference `@sha256:...` keeps its tag empty).
-pub fn parse_reference(url: &str) -> Result<(String, String), String> {
-    let bad = || format!("{url:?} is not an image reference such as registry.example.org/path/name:1.0.0");
-    if url.is_empty() || url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    let (path, tag) = match url.rsplit_once('@') {
-        Some((p, _digest)) => (p, ""),
-        None => match url.rsplit_once(':') {
-            Some((p, t)) if !t.contains('/') => (p, t),
-            _ => (url, "latest"),
-        },
-    };
-    let name = path.rsplit('/').next().unwrap_or("");
-    let ok_name = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
-    if !ok_name || !path.contains('/') {
-        return Err(bad());
-    }
-    Ok((name.to_owned(), tag.to_owned()))
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-}
-
 /// Read the image's manifest and labels with skopeo. TLS is verified except for a
 /// registry on loopback (the local repository).
 pub fn inspect(url: &str) -> Result<ModuleImage, String> {
     let (name, tag) = parse_reference(url)?;
-    let host = url.split('/').next().unwrap_or("");
     let mut cmd = Command::new("skopeo");
     cmd.args(["inspect", "--command-timeout", "60s"]);
-    if is_loopback(host) {
+    if on_loopback_registry(url) {
         cmd.arg("--tls-verify=false");
     }
     let out = cmd.arg(format!("docker://{url}")).output().map_err(|e| format!("cannot run skopeo: {e}"))?;
@@ -147,16 +120,6 @@ mod tests {
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn references() {
-        assert_eq!(parse_reference("127.0.0.1:15000/ns8rs/hello:1.0.0").unwrap(), ("hello".into(), "1.0.0".into()));
-        assert_eq!(parse_reference("ghcr.io/nethserver/mail").unwrap(), ("mail".into(), "latest".into()));
-        assert_eq!(parse_reference("ghcr.io/x/y@sha256:abc").unwrap(), ("y".into(), "".into()));
-        for bad in ["", "hello", "ghcr.io/x/Upper:1", "a b/c:1", "ghcr.io/x/:1"] {
-            assert!(parse_reference(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

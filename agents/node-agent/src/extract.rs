@@ -24,11 +24,11 @@ pub fn imageroot(image: &str, dest: &Path) -> Result<String, String> {
     }
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let copy = work.path().join("image");
-    let host = image.split('/').next().unwrap_or("");
-    let loopback = ["127.0.0.1:", "localhost:", "[::1]:"].iter().any(|p| host.starts_with(p));
+    protocol::image::parse_reference(image)?;
+    let digest_file = work.path().join("digest");
     let mut cmd = Command::new("skopeo");
-    cmd.args(["copy", "--quiet", "--command-timeout", "300s"]);
-    if loopback {
+    cmd.args(["copy", "--quiet", "--preserve-digests", "--command-timeout", "300s", "--digestfile"]).arg(&digest_file);
+    if protocol::image::on_loopback_registry(image) {
         cmd.arg("--src-tls-verify=false");
     }
     cmd.arg(format!("docker://{image}")).arg(format!("dir:{}", copy.display()));
@@ -51,9 +51,8 @@ pub fn imageroot(image: &str, dest: &Path) -> Result<String, String> {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
     run(Command::new("cp").arg("-a").arg(&from).arg(dest))?;
-    let digest = Command::new("sha256sum").arg(copy.join("manifest.json")).output().map_err(|e| e.to_string())?;
-    let hex = String::from_utf8_lossy(&digest.stdout).split_whitespace().next().unwrap_or("").to_owned();
-    Ok(format!("sha256:{hex}"))
+    let digest = std::fs::read_to_string(&digest_file).map_err(|e| format!("skopeo wrote no digest: {e}"))?;
+    Ok(digest.trim().to_owned())
 }
 
 /// Untar one layer over `root`, then apply its whiteouts (`.wh.<name>` deletes

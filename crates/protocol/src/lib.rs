@@ -11,6 +11,7 @@ pub mod comfd;
 pub mod envfile;
 pub mod exit;
 mod id;
+pub mod image;
 pub mod keys;
 pub mod stepenv;
 pub mod task;
