@@ -159,8 +159,8 @@ impl Buildah {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Build an image from a root directory (copied to `dest`), config and labels; push
-    /// it; return its digest.
+    /// Build an image from a root directory (copied to `dest`), config and labels, and
+    /// push it to `url`.
     fn build_and_push(
         &self,
         root: &Path,

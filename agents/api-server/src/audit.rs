@@ -85,30 +85,20 @@ impl Audit {
             let seq = head.1 + 1;
             let timestamp = protocol::time::rfc3339(std::time::SystemTime::now());
             let hash = record_hash(seq, &timestamp, &entry, &head.0);
-            let args: Vec<String> = vec![
-                head.0.clone(),
-                self.maxlen.to_string(),
-                "seq".into(),
-                seq.to_string(),
-                "timestamp".into(),
-                timestamp,
-                "user".into(),
-                entry.user.clone(),
-                "source".into(),
-                entry.source.clone(),
-                "action".into(),
-                entry.action.clone(),
-                "agent".into(),
-                entry.agent.clone(),
-                "task".into(),
-                entry.task.clone(),
-                "data".into(),
-                entry.data.clone(),
-                "prev".into(),
-                head.0.clone(),
-                "hash".into(),
-                hash.clone(),
+            let fields = [
+                ("seq", seq.to_string()),
+                ("timestamp", timestamp),
+                ("user", entry.user.clone()),
+                ("source", entry.source.clone()),
+                ("action", entry.action.clone()),
+                ("agent", entry.agent.clone()),
+                ("task", entry.task.clone()),
+                ("data", entry.data.clone()),
+                ("prev", head.0.clone()),
+                ("hash", hash.clone()),
             ];
+            let mut args = vec![head.0.clone(), self.maxlen.to_string()];
+            args.extend(fields.into_iter().flat_map(|(k, v)| [k.to_owned(), v]));
             let reply: Vec<fred::types::Value> =
                 self.script.evalsha_with_reload(&self.redis, vec![keys::AUDIT_STREAM], args).await?;
             match reply.as_slice() {
