@@ -3,12 +3,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use protocol::AgentId;
-use testkit::{RedisServer, wait_for, write_step};
+use testkit::{Outcome, RedisServer, wait_for, write_step};
 use tokio::sync::oneshot;
 
 const AGENT: &str = "module/test1";
@@ -119,26 +119,6 @@ impl Drop for KillOnDrop {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-struct Outcome(Output);
-
-impl Outcome {
-    fn code(&self) -> i32 {
-        self.0.status.code().expect("api-cli exited normally")
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.0.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.0.stderr).into_owned()
-    }
-}
-
-impl std::fmt::Debug for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\nstdout: {}\nstderr: {}", self.0.status.code(), self.stdout(), self.stderr())
     }
 }
 

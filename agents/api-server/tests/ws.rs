@@ -46,6 +46,19 @@ fn collect(ws: &mut Socket, wait: Duration, done: impl Fn(&Value) -> bool) -> Ve
     out
 }
 
+/// Users `admin` (granted `admin_grant`) and `bob` (reader of the cluster), their
+/// tokens and their authorized sockets.
+fn admin_and_bob(api: &Api, admin_grant: &str) -> (String, String, Socket, Socket) {
+    api.add_user("admin", PASSWORD, &[admin_grant]);
+    api.add_user("bob", PASSWORD, &["reader:cluster"]);
+    let admin = api.token("admin", PASSWORD);
+    let bob = api.token("bob", PASSWORD);
+    let (admin_ws, bob_ws) = (connect(api, &admin), connect(api, &bob));
+    // Let both sessions authorize before anything is published.
+    std::thread::sleep(Duration::from_millis(300));
+    (admin, bob, admin_ws, bob_ws)
+}
+
 fn completed(id: &str) -> impl Fn(&Value) -> bool + '_ {
     move |v| v["name"].as_str().is_some_and(|n| n.ends_with(id)) && v["payload"]["status"] == "completed"
 }
@@ -54,14 +67,7 @@ fn completed(id: &str) -> impl Fn(&Value) -> bool + '_ {
 fn progress_goes_to_who_may_see_the_task() {
     let mut api = Api::start(&[]);
     api.start_agent("cluster-agent", "cluster");
-    api.add_user("admin", PASSWORD, &["owner:cluster"]);
-    api.add_user("bob", PASSWORD, &["reader:cluster"]);
-    let admin = api.token("admin", PASSWORD);
-    let bob = api.token("bob", PASSWORD);
-    let mut admin_ws = connect(&api, &admin);
-    let mut bob_ws = connect(&api, &bob);
-    // Let both sessions authorize before anything is published.
-    std::thread::sleep(Duration::from_millis(300));
+    let (admin, bob, mut admin_ws, mut bob_ws) = admin_and_bob(&api, "owner:cluster");
 
     // set-name is the admin's, and a reader may not run it: bob sees nothing of it.
     let r = api.post("/api/cluster/tasks", &admin, &json!({"action": "set-name", "data": {"name": "Acme"}}));
@@ -110,13 +116,7 @@ fn step_stderr_lines_stream_live_to_who_may_see_the_task() {
     let mut api = Api::start(&[]);
     let app = api.start_agent("module-agent", "module/app1");
     api.agents[app].0.step("say", "10say", "#!/bin/sh\necho hello-log >&2\necho second-line >&2\necho '{}'\n").unwrap();
-    api.add_user("admin", PASSWORD, &["owner:module/app1"]);
-    api.add_user("bob", PASSWORD, &["reader:cluster"]);
-    let admin = api.token("admin", PASSWORD);
-    let bob = api.token("bob", PASSWORD);
-    let mut admin_ws = connect(&api, &admin);
-    let mut bob_ws = connect(&api, &bob);
-    std::thread::sleep(Duration::from_millis(300));
+    let (admin, _, mut admin_ws, mut bob_ws) = admin_and_bob(&api, "owner:module/app1");
 
     let r = api.post("/api/module/app1/tasks", &admin, &json!({"action": "say"}));
     assert_eq!(r.status, 201, "{r:?}");

@@ -1,20 +1,15 @@
 //! The cluster agent's native actions, through the real binary and Redis.
 
 use std::path::Path;
-use std::time::Duration;
 
-use bus::{Address, RedisConfig, TaskClient};
+use bus::TaskClient;
 use protocol::AgentId;
-use protocol::task::{Task, TaskResult};
+use protocol::task::TaskResult;
 use serde_json::{Value, json};
 use testkit::{AgentProcess, AgentTree, RedisServer};
 
 async fn run(client: &TaskClient, action: &str, data: Value) -> TaskResult {
-    let mut task = Task::new(action, data);
-    tokio::time::timeout(Duration::from_secs(30), client.run(&AgentId::Cluster, &mut task, |_| {}))
-        .await
-        .expect("task finished in time")
-        .expect("task result")
+    testkit::agent::run(client, &AgentId::Cluster, action, data).await.0
 }
 
 #[tokio::test]
@@ -24,7 +19,7 @@ async fn get_and_set_the_cluster_name() {
     // No --agentid: the cluster agent's id defaults to "cluster".
     let _agent =
         AgentProcess::spawn_args(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), &[], &tree, &redis, &[]).unwrap();
-    let client = TaskClient::connect(&RedisConfig::new(Address::Unix(redis.socket())), "test").await.unwrap();
+    let client = testkit::agent::client(&redis).await;
 
     let r = run(&client, "get-name", Value::Null).await;
     assert_eq!((r.exit_code, r.output), (0, json!({"name": "NethServer 8"})));

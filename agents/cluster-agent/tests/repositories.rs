@@ -7,19 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bus::{Address, RedisConfig, TaskClient};
-use protocol::AgentId;
-use protocol::task::{Task, TaskResult};
 use serde_json::{Value, json};
-use testkit::{AgentProcess, AgentTree, RedisServer};
-
-async fn run(client: &TaskClient, action: &str, data: Value) -> TaskResult {
-    let mut task = Task::new(action, data);
-    tokio::time::timeout(Duration::from_secs(30), client.run(&AgentId::Cluster, &mut task, |_| {}))
-        .await
-        .expect("task finished in time")
-        .expect("task result")
-}
+use testkit::agent::Fixture;
 
 fn package(source: &str, tags: &[&str]) -> Value {
     json!({
@@ -76,11 +65,8 @@ fn sources(list: &Value) -> Vec<(String, String, Vec<String>)> {
 
 #[tokio::test]
 async fn repositories_and_list_modules() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
-    let _agent =
-        AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), "cluster", &tree, &redis, &[]).unwrap();
-    let client = TaskClient::connect(&RedisConfig::new(Address::Unix(redis.socket())), "test").await.unwrap();
+    let f = Fixture::start(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), "cluster", &[]).await;
+    let redis = &f.redis;
     let dirs = tempfile::tempdir().unwrap();
     let (a, b, d) = (dirs.path().join("a"), dirs.path().join("b"), dirs.path().join("d"));
     write_index(&a, vec![package("reg/ns8rs/hello", &["1.0.0"]), package("reg/ns8rs/foo", &["0.2.0-beta", "0.1.0"])]);
@@ -95,20 +81,20 @@ async fn repositories_and_list_modules() {
         ("c-down", "http://127.0.0.1:1".to_owned(), true),
         ("d-off", format!("file://{}", d.display()), false),
     ] {
-        let r = run(&client, "add-repository", add(name, url, status)).await;
+        let r = f.run("add-repository", add(name, url, status)).await;
         assert_eq!(r.exit_code, 0, "{name}: {r:?}");
     }
     // Bad input: a duplicate name, a scheme we do not fetch, an unknown repository.
-    let r = run(&client, "add-repository", add("a-local", "file:///x".into(), true)).await;
+    let r = f.run("add-repository", add("a-local", "file:///x".into(), true)).await;
     assert_eq!(r.exit_code, 10, "{r:?}");
     assert!(r.output.to_string().contains("already_exists"), "{r:?}");
-    let r = run(&client, "add-repository", add("e", "ftp://example.org".into(), true)).await;
+    let r = f.run("add-repository", add("e", "ftp://example.org".into(), true)).await;
     assert_eq!(r.exit_code, 10, "{r:?}");
     assert_eq!(redis.cli(&["EXISTS", "cluster/repository/e"]).unwrap(), "0");
-    let r = run(&client, "remove-repository", json!({"name": "nope"})).await;
+    let r = f.run("remove-repository", json!({"name": "nope"})).await;
     assert_eq!(r.exit_code, 10, "{r:?}");
 
-    let r = run(&client, "list-repositories", Value::Null).await;
+    let r = f.run("list-repositories", Value::Null).await;
     let names: Vec<&str> = r.output.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a-local", "b-http", "c-down", "d-off"]);
     assert_eq!(r.output[3]["status"], false);
@@ -116,7 +102,7 @@ async fn repositories_and_list_modules() {
 
     // The later repository wins a shared source; prereleases hidden; the unreachable
     // and the disabled repositories contribute nothing (and break nothing).
-    let r = run(&client, "list-modules", Value::Null).await;
+    let r = f.run("list-modules", Value::Null).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
     assert_eq!(
         sources(&r.output),
@@ -128,27 +114,27 @@ async fn repositories_and_list_modules() {
 
     // Cached: a changed index shows after the cache is cleaned (or altered).
     write_index(&a, vec![package("reg/ns8rs/foo", &["0.3.0", "0.2.0-beta", "0.1.0"])]);
-    let r = run(&client, "list-modules", Value::Null).await;
+    let r = f.run("list-modules", Value::Null).await;
     assert_eq!(sources(&r.output)[0].2, ["0.1.0"]);
-    let r = run(&client, "alter-repository", json!({"name": "a-local", "testing": true})).await;
+    let r = f.run("alter-repository", json!({"name": "a-local", "testing": true})).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
-    let r = run(&client, "list-modules", Value::Null).await;
+    let r = f.run("list-modules", Value::Null).await;
     assert_eq!(sources(&r.output)[0].2, ["0.3.0", "0.2.0-beta", "0.1.0"]);
 
     // Installed instances appear in both lists.
     redis.cli(&["HSET", "cluster/module_node", "hello1", "1"]).unwrap();
     redis.cli(&["HSET", "module/hello1/environment", "IMAGE_URL", "reg/ns8rs/hello:1.0.0"]).unwrap();
-    let r = run(&client, "list-installed-modules", Value::Null).await;
+    let r = f.run("list-installed-modules", Value::Null).await;
     assert_eq!(r.output["reg/ns8rs/hello"][0]["id"], "hello1");
     assert_eq!(r.output["reg/ns8rs/hello"][0]["version"], "1.0.0");
     assert_eq!(r.output["reg/ns8rs/hello"][0]["node"], "1");
-    let r = run(&client, "clean-repositories-cache", Value::Null).await;
+    let r = f.run("clean-repositories-cache", Value::Null).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
-    let r = run(&client, "list-modules", Value::Null).await;
+    let r = f.run("list-modules", Value::Null).await;
     let hello = r.output.as_array().unwrap().iter().find(|p| p["source"] == "reg/ns8rs/hello").unwrap();
     assert_eq!(hello["installed"][0]["id"], "hello1");
 
-    let r = run(&client, "remove-repository", json!({"name": "b-http"})).await;
+    let r = f.run("remove-repository", json!({"name": "b-http"})).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
     assert_eq!(redis.cli(&["EXISTS", "cluster/repository/b-http", "cluster/repository_cache/b-http"]).unwrap(), "0");
 }

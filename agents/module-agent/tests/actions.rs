@@ -21,7 +21,7 @@ const NAME_SCHEMA: &str = r#"{
 
 #[tokio::test]
 async fn multi_step_bash_action_validates_input_then_runs_in_order() {
-    let Fixture { redis, tree, agent, client, id } = Fixture::start("module/greeter1", &[]).await;
+    let Fixture { redis, tree, agent, client, id } = start("module/greeter1", &[]).await;
     tree.file("greet", "validate-input.json", NAME_SCHEMA).unwrap();
     tree.step("greet", "10read", "#!/bin/bash\nname=$(sed -n 's/.*\"name\":\"\\([^\"]*\\)\".*/\\1/p')\necho \"step 10 saw $name\" >&2\necho \"GREETED=$name\" >> environment\n").unwrap();
     tree.step(
@@ -55,7 +55,7 @@ async fn multi_step_bash_action_validates_input_then_runs_in_order() {
 
 #[tokio::test]
 async fn progress_follows_weights_and_steps() {
-    let Fixture { redis: _redis, tree, agent, client, id } = Fixture::start("module/prog1", &[]).await;
+    let Fixture { redis: _redis, tree, agent, client, id } = start("module/prog1", &[]).await;
     tree.step("work", "10a", "#!/bin/bash\necho 'set-weight 20b 3' >&3\necho 'set-progress 50' >&3\n").unwrap();
     tree.step("work", "20b", "#!/bin/bash\necho 'set-progress 50' >&3\necho 'bogus-command x' >&3\n").unwrap();
     let (r, progress) = run(&client, &id, "work", json!({})).await;
@@ -74,7 +74,7 @@ async fn progress_follows_weights_and_steps() {
 #[tokio::test]
 async fn long_steps_send_heartbeats() {
     let Fixture { redis: _redis, tree, agent: _agent, client, id } =
-        Fixture::start("module/beat1", &[("AGENT_POLLING_INTERVAL", "200ms")]).await;
+        start("module/beat1", &[("AGENT_POLLING_INTERVAL", "200ms")]).await;
     tree.step("slow", "10sleep", "#!/bin/bash\nsleep 1\n").unwrap();
     let (r, progress) = run(&client, &id, "slow", json!({})).await;
     assert_eq!(r.exit_code, 0);
@@ -84,7 +84,7 @@ async fn long_steps_send_heartbeats() {
 
 #[tokio::test]
 async fn failures_have_ns8_exit_codes() {
-    let Fixture { redis: _redis, tree, agent: _agent, client, id } = Fixture::start("module/codes1", &[]).await;
+    let Fixture { redis: _redis, tree, agent: _agent, client, id } = start("module/codes1", &[]).await;
     tree.step("fail", "10ok", "#!/bin/bash\necho partial\n").unwrap();
     tree.step("fail", "20fail", "#!/bin/bash\necho 'it broke' >&2\nexit 3\n").unwrap();
     tree.step("fail", "30never", "#!/bin/bash\ntouch never-ran\n").unwrap();
@@ -131,7 +131,7 @@ async fn failures_have_ns8_exit_codes() {
 
 #[tokio::test]
 async fn step_environment_and_context() {
-    let Fixture { redis, tree, agent, client, id } = Fixture::start("module/env1", &[]).await;
+    let Fixture { redis, tree, agent, client, id } = start("module/env1", &[]).await;
     std::fs::write(tree.state().join("environment"), "MODULE_ID=env1\nCOUNT=1\n").unwrap();
     tree.step(
         "env",
@@ -164,7 +164,7 @@ async fn step_environment_and_context() {
 #[tokio::test]
 async fn a_missing_environment_file_still_stores_the_result() {
     // NS8's agent loses the whole result in this case (its MULTI aborts).
-    let Fixture { redis, tree, agent: _agent, client, id } = Fixture::start("module/noenv1", &[]).await;
+    let Fixture { redis, tree, agent: _agent, client, id } = start("module/noenv1", &[]).await;
     tree.step("x", "10x", "#!/bin/bash\necho '{}'\n").unwrap();
     assert!(!tree.state().join("environment").exists());
     let (r, _) = run(&client, &id, "x", json!({})).await;
@@ -174,7 +174,7 @@ async fn a_missing_environment_file_still_stores_the_result() {
 
 #[tokio::test]
 async fn a_task_pushed_with_redis_cli_runs() {
-    let Fixture { redis, tree, agent, client, id } = Fixture::start("module/raw1", &[]).await;
+    let Fixture { redis, tree, agent, client, id } = start("module/raw1", &[]).await;
     tree.step("echo", "10echo", "#!/bin/bash\ncat\n").unwrap();
     let raw = r#"{"id":"b1f3c5e2-0d4a-4c1e-9f00-000000000001","action":"echo","data":{"k":[1,2]},"extra":{"title":"t"},"parent":"","queue":"module/raw1/tasks","user":"admin","timestamp":"2026-11-26T16:14:49.695761Z","future_field":true}"#;
     redis.cli(&["LPUSH", "module/raw1/tasks", raw]).unwrap();
@@ -220,7 +220,7 @@ async fn list_actions_merges_roots() {
 
 #[tokio::test]
 async fn a_daemon_left_holding_the_pipes_does_not_hold_the_task() {
-    let Fixture { redis: _redis, tree, agent: _agent, client, id } = Fixture::start("module/daemon1", &[]).await;
+    let Fixture { redis: _redis, tree, agent: _agent, client, id } = start("module/daemon1", &[]).await;
     // The background sleep inherits stdout and stderr and keeps them open for a minute.
     tree.step("start", "10daemon", "#!/bin/bash\nsleep 60 &\necho $! > daemon.pid\necho '{\"started\": true}'\n")
         .unwrap();

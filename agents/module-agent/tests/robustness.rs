@@ -36,7 +36,7 @@ fn max_overlap(log: &str) -> usize {
 
 #[tokio::test]
 async fn a_burst_beyond_32_waits_in_the_queue_and_nothing_is_rejected() {
-    let Fixture { redis, tree, agent: _agent, client, id } = Fixture::start("module/burst1", &[]).await;
+    let Fixture { redis, tree, agent: _agent, client, id } = start("module/burst1", &[]).await;
     tree.step(
         "slow",
         "10slow",
@@ -74,7 +74,7 @@ async fn a_burst_beyond_32_waits_in_the_queue_and_nothing_is_rejected() {
 
 #[tokio::test]
 async fn cancel_task_stops_the_running_step() {
-    let Fixture { redis, tree, agent: _agent, client, id } = Fixture::start("module/cancel1", &[]).await;
+    let Fixture { redis, tree, agent: _agent, client, id } = start("module/cancel1", &[]).await;
     tree.step("long", "10pid", "#!/bin/bash\necho $$ > long.pid\nsleep 60\n").unwrap();
     tree.step("long", "20never", "#!/bin/bash\ntouch never-ran\n").unwrap();
     tree.step(
@@ -140,7 +140,7 @@ fn uuid_like() -> String {
 
 #[tokio::test]
 async fn kill_9_mid_step_ends_the_task_after_restart() {
-    let Fixture { redis, tree, mut agent, client, id } = Fixture::start("module/crash1", &[]).await;
+    let Fixture { redis, tree, mut agent, client, id } = start("module/crash1", &[]).await;
     // The step's child (sleep) must be found and stopped too, not just the step.
     tree.step("long", "10pid", "#!/bin/bash\nsleep 60 &\necho $! > child.pid\necho $$ > step.pid\nwait\n").unwrap();
 
@@ -183,7 +183,7 @@ async fn kill_9_mid_step_ends_the_task_after_restart() {
 
 #[tokio::test]
 async fn sigusr1_drains_running_tasks_and_leaves_the_queue_alone() {
-    let Fixture { redis, tree, mut agent, client, id } = Fixture::start("module/drain1", &[]).await;
+    let Fixture { redis, tree, mut agent, client, id } = start("module/drain1", &[]).await;
     tree.step("work", "10work", "#!/bin/bash\ntouch started\nsleep 1\necho '\"done\"'\n").unwrap();
     let mut running = Task::new("work", json!({}));
     client.push(&id, &mut running).await.unwrap();
@@ -203,7 +203,7 @@ async fn sigusr1_drains_running_tasks_and_leaves_the_queue_alone() {
 
 #[tokio::test]
 async fn sigterm_stops_the_agent_while_redis_is_down() {
-    let Fixture { mut redis, tree: _tree, mut agent, client, id: _ } = Fixture::start("module/down1", &[]).await;
+    let Fixture { mut redis, tree: _tree, mut agent, client, id: _ } = start("module/down1", &[]).await;
     client.quit().await;
     redis.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;

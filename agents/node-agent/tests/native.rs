@@ -1,26 +1,14 @@
 //! The node agent's native actions, through the real binary and Redis.
 
 use std::path::Path;
-use std::time::Duration;
 
-use bus::{Address, RedisConfig, TaskClient};
-use protocol::AgentId;
-use protocol::task::Task;
 use serde_json::Value;
-use testkit::{AgentProcess, AgentTree, RedisServer};
+use testkit::agent::Fixture;
 
 #[tokio::test]
 async fn get_info_describes_the_node() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
-    let _agent =
-        AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_node-agent")), "node/1", &tree, &redis, &[]).unwrap();
-    let client = TaskClient::connect(&RedisConfig::new(Address::Unix(redis.socket())), "test").await.unwrap();
-    let mut task = Task::new("get-info", Value::Null);
-    let r = tokio::time::timeout(Duration::from_secs(30), client.run(&AgentId::Node(1), &mut task, |_| {}))
-        .await
-        .unwrap()
-        .unwrap();
+    let node = Fixture::start(Path::new(env!("CARGO_BIN_EXE_node-agent")), "node/1", &[]).await;
+    let r = node.run("get-info", Value::Null).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(r.output["hostname"], hostname.trim());

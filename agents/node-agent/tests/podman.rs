@@ -3,13 +3,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use bus::{Address, RedisConfig, TaskClient};
-use protocol::AgentId;
-use protocol::task::Task;
 use serde_json::Value;
-use testkit::{AgentProcess, AgentTree, RedisServer};
+use testkit::agent::Fixture;
 
 /// A BusyBox root filesystem imported as a local image.
 fn import_busybox(podman: &dyn Fn() -> Command, work: &Path) -> String {
@@ -29,18 +25,10 @@ fn import_busybox(podman: &dyn Fn() -> Command, work: &Path) -> String {
 
 #[tokio::test]
 async fn configure_podman_makes_containers_run_here() {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
-    let _agent =
-        AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_node-agent")), "node/1", &tree, &redis, &[]).unwrap();
-    let client = TaskClient::connect(&RedisConfig::new(Address::Unix(redis.socket())), "test").await.unwrap();
-    let mut task = Task::new("configure-podman", Value::Null);
-    let r = tokio::time::timeout(Duration::from_secs(30), client.run(&AgentId::Node(1), &mut task, |_| {}))
-        .await
-        .unwrap()
-        .unwrap();
+    let node = Fixture::start(Path::new(env!("CARGO_BIN_EXE_node-agent")), "node/1", &[]).await;
+    let r = node.run("configure-podman", Value::Null).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
-    let conf = tree.state().join("containers.conf");
+    let conf = node.tree.state().join("containers.conf");
     assert_eq!(r.output["path"], conf.display().to_string());
     let text = std::fs::read_to_string(&conf).unwrap();
 

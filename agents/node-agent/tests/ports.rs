@@ -3,40 +3,18 @@
 //! error when the range is exhausted.
 
 use std::path::Path;
-use std::time::Duration;
 
-use bus::{Address, RedisConfig, TaskClient};
 use protocol::AgentId;
-use protocol::task::{Task, TaskResult};
-use serde_json::{Value, json};
-use testkit::{AgentProcess, AgentTree, RedisServer};
+use protocol::task::TaskResult;
+use serde_json::json;
+use testkit::agent::Fixture;
 
-struct Node {
-    redis: RedisServer,
-    _tree: AgentTree,
-    _agent: AgentProcess,
-    client: TaskClient,
+async fn start() -> Fixture {
+    Fixture::start(Path::new(env!("CARGO_BIN_EXE_node-agent")), "node/1", &[]).await
 }
 
-async fn start() -> Node {
-    let redis = RedisServer::start().unwrap();
-    let tree = AgentTree::new().unwrap();
-    let agent = AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_node-agent")), "node/1", &tree, &redis, &[]).unwrap();
-    let client = TaskClient::connect(&RedisConfig::new(Address::Unix(redis.socket())), "test").await.unwrap();
-    Node { redis, _tree: tree, _agent: agent, client }
-}
-
-async fn run(client: &TaskClient, action: &str, data: Value, user: &str) -> TaskResult {
-    let mut task = Task::new(action, data);
-    task.user = user.to_owned();
-    tokio::time::timeout(Duration::from_secs(30), client.run(&AgentId::Node(1), &mut task, |_| {}))
-        .await
-        .expect("task finished")
-        .expect("task result")
-}
-
-async fn alloc(n: &Node, module: &str, ports: u64) -> TaskResult {
-    run(&n.client, "allocate-ports", json!({"ports": ports, "module_id": module, "protocol": "tcp"}), "").await
+async fn alloc(n: &Fixture, module: &str, ports: u64) -> TaskResult {
+    n.run("allocate-ports", json!({"ports": ports, "module_id": module, "protocol": "tcp"})).await
 }
 
 #[tokio::test]
@@ -44,26 +22,26 @@ async fn first_fit_release_and_reuse() {
     let n = start().await;
     assert_eq!(alloc(&n, "app1", 3).await.output, json!([20000, 20002]));
     assert_eq!(alloc(&n, "app2", 2).await.output, json!([20003, 20004]));
-    let udp = run(&n.client, "allocate-ports", json!({"ports": 1, "module_id": "app1", "protocol": "udp"}), "").await;
+    let udp = n.run_as("allocate-ports", json!({"ports": 1, "module_id": "app1", "protocol": "udp"}), "").await;
     assert_eq!(udp.output, json!([20000, 20000]), "protocols are separate");
-    let r = run(&n.client, "deallocate-ports", json!({"module_id": "app1", "protocol": "tcp"}), "").await;
+    let r = n.run_as("deallocate-ports", json!({"module_id": "app1", "protocol": "tcp"}), "").await;
     assert_eq!(r.output, json!({"released": true}));
     // The freed hole is reused; a second request of app2 replaces its range unless
     // asked to keep it.
     assert_eq!(alloc(&n, "app3", 2).await.output, json!([20000, 20001]));
     assert_eq!(alloc(&n, "app2", 1).await.output, json!([20002, 20002]));
-    let r = run(
-        &n.client,
-        "allocate-ports",
-        json!({"ports": 2, "module_id": "app2", "protocol": "tcp", "keep_existing": true}),
-        "",
-    )
-    .await;
+    let r = n
+        .run_as(
+            "allocate-ports",
+            json!({"ports": 2, "module_id": "app2", "protocol": "tcp", "keep_existing": true}),
+            "",
+        )
+        .await;
     assert_eq!(r.output, json!([20003, 20004]));
     assert_eq!(n.redis.cli(&["HGET", "node/1/tcp_ports", "app2"]).unwrap(), "20002-20002 20003-20004");
 
     // Bad input is refused by the schema, with nothing stored.
-    let r = run(&n.client, "allocate-ports", json!({"ports": 0, "module_id": "app4", "protocol": "sctp"}), "").await;
+    let r = n.run_as("allocate-ports", json!({"ports": 0, "module_id": "app4", "protocol": "sctp"}), "").await;
     assert_eq!(r.exit_code, 10, "{r:?}");
     assert_eq!(n.redis.cli(&["HEXISTS", "node/1/tcp_ports", "app4"]).unwrap(), "0");
 }
@@ -77,7 +55,7 @@ async fn concurrent_requests_never_share_a_port() {
         let client = client.clone();
         set.spawn(async move {
             let data = json!({"ports": 1 + i % 3, "module_id": format!("app{i}"), "protocol": "tcp"});
-            run(&client, "allocate-ports", data, "").await
+            testkit::agent::run(&client, &AgentId::Node(1), "allocate-ports", data).await.0
         });
     }
     let mut ranges = Vec::new();
@@ -99,15 +77,15 @@ async fn modules_keep_to_their_own_ports_and_demand() {
     let n = start().await;
     n.redis.cli(&["HSET", "cluster/tcp_ports_demand", "app9", "2"]).unwrap();
     let ask = |module: &str, ports: u64| json!({"ports": ports, "module_id": module, "protocol": "tcp"});
-    let r = run(&n.client, "allocate-ports", ask("app1", 1), "module/app9").await;
+    let r = n.run_as("allocate-ports", ask("app1", 1), "module/app9").await;
     assert_eq!(r.exit_code, 32, "{r:?}");
     assert!(r.error.contains("module app9 may not change the ports of module app1"), "{r:?}");
-    let r = run(&n.client, "allocate-ports", ask("app9", 3), "module/app9").await;
+    let r = n.run_as("allocate-ports", ask("app9", 3), "module/app9").await;
     assert_eq!(r.exit_code, 33, "{r:?}");
     assert!(r.error.contains("beyond its demand of 2"), "{r:?}");
-    let r = run(&n.client, "allocate-ports", ask("app9", 2), "module/app9").await;
+    let r = n.run_as("allocate-ports", ask("app9", 2), "module/app9").await;
     assert_eq!(r.output, json!([20000, 20001]), "{r:?}");
-    let r = run(&n.client, "deallocate-ports", json!({"module_id": "app9", "protocol": "tcp"}), "module/app1").await;
+    let r = n.run_as("deallocate-ports", json!({"module_id": "app9", "protocol": "tcp"}), "module/app1").await;
     assert_eq!(r.exit_code, 32, "{r:?}");
     assert_eq!(n.redis.cli(&["HGET", "node/1/tcp_ports", "app9"]).unwrap(), "20000-20001");
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod agent;
+mod outcome;
 mod registry;
+pub use outcome::Outcome;
 pub use registry::Registry;
 
 pub struct RedisServer {

@@ -5,12 +5,12 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::bin;
 use serde_json::Value;
-use testkit::{AgentProcess, AgentTree, RedisServer, wait_for};
+use testkit::{AgentProcess, AgentTree, Outcome, RedisServer, wait_for};
 
 const PASSWORD: &str = "correct horse battery staple";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -154,26 +154,6 @@ fn feed(mut cmd: Command, stdin: &str) -> Outcome {
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     Outcome(child.wait_with_output().unwrap())
-}
-
-struct Outcome(Output);
-
-impl Outcome {
-    fn code(&self) -> i32 {
-        self.0.status.code().expect("exited normally")
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.0.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.0.stderr).into_owned()
-    }
-}
-
-impl std::fmt::Debug for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\nstdout: {}\nstderr: {}", self.0.status.code(), self.stdout(), self.stderr())
-    }
 }
 
 fn mode(path: &Path) -> u32 {

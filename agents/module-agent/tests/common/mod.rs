@@ -1,94 +1,23 @@
-//! Shared helpers of the agent integration tests: a real redis-server, the real
-//! `module-agent` binary, and NS8-style clients.
+//! Shared helpers of the module agent's integration tests: testkit's fixture and
+//! clients, with this crate's binary.
 
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::time::Duration;
 
-use bus::{Address, RedisConfig, TaskClient};
-use protocol::AgentId;
-use protocol::task::{Progress, Task, TaskResult};
-use serde_json::Value;
 use testkit::{AgentProcess, AgentTree, RedisServer};
 
+// Each test file uses its own part of it.
+#[allow(unused_imports)]
+pub use testkit::agent::{Fixture, PATIENCE, client, eventually, run, wait_ready};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_module-agent");
-/// Generous: the machine is shared and noisy. Only failure cases wait this long.
-pub const PATIENCE: Duration = Duration::from_secs(30);
-
-pub fn redis_config(redis: &RedisServer) -> RedisConfig {
-    RedisConfig::new(Address::Unix(redis.socket()))
-}
-
-pub async fn client(redis: &RedisServer) -> TaskClient {
-    TaskClient::connect(&redis_config(redis), "test-client").await.expect("connect test client")
-}
 
 pub fn spawn(id: &str, tree: &AgentTree, redis: &RedisServer, env: &[(&str, &str)]) -> AgentProcess {
     AgentProcess::spawn(Path::new(BIN), id, tree, redis, env).expect("spawn module-agent")
 }
 
-/// Run a task and collect its progress messages; fails the test after [`PATIENCE`].
-pub async fn run(client: &TaskClient, agent: &AgentId, action: &str, data: Value) -> (TaskResult, Vec<Progress>) {
-    let mut task = Task::new(action, data);
-    let mut progress = Vec::new();
-    let result = tokio::time::timeout(PATIENCE, client.run(agent, &mut task, |p| progress.push(p)))
-        .await
-        .unwrap_or_else(|_| panic!("task {action} on {agent} did not finish within {PATIENCE:?}"))
-        .expect("task result");
-    (result, progress)
-}
-
-/// The agent answers a builtin task: its pop loop and event listener are up.
-pub async fn wait_ready(client: &TaskClient, agent: &AgentId, process: &AgentProcess) {
-    let ready = async {
-        loop {
-            if client.ensure_alive(agent, 8).await.is_ok() {
-                let mut task = Task::new("list-actions", Value::Null);
-                if let Ok(Ok(r)) =
-                    tokio::time::timeout(Duration::from_secs(5), client.run(agent, &mut task, |_| {})).await
-                    && r.exit_code == 0
-                {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(PATIENCE, ready).await.is_err() {
-        panic!("agent {agent} not ready; log:\n{}", process.log());
-    }
-}
-
-/// A redis-server, an agent tree and the agent running on it, ready for tasks. Steps
-/// may be written after the start: an agent looks up an action's steps for each task.
-pub struct Fixture {
-    pub redis: RedisServer,
-    pub tree: AgentTree,
-    pub agent: AgentProcess,
-    pub client: TaskClient,
-    pub id: AgentId,
-}
-
-impl Fixture {
-    pub async fn start(id: &str, env: &[(&str, &str)]) -> Fixture {
-        let redis = RedisServer::start().expect("start redis-server");
-        let tree = AgentTree::new().expect("create the agent tree");
-        let agent = spawn(id, &tree, &redis, env);
-        let client = client(&redis).await;
-        let id: AgentId = id.parse().expect("valid agent id");
-        wait_ready(&client, &id, &agent).await;
-        Fixture { redis, tree, agent, client, id }
-    }
-}
-
-/// Poll until `f` holds.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !f() {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The module agent `id` on a private Redis, ready for tasks.
+pub async fn start(id: &str, env: &[(&str, &str)]) -> Fixture {
+    Fixture::start(Path::new(BIN), id, env).await
 }
