@@ -113,7 +113,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         println!("The local cluster is already running (supervisor pid {pid}, root {}).", root.display());
         return Ok(());
     }
-    packages::ensure(&[packages::REDIS, packages::Package { name: "docker-registry", provides: "docker-registry" }])?;
+    packages::ensure(&[packages::REDIS, packages::REGISTRY])?;
     packages::ensure(crate::images::PACKAGES)?;
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");

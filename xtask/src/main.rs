@@ -62,7 +62,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Packages the test suite needs on a fresh Debian 12 machine.
 const TEST_PACKAGES: &[packages::Package] = &[
     packages::REDIS,
-    packages::Package { name: "docker-registry", provides: "docker-registry" },
+    packages::REGISTRY,
     packages::Package { name: "podman", provides: "podman" },
     packages::Package { name: "runc", provides: "runc" },
     packages::Package { name: "slirp4netns", provides: "slirp4netns" },

@@ -12,6 +12,8 @@ pub struct Package {
 }
 
 pub const REDIS: Package = Package { name: "redis-server", provides: "redis-server" };
+/// The software repository's image store.
+pub const REGISTRY: Package = Package { name: "docker-registry", provides: "docker-registry" };
 
 fn has_command(cmd: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file())).unwrap_or(false)
