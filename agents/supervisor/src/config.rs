@@ -26,6 +26,8 @@ struct ProgramFile {
     command: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    env_files: Vec<String>,
     cwd: Option<PathBuf>,
     log: Option<PathBuf>,
     #[serde(default)]
@@ -42,6 +44,10 @@ pub struct Program {
     /// Never empty: the executable and its arguments.
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// `KEY=VALUE` files read at each start, after `env` (systemd's
+    /// `EnvironmentFile=`); a leading `-` makes a file optional. Secrets such as an
+    /// agent's Redis password stay in the program's own 0600 file.
+    pub env_files: Vec<String>,
     pub cwd: Option<PathBuf>,
     /// Gets stdout and stderr appended; `None` inherits the supervisor's stderr.
     pub log: Option<PathBuf>,
@@ -78,6 +84,7 @@ impl Program {
             name: f.name,
             command: f.command,
             env: f.env,
+            env_files: f.env_files,
             cwd: f.cwd,
             log: f.log,
             restart: f.restart,

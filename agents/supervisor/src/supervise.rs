@@ -234,6 +234,19 @@ fn spawn(p: &Program) -> io::Result<(Child, Pid)> {
         run_as(&mut cmd, user)?;
     }
     cmd.envs(&p.env);
+    for f in &p.env_files {
+        let (optional, path) = match f.strip_prefix('-') {
+            Some(path) => (true, path),
+            None => (false, f.as_str()),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                cmd.envs(protocol::envfile::parse(&text));
+            }
+            Err(e) if optional && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {path}: {e}"))),
+        }
+    }
     if let Some(cwd) = &p.cwd {
         cmd.current_dir(cwd);
     }

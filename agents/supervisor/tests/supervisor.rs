@@ -278,9 +278,11 @@ fn invalid_files_are_reported_and_skipped() {
 fn log_env_cwd_and_user() {
     let tmp = Supervisor::dir();
     std::fs::create_dir(tmp.path().join("work")).unwrap();
-    let script = "echo foo=$FOO; echo cwd=$(pwd); echo oops >&2";
+    std::fs::write(tmp.path().join("secret.env"), "SECRET=s3cret\nFOO=from-file\n").unwrap();
+    let script = "echo foo=$FOO; echo secret=$SECRET; echo cwd=$(pwd); echo oops >&2";
+    let missing = format!("-{}", tmp.path().join("missing.env").display());
     let extra = json!({"env": {"FOO": "bar"}, "cwd": tmp.path().join("work"), "log": tmp.path().join("env.log"),
-                       "restart": "never"});
+                       "restart": "never", "env_files": [tmp.path().join("secret.env"), missing]});
     write(&tmp, "env.json", &sh("env", script, extra));
     let nobody = nix::unistd::User::from_name("nobody").unwrap();
     let as_root = nix::unistd::geteuid().is_root() && nobody.is_some();
@@ -295,7 +297,8 @@ fn log_env_cwd_and_user() {
     sup.wait_log("env: not restarting");
     let out = std::fs::read_to_string(sup.path("env.log")).unwrap();
     let work = sup.path("work").canonicalize().unwrap();
-    assert!(out.contains("foo=bar\n") && out.contains("oops\n"), "{out}");
+    // The file comes after `env`, as systemd's EnvironmentFile= after Environment=.
+    assert!(out.contains("foo=from-file\n") && out.contains("secret=s3cret\n") && out.contains("oops\n"), "{out}");
     assert!(out.contains(&format!("cwd={}\n", work.display())), "{out}");
     if let (true, Some(nobody)) = (as_root, nobody) {
         sup.wait_log("user: not restarting");

@@ -1,0 +1,150 @@
+//! `module-service`: start, stop, enable and disable a module's services (its
+//! quadlet `.container` files) through the module user's Podman API. On the `PATH` of
+//! the module's action steps; the module agent runs `module-service up` at start.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use services::{Engine, Layout};
+
+#[derive(Parser)]
+#[command(version, about = "Manage the services of this module (run by its actions, as its user)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Each declared service: enabled or not, and its container's state (JSON).
+    List,
+    /// Mark services enabled (started at every agent start) and start them.
+    Enable {
+        names: Vec<String>,
+        /// Only mark them enabled.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Mark services disabled and stop them.
+    Disable { names: Vec<String> },
+    /// Start (or re-create) services now.
+    Start { names: Vec<String> },
+    /// Stop and remove the containers of services (named volumes stay).
+    Stop { names: Vec<String> },
+    /// Stop then start services: picks up a changed environment, file or image.
+    Restart { names: Vec<String> },
+    /// Start every enabled service (what the agent does at start).
+    Up,
+    /// Stop every service container of the module.
+    Down,
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let layout = Layout::from_env()?;
+    let check = |names: &[String]| -> Result<Vec<services::Service>, String> {
+        if names.is_empty() {
+            return Err("name at least one service".into());
+        }
+        names.iter().map(|n| layout.load(n)).collect()
+    };
+    match cli.command {
+        Cmd::List => {
+            let enabled = layout.enabled();
+            let declared = layout.declared()?;
+            // Listing never starts the Podman service just to say "inactive".
+            let engine = if layout.socket().exists() { Engine::connect(&layout).await.ok() } else { None };
+            let mut out = Vec::new();
+            for name in declared {
+                let state = match (&engine, layout.load(&name)) {
+                    (Some(e), Ok(s)) => e.state(&s.container_name).await?,
+                    (None, Ok(_)) => "inactive".to_owned(),
+                    (_, Err(e)) => format!("invalid: {e}"),
+                };
+                out.push(serde_json::json!({"name": name, "enabled": enabled.contains(&name), "state": state}));
+            }
+            println!("{}", serde_json::Value::Array(out));
+        }
+        Cmd::Enable { names, no_start } => {
+            let svcs = check(&names)?;
+            for s in &svcs {
+                layout.set_enabled(&s.name, true)?;
+            }
+            if !no_start {
+                let engine = Engine::connect(&layout).await?;
+                for s in &svcs {
+                    engine.start(s).await?;
+                }
+            }
+        }
+        Cmd::Disable { names } => {
+            let svcs = check(&names)?;
+            let engine = Engine::connect(&layout).await?;
+            for s in &svcs {
+                layout.set_enabled(&s.name, false)?;
+                engine.remove(&s.container_name).await?;
+            }
+        }
+        Cmd::Start { names } => {
+            let svcs = check(&names)?;
+            let engine = Engine::connect(&layout).await?;
+            for s in &svcs {
+                engine.start(s).await?;
+            }
+        }
+        Cmd::Stop { names } => {
+            let svcs = check(&names)?;
+            let engine = Engine::connect(&layout).await?;
+            for s in &svcs {
+                engine.remove(&s.container_name).await?;
+            }
+        }
+        Cmd::Restart { names } => {
+            let svcs = check(&names)?;
+            let engine = Engine::connect(&layout).await?;
+            for s in &svcs {
+                engine.remove(&s.container_name).await?;
+                engine.start(s).await?;
+            }
+        }
+        Cmd::Up => {
+            let enabled = layout.enabled();
+            if enabled.is_empty() {
+                return Ok(());
+            }
+            let engine = Engine::connect(&layout).await?;
+            let mut failed = Vec::new();
+            for name in enabled {
+                // One broken service does not keep the others down.
+                if let Err(e) = async { engine.start(&layout.load(&name)?).await }.await {
+                    eprintln!("module-service: {name}: {e}");
+                    failed.push(name);
+                }
+            }
+            if !failed.is_empty() {
+                return Err(format!("these services did not start: {}", failed.join(", ")));
+            }
+        }
+        Cmd::Down => {
+            if !layout.socket().exists() && layout.enabled().is_empty() {
+                return Ok(());
+            }
+            let engine = Engine::connect(&layout).await?;
+            for c in engine.containers().await? {
+                engine.remove(&c).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("module-service: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

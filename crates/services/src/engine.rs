@@ -1,0 +1,343 @@
+//! A module's services on its user's Podman API socket.
+//!
+//! One rootless `podman system service` per module user, started on demand by the
+//! first command that needs it and exiting after [`IDLE_SECS`] without requests (the
+//! containers keep running: conmon, not the service, watches them). This is the same
+//! code path with or without systemd. A service is a container created from its
+//! `.container` file at each start and removed at each stop, as quadlet does
+//! (`--rm --replace`), so a changed file or image takes effect at the next start;
+//! named volumes persist.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use podman_api::Podman;
+use podman_api::models::{ContainerMount, NamedVolume, PortMapping};
+use podman_api::opts::{
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerRestartPolicy,
+    ContainerStopOpts, PullOpts,
+};
+
+use crate::quadlet::{self, Restart, Service, Volume};
+
+/// How long the Podman service waits for a request before exiting.
+pub const IDLE_SECS: u32 = 60;
+/// The label that marks a module's service containers.
+pub const SERVICE_LABEL: &str = "org.nethserver.service";
+/// Where a module's `.container` files are, under its install directory.
+pub const SERVICES_DIR: &str = "services";
+/// The enabled services, one name per line, under the state directory (so backups and
+/// update snapshots carry it).
+pub const ENABLED_FILE: &str = "services.enabled";
+const STOP_TIMEOUT_SECS: usize = 10;
+
+/// Where a module's files and its Podman socket are.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub install_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl Layout {
+    /// From the agent's environment: `AGENT_INSTALL_DIR`, `AGENT_STATE_DIR` (default
+    /// `<install>/state`) and `XDG_RUNTIME_DIR`.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let install_dir = PathBuf::from(var("AGENT_INSTALL_DIR").ok_or("AGENT_INSTALL_DIR is not set")?);
+        let state_dir = var("AGENT_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| install_dir.join("state"));
+        let runtime_dir = PathBuf::from(
+            var("XDG_RUNTIME_DIR")
+                .ok_or("XDG_RUNTIME_DIR is not set: the node writes it into the agent's agent.env")?,
+        );
+        Ok(Layout { install_dir, state_dir, runtime_dir })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join("podman/podman.sock")
+    }
+
+    /// The declared services, by name.
+    pub fn declared(&self) -> Result<Vec<String>, String> {
+        let dir = self.install_dir.join(SERVICES_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".container").map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn enabled(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state_dir.join(ENABLED_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Mark `name` enabled or not (written atomically).
+    pub fn set_enabled(&self, name: &str, on: bool) -> Result<(), String> {
+        let mut list = self.enabled();
+        list.retain(|n| n != name);
+        if on {
+            list.push(name.to_owned());
+        }
+        list.sort();
+        let path = self.state_dir.join(ENABLED_FILE);
+        let tmp = path.with_extension("new");
+        let text: String = list.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The variables `${NAME}` expands to: the process environment, then
+    /// `state/environment` (re-read each time, as steps do).
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        if let Ok(text) = std::fs::read_to_string(self.state_dir.join("environment")) {
+            env.extend(protocol::envfile::parse(&text));
+        }
+        env
+    }
+
+    /// Read and check the declaration of `name`.
+    pub fn load(&self, name: &str) -> Result<Service, String> {
+        if !quadlet::valid_name(name) {
+            return Err(format!("{name:?} is not a service name"));
+        }
+        let path = self.install_dir.join(SERVICES_DIR).join(format!("{name}.container"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("the module declares no service {name:?} ({} is missing)", path.display()));
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        quadlet::parse(name, &text, &self.environment(), &self.state_dir)
+    }
+}
+
+fn api_err(what: &str, e: podman_api::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// A connection to the module user's Podman service.
+pub struct Engine {
+    podman: Podman,
+}
+
+impl Engine {
+    /// Connect, starting the Podman service first when it is not running. Two callers
+    /// racing to start it are serialised by a lock file.
+    pub async fn connect(layout: &Layout) -> Result<Self, String> {
+        let socket = layout.socket();
+        let podman = Podman::unix(&socket);
+        if podman.ping().await.is_ok() {
+            return Ok(Engine { podman });
+        }
+        let dir = socket.parent().expect("socket has a parent");
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("service.lock"))
+            .map_err(|e| format!("cannot open the Podman service lock: {e}"))?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("cannot lock the Podman service lock: {e}"))?;
+        if podman.ping().await.is_ok() {
+            return Ok(Engine { podman });
+        }
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("service.log"))
+            .map_err(|e| format!("cannot open the Podman service log: {e}"))?;
+        // setsid: the service outlives the command that started it, and is not killed
+        // with the process group of an agent's step.
+        let mut child = std::process::Command::new("setsid")
+            .args(["podman", "system", "service"])
+            .arg(format!("--time={IDLE_SECS}"))
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start podman system service: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if podman.ping().await.is_ok() {
+                // Reap it in the background: it exits on its own when idle.
+                std::thread::spawn(move || child.wait());
+                return Ok(Engine { podman });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "podman system service exited ({status}) before answering; see {}",
+                    dir.join("service.log").display()
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("podman system service did not answer within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Pull `image` unless it is present. TLS is verified except for a registry on
+    /// loopback (the local repository).
+    pub async fn ensure_image(&self, image: &str) -> Result<(), String> {
+        if self.podman.images().get(image).exists().await.unwrap_or(false) {
+            return Ok(());
+        }
+        use futures_util::StreamExt;
+        let opts = PullOpts::builder()
+            .reference(image)
+            .tls_verify(!protocol::image::on_loopback_registry(image))
+            .quiet(true)
+            .build();
+        let images = self.podman.images();
+        let mut stream = images.pull(&opts);
+        while let Some(report) = stream.next().await {
+            let report = report.map_err(|e| api_err(&format!("cannot pull {image}"), e))?;
+            if let Some(err) = report.error {
+                return Err(format!("cannot pull {image}: {err}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Create and start the container of `svc`, replacing a previous one.
+    pub async fn start(&self, svc: &Service) -> Result<(), String> {
+        self.ensure_image(&svc.image).await?;
+        self.remove(&svc.container_name).await?;
+        let mut labels = svc.labels.clone();
+        labels.insert(SERVICE_LABEL.to_owned(), svc.name.clone());
+        let ports: Vec<PortMapping> = svc
+            .publish
+            .iter()
+            .map(|p| PortMapping {
+                container_port: Some(p.container_port),
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.host_port),
+                protocol: Some(p.protocol.clone()),
+                range: None,
+            })
+            .collect();
+        let mut named = Vec::new();
+        let mut mounts = Vec::new();
+        for v in &svc.volumes {
+            match v {
+                Volume::Named { name, dest, options } => named.push(NamedVolume {
+                    dest: Some(dest.clone()),
+                    is_anonymous: None,
+                    name: Some(name.clone()),
+                    options: Some(options.clone()),
+                }),
+                Volume::Bind { source, dest, options } => mounts.push(ContainerMount {
+                    destination: Some(dest.clone()),
+                    options: Some(options.clone()),
+                    source: Some(source.display().to_string()),
+                    _type: Some("bind".into()),
+                    uid_mappings: None,
+                    gid_mappings: None,
+                }),
+            }
+        }
+        let mut opts = ContainerCreateOpts::builder()
+            .name(&svc.container_name)
+            .image(&svc.image)
+            .env(svc.environment.clone())
+            .labels(labels)
+            .portmappings(ports)
+            .volumes(named)
+            .mounts(mounts)
+            .restart_policy(match svc.restart {
+                Restart::No => ContainerRestartPolicy::No,
+                Restart::OnFailure => ContainerRestartPolicy::OnFailure,
+                Restart::Always => ContainerRestartPolicy::Always,
+            });
+        if !svc.exec.is_empty() {
+            opts = opts.command(svc.exec.clone());
+        }
+        if let Some(w) = &svc.working_dir {
+            opts = opts.work_dir(w);
+        }
+        if let Some(u) = &svc.user {
+            opts = opts.user(u);
+        }
+        let created = self
+            .podman
+            .containers()
+            .create(&opts.build())
+            .await
+            .map_err(|e| api_err(&format!("cannot create the container of {}", svc.name), e))?;
+        self.podman
+            .containers()
+            .get(&created.id)
+            .start(None)
+            .await
+            .map_err(|e| api_err(&format!("cannot start {}", svc.name), e))
+    }
+
+    /// Stop and remove the container `name`; a missing one is not an error.
+    pub async fn remove(&self, name: &str) -> Result<(), String> {
+        let c = self.podman.containers().get(name);
+        if !c.exists().await.map_err(|e| api_err("cannot reach Podman", e))? {
+            return Ok(());
+        }
+        let _ = c.stop(&ContainerStopOpts::builder().timeout(STOP_TIMEOUT_SECS).ignore(true).build()).await;
+        c.delete(&ContainerDeleteOpts::builder().force(true).build())
+            .await
+            .map_err(|e| api_err(&format!("cannot remove container {name}"), e))
+    }
+
+    /// `running`, `exited`, ... or `inactive` when there is no container.
+    pub async fn state(&self, container: &str) -> Result<String, String> {
+        let c = self.podman.containers().get(container);
+        if !c.exists().await.map_err(|e| api_err("cannot reach Podman", e))? {
+            return Ok("inactive".into());
+        }
+        let info = c.inspect().await.map_err(|e| api_err(&format!("cannot inspect {container}"), e))?;
+        Ok(info.state.and_then(|s| s.status).unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// Names of the service containers present (running or not).
+    pub async fn containers(&self) -> Result<Vec<String>, String> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([ContainerListFilter::LabelKey(SERVICE_LABEL.to_owned())])
+            .build();
+        let list = self.podman.containers().list(&opts).await.map_err(|e| api_err("cannot list containers", e))?;
+        Ok(list.into_iter().filter_map(|c| c.names?.into_iter().next()).collect())
+    }
+
+    /// Remove the named volumes of the module (when the module is removed without
+    /// keeping its data).
+    pub async fn remove_volumes(&self) -> Result<Vec<String>, String> {
+        let list =
+            self.podman.volumes().list(&Default::default()).await.map_err(|e| api_err("cannot list volumes", e))?;
+        let mut removed = Vec::new();
+        for v in list {
+            let name = v.name;
+            self.podman
+                .volumes()
+                .get(&name)
+                .delete()
+                .await
+                .map_err(|e| api_err(&format!("cannot remove volume {name}"), e))?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+}
