@@ -1,6 +1,6 @@
 //! `cargo xtask up` / `down`: a single-node cluster on this machine.
 //!
-//! Everything lives under one root (default `<workspace>/.cluster`):
+//! Everything lives under one root (default `/var/lib/ns8rs`):
 //! `bin/` (copies of the release binaries, so a rebuild never swaps a running one),
 //! `redis/` (config and data, persistent), `cluster/` and `node/` (agent install dirs,
 //! NS8 layout: `actions/`, `events/`, `state/`), `supervisor.d/` (one JSON file per
@@ -17,8 +17,12 @@ use serde_json::json;
 
 use crate::{packages, run, workspace};
 
-const BINARIES: &[&str] = &["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli", "api-server"];
+const BINARIES: &[&str] =
+    &["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"];
 pub const DEFAULT_PORT: u16 = 16379;
+/// Where the local cluster lives unless told: outside any home directory, because
+/// module agents run as their own users and must reach its `bin/`.
+pub const DEFAULT_ROOT: &str = "/var/lib/ns8rs";
 /// The local software repository's registry (images::DEFAULT_REGISTRY).
 pub const DEFAULT_REGISTRY_PORT: u16 = 15000;
 /// The api-server's port, as NS8's.
@@ -56,7 +60,7 @@ pub struct DownArgs {
 }
 
 fn root_or_default(root: Option<PathBuf>) -> PathBuf {
-    root.unwrap_or_else(|| workspace().join(".cluster"))
+    root.unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
 }
 
 fn pidfile(root: &Path) -> PathBuf {
@@ -104,6 +108,27 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Module agents run as their own users from `<root>/bin`: every directory above it
+/// must let others through.
+fn reachable_by_modules(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = root.canonicalize().with_context(|| format!("cannot resolve {}", root.display()))?;
+    for dir in root.ancestors() {
+        let mode =
+            std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "{} is not searchable by other users (mode {:o}), so module agents, which run as their own users, \
+                 could not start from {}: pass --root under a directory they can reach, e.g. /var/lib/ns8rs",
+                dir.display(),
+                mode & 0o777,
+                root.join("bin").display()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn up(args: UpArgs) -> Result<()> {
@@ -157,6 +182,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         std::fs::create_dir_all(root.join(dir))
             .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
     }
+    reachable_by_modules(&root)?;
     for b in BINARIES {
         let tmp = root.join("bin").join(format!(".{b}.new"));
         std::fs::copy(built.join(b), &tmp).with_context(|| format!("cannot copy {} from {}", b, built.display()))?;
@@ -183,7 +209,19 @@ pub fn up(args: UpArgs) -> Result<()> {
     )?;
     for (file, name, install, extra) in [
         ("20-cluster-agent.json", "cluster-agent", "cluster", json!({})),
-        ("30-node-agent.json", "node-agent", "node", json!({"AGENT_ID": "node/1", "NODE_ID": "1"})),
+        (
+            "30-node-agent.json",
+            "node-agent",
+            "node",
+            // Module agents run under this same supervisor: the node adds their files.
+            json!({
+                "AGENT_ID": "node/1",
+                "NODE_ID": "1",
+                "SUPERVISOR_DIR": root.join("supervisor.d"),
+                "SUPERVISOR_PIDFILE": pidfile(&root),
+                "SUPERVISOR_LOG_DIR": root.join("log"),
+            }),
+        ),
     ] {
         let dir = root.join(install);
         let mut env = json!({
@@ -293,6 +331,21 @@ pub fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The modules' Unix users outlive the cluster's files: remove those the node agent
+/// started (one supervisor file each), with their processes and homes.
+fn remove_modules(root: &Path) -> Result<()> {
+    let dir = root.join("supervisor.d");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("50-module-").and_then(|n| n.strip_suffix(".json")) else { continue };
+        node_agent::users::remove(id, Path::new("/run/user"))
+            .map_err(|e| anyhow::anyhow!("cannot remove the user of module {id}: {e}"))?;
+        println!("Removed module {id} (its Unix user and home).");
+        std::fs::remove_file(entry.path())?;
+    }
+    Ok(())
+}
+
 /// Create the first admin (owner of the cluster and of node 1) if there is none yet;
 /// its generated password, which only the api-server's stdout ever shows.
 fn first_admin(api_server: &str, redis_address: &str) -> Result<Option<String>> {
@@ -325,6 +378,9 @@ pub fn down(args: DownArgs) -> Result<()> {
             }
             println!("The local cluster is stopped.");
         }
+    }
+    if args.purge {
+        remove_modules(&root)?;
     }
     if args.purge && root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;

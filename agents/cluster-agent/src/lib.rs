@@ -1,10 +1,12 @@
 //! The cluster agent's native actions: the cluster's name and its software
-//! repositories. Later issues add nodes, modules and backups here.
+//! repositories, and the modules' install and removal. Later issues add nodes and
+//! backups here.
 
 pub mod image;
+pub mod modules;
 mod repository;
 
-use agent_runtime::{ActionContext, ActionError, NativeActions};
+use agent_runtime::{ActionContext, ActionError, AgentConfig, NativeActions};
 use bus::fred::prelude::*;
 use protocol::keys;
 use serde_json::{Value, json};
@@ -12,8 +14,13 @@ use serde_json::{Value, json};
 /// NS8's default label.
 const DEFAULT_NAME: &str = "NethServer 8";
 
-pub fn natives() -> NativeActions {
+pub fn natives(cfg: &AgentConfig) -> NativeActions {
+    let (redis, redis2) = (cfg.redis.clone(), cfg.redis.clone());
     NativeActions::new()
+        .add("add-module", Some(modules::add_schema()), None, move |ctx, data| modules::add(ctx, data, redis.clone()))
+        .add("remove-module", Some(modules::remove_schema()), None, move |ctx, data| {
+            modules::remove(ctx, data, redis2.clone())
+        })
         .add("add-repository", Some(repository::add_schema()), None, repository::add)
         .add("alter-repository", Some(repository::alter_schema()), None, repository::alter)
         .add("remove-repository", Some(repository::name_schema()), None, repository::remove)

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         default_id: Some("cluster"),
         expected: "cluster",
         accepts: AgentId::is_cluster,
-        natives: |_| cluster_agent::natives(),
+        natives: cluster_agent::natives,
     }
     .main()
 }

@@ -1,8 +1,10 @@
-//! The node agent's native actions. Later issues add users, images, ports and the
-//! firewall here.
+//! The node agent's native actions: host facts, Podman settings, ports, and the
+//! node's half of installing and removing modules. Later issues add the firewall.
 
 pub mod extract;
 mod info;
+pub mod launcher;
+pub mod modules;
 pub mod podman;
 pub mod ports;
 pub mod users;
@@ -16,7 +18,13 @@ pub const CONTAINERS_CONF: &str = "containers.conf";
 pub fn natives(cfg: &AgentConfig) -> NativeActions {
     let state_dir = cfg.state_dir.clone();
     let conf = cfg.state_dir.join(CONTAINERS_CONF);
+    let setup = modules::NodeSetup::from_env(&cfg.state_dir);
+    let setup2 = setup.clone();
     NativeActions::new()
+        .add("add-module", Some(modules::add_schema()), None, move |ctx, data| modules::add(ctx, data, setup.clone()))
+        .add("remove-module", Some(modules::remove_schema()), None, move |ctx, data| {
+            modules::remove(ctx, data, setup2.clone())
+        })
         .add("allocate-ports", Some(ports::allocate_schema()), None, ports::allocate)
         .add("deallocate-ports", Some(ports::deallocate_schema()), None, ports::deallocate)
         .add(

@@ -119,9 +119,36 @@ pub fn containers_conf(s: &Settings) -> String {
     out
 }
 
-/// Probe the host, write `path` (atomically, only when it changes) and describe what
-/// was found and written.
+/// The TUN device rootless networking (slirp4netns) opens as the module's user.
+const TUN: &str = "/dev/net/tun";
+
+/// Make the TUN device usable by every user, as the kernel creates it (0666): some
+/// container hosts give it 0600, and then no rootless container gets a network.
+/// Returns what was changed, if anything.
+fn ensure_tun(path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Err(format!(
+            "{} is missing: rootless containers need it for their network (modprobe tun)",
+            path.display()
+        ));
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o666 == 0o666 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("{} has mode {mode:o}, which rootless containers cannot use, and: {e}", path.display()))?;
+    let what =
+        format!("{} had mode {mode:o}; set to 666 (the kernel's default) for rootless containers", path.display());
+    tracing::warn!("{what}");
+    Ok(Some(what))
+}
+
+/// Probe the host, write `path` (atomically, only when it changes), fix what rootless
+/// containers need from the host, and describe what was found and done.
 pub fn configure(path: &Path) -> Result<Value, String> {
+    let tun = ensure_tun(Path::new(TUN))?;
     let facts = probe();
     let s = settings(&facts)?;
     let text = containers_conf(&s);
@@ -136,6 +163,7 @@ pub fn configure(path: &Path) -> Result<Value, String> {
         "cap_sys_resource": facts.cap_sys_resource,
         "runtime": s.runtime,
         "default_ulimits": s.ulimits,
+        "tun_fixed": tun,
     }))
 }
 
@@ -164,6 +192,19 @@ mod tests {
         assert!(conf.contains("default_ulimits = [\"nofile=20000:20000\", \"nproc=4194304:4194304\"]"), "{conf}");
         let no_runc = HostFacts { runc: false, ..facts(Cgroups::Hybrid, true) };
         assert!(settings(&no_runc).unwrap_err().contains("install the runc package"));
+    }
+
+    #[test]
+    fn tun_mode_is_opened_to_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tun");
+        std::fs::write(&f, "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ensure_tun(&f).unwrap().unwrap().contains("had mode 600"));
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o666);
+        assert_eq!(ensure_tun(&f).unwrap(), None);
+        assert!(ensure_tun(&dir.path().join("none")).unwrap_err().contains("modprobe tun"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod client;
 mod config;
+pub mod grants;
 
 pub use client::{TaskClient, agent_is_alive};
 pub use config::{Address, RedisConfig};

@@ -30,7 +30,6 @@ pub const SERVICES_DIR: &str = "services";
 /// The enabled services, one name per line, under the state directory (so backups and
 /// update snapshots carry it).
 pub const ENABLED_FILE: &str = "services.enabled";
-const STOP_TIMEOUT_SECS: usize = 10;
 
 /// Where a module's files and its Podman socket are.
 #[derive(Clone, Debug)]
@@ -270,6 +269,12 @@ impl Engine {
         if !svc.exec.is_empty() {
             opts = opts.command(svc.exec.clone());
         }
+        if svc.run_init {
+            opts = opts.init(true);
+        }
+        if let Some(t) = svc.stop_timeout {
+            opts = opts.stop_timeout(t);
+        }
         if let Some(w) = &svc.working_dir {
             opts = opts.work_dir(w);
         }
@@ -296,7 +301,8 @@ impl Engine {
         if !c.exists().await.map_err(|e| api_err("cannot reach Podman", e))? {
             return Ok(());
         }
-        let _ = c.stop(&ContainerStopOpts::builder().timeout(STOP_TIMEOUT_SECS).ignore(true).build()).await;
+        // Without a timeout Podman waits the container's own StopTimeout (default 10 s).
+        let _ = c.stop(&ContainerStopOpts::builder().ignore(true).build()).await;
         c.delete(&ContainerDeleteOpts::builder().force(true).build())
             .await
             .map_err(|e| api_err(&format!("cannot remove container {name}"), e))

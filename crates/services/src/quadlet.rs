@@ -49,6 +49,11 @@ pub struct Service {
     pub working_dir: Option<String>,
     pub user: Option<String>,
     pub restart: Restart,
+    /// `RunInit=true`: a minimal init as PID 1 forwards signals and reaps children,
+    /// for programs that ignore SIGTERM as PID 1.
+    pub run_init: bool,
+    /// `StopTimeout=`: seconds between the stop signal and SIGKILL.
+    pub stop_timeout: Option<u64>,
 }
 
 /// Whether `name` may name a service (and so a container).
@@ -188,6 +193,14 @@ fn parse_volume(v: &str) -> Result<Volume, String> {
     }
 }
 
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" => Ok(false),
+        _ => Err(format!("{v:?} is not a boolean (true or false)")),
+    }
+}
+
 fn parse_restart(v: &str) -> Result<Restart, String> {
     match v {
         "no" => Ok(Restart::No),
@@ -274,6 +287,11 @@ pub fn parse(name: &str, text: &str, env: &BTreeMap<String, String>, state_dir: 
                 }
             }
             ("Container", "WorkingDir") => svc.working_dir = Some(value),
+            ("Container", "RunInit") => svc.run_init = parse_bool(&value).map_err(at)?,
+            ("Container", "StopTimeout") => {
+                svc.stop_timeout =
+                    Some(value.parse().map_err(|_| at(format!("StopTimeout={value:?} is not a number of seconds")))?)
+            }
             ("Container", "User") => svc.user = Some(value),
             ("Service", "Restart") => svc.restart = parse_restart(&value).map_err(at)?,
             ("Service", "TimeoutStartSec" | "TimeoutStopSec") => {}
@@ -305,7 +323,7 @@ mod tests {
                     Environment=A=1 \"B=two words\"\nEnvironmentFile=environment\n\
                     PublishPort=127.0.0.1:${TCP_PORT}:8080\nPublishPort=9000:9000/udp\n\
                     Volume=data:/var/www:Z\nVolume=/srv/x:/x:ro\nLabel=a=b\n\
-                    [Service]\nRestart=always\n[Install]\nWantedBy=default.target\n";
+                    RunInit=true\nStopTimeout=3\n[Service]\nRestart=always\n[Install]\nWantedBy=default.target\n";
         let s = parse("web", text, &env(), dir.path()).unwrap();
         assert_eq!(s.image, "127.0.0.1:5000/ns8rs/web:1");
         assert_eq!(s.exec, ["/bin/httpd", "-f", "-p", "8080 x", "-h", "/www"]);
@@ -327,6 +345,8 @@ mod tests {
         );
         assert!(matches!(&s.volumes[1], Volume::Bind { source, .. } if source == Path::new("/srv/x")));
         assert_eq!(s.restart, Restart::Always);
+        assert!(s.run_init);
+        assert_eq!(s.stop_timeout, Some(3));
         assert_eq!(s.container_name, "web");
     }
 
@@ -345,6 +365,7 @@ mod tests {
         assert!(err("[Container]\nImage=x\nVolume=v:/x:exec\n").contains("not one of"));
         assert!(err("[Container]\nImage=x\nExec=\"unclosed\n").contains("unclosed double quote"));
         assert!(err("[Service]\nRestart=sometimes\n").contains("Restart=\"sometimes\""));
+        assert!(err("[Container]\nImage=x\nRunInit=maybe\n").contains("not a boolean"));
         assert!(parse("../x", "", &env(), dir.path()).unwrap_err().contains("not a service name"));
     }
 }

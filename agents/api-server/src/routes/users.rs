@@ -11,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use protocol::{AgentId, keys};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -195,36 +194,7 @@ pub async fn password(State(s): State<Shared>, caller: Caller, Path(p): Path<Par
     Ok(ok(json!(null)))
 }
 
-/// KEYS: grants hash. ARGV: agent, role, "1" add / "0" remove. Returns whether the
-/// role was held before.
-const SET_GRANT: &str = r"
-local cur = redis.call('HGET', KEYS[1], ARGV[1]) or ''
-local roles, held = {}, 0
-for r in string.gmatch(cur, '[^,%s]+') do
-  if r == ARGV[2] then held = 1 else roles[#roles + 1] = r end
-end
-if ARGV[3] == '0' and held == 0 then return 0 end
-if ARGV[3] == '1' then roles[#roles + 1] = ARGV[2] end
-if #roles == 0 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], table.concat(roles, ',')) end
-return held";
-
-/// Add or remove one role of `subject` on `agent`; whether it was held before.
-pub async fn set_grant(
-    redis: &Client,
-    subject: &str,
-    agent: &AgentId,
-    role: &str,
-    add: bool,
-) -> Result<bool, fred::error::Error> {
-    let held: i64 = Script::from_lua(SET_GRANT)
-        .evalsha_with_reload(
-            redis,
-            vec![keys::grants(subject)],
-            vec![agent.to_string(), role.to_owned(), if add { "1" } else { "0" }.to_owned()],
-        )
-        .await?;
-    Ok(held == 1)
-}
+pub use bus::grants::set_grant;
 
 #[derive(Deserialize)]
 struct Grant {

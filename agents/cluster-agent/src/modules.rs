@@ -1,0 +1,398 @@
+//! Installing and removing modules (`add-module`, `remove-module`): the cluster's
+//! half, which drives the node's through sub-tasks (NS8 reference 10.2 and 10.6).
+//!
+//! Beyond NS8, an install either completes or leaves nothing: every step that changed
+//! something registers its undo, and a failure runs them in reverse before the task
+//! ends with the cause. The order is NS8's: the image is checked before any node is
+//! touched; the node makes the user and starts the agent, which connects once the
+//! cluster has created its Redis user from the hash the node returned.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use agent_runtime::{ActionContext, ActionError};
+use bus::fred::prelude::*;
+use bus::fred::types::{ClusterHash, CustomCommand};
+use bus::{RedisConfig, TaskClient};
+use protocol::task::Task;
+use protocol::{AgentId, keys};
+use serde_json::{Value, json};
+
+use crate::image::{self, Requirements};
+
+/// How long the new agent has to connect before the install gives up.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn module_sequence(name: &str) -> String {
+    format!("cluster/module_sequence/{name}")
+}
+pub const MODULE_UUID: &str = "cluster/module_uuid";
+
+pub fn add_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["image", "node"],
+        "properties": {
+            "image": {"type": "string", "minLength": 1, "maxLength": 512},
+            "node": {"type": "integer", "minimum": 1},
+            "module_uuid": {"type": "string", "format": "uuid"}
+        }
+    })
+}
+
+pub fn remove_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["module_id"],
+        "properties": {
+            "module_id": {"type": "string", "minLength": 1},
+            "preserve_data": {"type": "boolean"},
+            "force": {"type": "boolean"}
+        }
+    })
+}
+
+fn failed(e: impl std::fmt::Display) -> ActionError {
+    ActionError::failed(e.to_string())
+}
+
+/// Run `action` on `agent` as a sub-task of the running task and return its output,
+/// or its error as text.
+pub async fn subtask(
+    tc: &TaskClient,
+    ctx: &ActionContext,
+    agent: &AgentId,
+    action: &str,
+    data: Value,
+) -> Result<Value, String> {
+    let mut task = Task {
+        id: String::new(),
+        action: action.to_owned(),
+        data,
+        extra: json!({}),
+        parent: ctx.task_id.clone(),
+        queue: String::new(),
+        user: ctx.agent.to_string(),
+        timestamp: None,
+    };
+    let r = tc.run(agent, &mut task, |_| {}).await.map_err(|e| format!("{agent}/{action}: {e}"))?;
+    if r.exit_code == 0 {
+        return Ok(r.output);
+    }
+    let why = if r.error.trim().is_empty() { r.output.to_string() } else { r.error.trim().to_owned() };
+    Err(format!("{agent}/{action} failed (exit code {}): {why}", r.exit_code))
+}
+
+/// `<NAME>_IMAGE` for a service image, as NS8 names it.
+pub fn image_variable(image: &str) -> String {
+    let name = protocol::image::parse_reference(image).map(|(n, _)| n).unwrap_or_default();
+    let mut v: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    if v.starts_with(|c: char| c.is_ascii_digit()) {
+        v.insert(0, 'I');
+    }
+    v + "_IMAGE"
+}
+
+/// The ports variables NS8 sets for an allocated range.
+fn port_variables(proto: &str, start: u64, end: u64) -> Vec<(String, String)> {
+    let p = proto.to_ascii_uppercase();
+    let mut v = vec![(format!("{p}_PORT"), start.to_string())];
+    if end > start {
+        v.push((format!("{p}_PORTS_RANGE"), format!("{start}-{end}")));
+    }
+    if end - start < 8 {
+        v.push((format!("{p}_PORTS"), (start..=end).map(|x| x.to_string()).collect::<Vec<_>>().join(",")));
+    }
+    v
+}
+
+/// What an interrupted install must undo, in reverse order.
+enum Undo {
+    Ports { node: AgentId, protocol: &'static str },
+    Node { node: AgentId },
+    Keys,
+}
+
+struct Install<'a> {
+    ctx: &'a ActionContext,
+    tc: &'a TaskClient,
+    id: String,
+    agent: AgentId,
+    undo: Vec<Undo>,
+}
+
+impl Install<'_> {
+    async fn rollback(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        while let Some(step) = self.undo.pop() {
+            let r = match step {
+                Undo::Ports { node, protocol } => {
+                    let data = json!({"module_id": self.id, "protocol": protocol});
+                    subtask(self.tc, self.ctx, &node, "deallocate-ports", data).await.map(|_| ())
+                }
+                Undo::Node { node } => {
+                    subtask(self.tc, self.ctx, &node, "remove-module", json!({"module_id": self.id})).await.map(|_| ())
+                }
+                Undo::Keys => forget(&self.ctx.redis, &self.agent, &self.id).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = r {
+                problems.push(e);
+            }
+        }
+        problems
+    }
+}
+
+/// Every trace of module `id` in Redis: its keys, task results, grants, ACL user,
+/// cluster records.
+pub async fn forget(redis: &Client, agent: &AgentId, id: &str) -> Result<(), bus::fred::error::Error> {
+    for pattern in [format!("{agent}/*"), format!("task/{agent}/*")] {
+        let found = bus::scan(redis, &pattern, None).await?;
+        for chunk in found.chunks(500) {
+            let _: i64 = redis.del(chunk.to_vec()).await?;
+        }
+    }
+    for key in [keys::MODULE_NODE, MODULE_UUID, keys::ports_demand("tcp").as_str(), keys::ports_demand("udp").as_str()]
+    {
+        let _: i64 = redis.hdel(key, id).await?;
+    }
+    bus::grants::forget_agent(redis, agent).await?;
+    // Deleting a user that does not exist answers 0, not an error.
+    let _: i64 = redis
+        .custom(
+            CustomCommand::new_static("ACL", ClusterHash::FirstKey, false),
+            vec!["DELUSER".to_owned(), agent.to_string()],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn node_of(redis: &Client, id: &str) -> Result<Option<u32>, ActionError> {
+    let node: Option<String> = redis.hget(keys::MODULE_NODE, id).await?;
+    Ok(node.and_then(|n| n.parse().ok()))
+}
+
+/// Resolve `image`: a URL when it holds a `/`, else the newest version of the module
+/// of that name in the enabled repositories.
+async fn resolve(ctx: &ActionContext, image: &str) -> Result<String, ActionError> {
+    if image.contains('/') {
+        protocol::image::parse_reference(image).map_err(|e| ActionError::invalid("image", json!(image), &e))?;
+        return Ok(image.to_owned());
+    }
+    let modules = crate::repository::list_modules(ctx.clone(), Value::Null).await?;
+    let found = modules.as_array().into_iter().flatten().find(|m| m["id"] == image || m["name"] == image);
+    let Some(m) = found else {
+        return Err(ActionError::invalid("image", json!(image), "not_in_repositories"));
+    };
+    let (Some(source), Some(tag)) = (m["source"].as_str(), m["versions"][0]["tag"].as_str()) else {
+        return Err(failed(format!("module {image} has no installable version in the repositories")));
+    };
+    Ok(format!("{source}:{tag}"))
+}
+
+pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Result<Value, ActionError> {
+    let node_id = data["node"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let node = AgentId::Node(node_id);
+    let url = resolve(&ctx, data["image"].as_str().unwrap_or_default()).await?;
+    let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
+    if !bus::agent_is_alive(&ctx.redis, &node, 30).await.map_err(failed)? {
+        return Err(ActionError::invalid("node", data["node"].clone(), "not_alive"));
+    }
+    // 1. The image and its labels, before anything changes anywhere.
+    let u = url.clone();
+    let img = tokio::task::spawn_blocking(move || image::inspect(&u)).await.map_err(failed)?.map_err(failed)?;
+    let req: Requirements = image::requirements(&img.labels).map_err(failed)?;
+    ctx.set_progress(10);
+
+    // 2. The instance id; sequences only grow, so an id is never reused.
+    let seq: u64 = ctx.redis.incr(module_sequence(&img.name)).await?;
+    let id = format!("{}{seq}", img.name);
+    protocol::validate_module_id(&id).map_err(|e| failed(format!("image name {:?}: {e}", img.name)))?;
+    let agent = AgentId::module(&id).map_err(failed)?;
+    let uuid = data["module_uuid"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent: agent.clone(), undo: vec![Undo::Keys] };
+    let outcome = install(&mut inst, &node, node_id, &img, &req, &uuid).await;
+    let result = match outcome {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let problems = inst.rollback().await;
+            let tail = if problems.is_empty() {
+                "; nothing of it was left behind".to_owned()
+            } else {
+                format!("; the cleanup also failed: {}", problems.join("; "))
+            };
+            Err(failed(format!("cannot install {id} from {url}: {e}{tail}")))
+        }
+    };
+    tc.quit().await;
+    result
+}
+
+async fn install(
+    inst: &mut Install<'_>,
+    node: &AgentId,
+    node_id: u32,
+    img: &image::ModuleImage,
+    req: &Requirements,
+    uuid: &str,
+) -> Result<Value, String> {
+    let ctx = inst.ctx;
+    let (id, agent) = (inst.id.clone(), inst.agent.clone());
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("MODULE_ID".into(), id.clone());
+    env.insert("MODULE_UUID".into(), uuid.to_owned());
+    env.insert("NODE_ID".into(), node_id.to_string());
+    env.insert("IMAGE_URL".into(), img.url.clone());
+    env.insert("IMAGE_DIGEST".into(), img.digest.clone());
+    // NS8's spelling, kept for scripts that read it.
+    env.insert(
+        "IMAGE_REOPODIGEST".into(),
+        format!("{}@{}", img.url.rsplit_once(':').map_or(&*img.url, |x| x.0), img.digest),
+    );
+    for i in &req.images {
+        env.insert(image_variable(i), i.clone());
+    }
+
+    // 3. Ports, each protocol in one allocation on the node.
+    for (proto, demand) in [("tcp", req.tcp_ports), ("udp", req.udp_ports)] {
+        if demand == 0 {
+            continue;
+        }
+        let _: i64 = ctx
+            .redis
+            .hset(keys::ports_demand(proto), (id.as_str(), demand.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
+        inst.undo.push(Undo::Ports { node: node.clone(), protocol: proto });
+        let data = json!({"module_id": id, "ports": demand, "protocol": proto});
+        let range = subtask(inst.tc, ctx, node, "allocate-ports", data).await?;
+        let (Some(start), Some(end)) = (range[0].as_u64(), range[1].as_u64()) else {
+            return Err(format!("allocate-ports answered {range}, not [start, end]"));
+        };
+        env.extend(port_variables(proto, start, end));
+    }
+    ctx.set_progress(20);
+
+    // 4. The node: user, files, credentials, agent.
+    inst.undo.push(Undo::Node { node: node.clone() });
+    let data = json!({"module_id": id, "image_url": img.url, "is_rootfull": req.rootfull, "environment": env});
+    let out = subtask(inst.tc, ctx, node, "add-module", data).await?;
+    let Some(hash) = out["redis_sha256"].as_str().filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    else {
+        return Err(format!("{node}/add-module answered no redis_sha256: {out}"));
+    };
+    ctx.set_progress(60);
+
+    // 5. Its Redis user, records and grants.
+    let mut args = vec!["SETUSER".to_owned(), agent.to_string()];
+    args.extend(protocol::acl::agent_rules(&agent, &format!("#{hash}")));
+    let _: String = ctx
+        .redis
+        .custom(CustomCommand::new_static("ACL", ClusterHash::FirstKey, false), args)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _: i64 =
+        ctx.redis.hset(keys::MODULE_NODE, (id.as_str(), node_id.to_string())).await.map_err(|e| e.to_string())?;
+    let _: i64 = ctx.redis.hset(MODULE_UUID, (id.as_str(), uuid)).await.map_err(|e| e.to_string())?;
+    let mut flags: Vec<String> = req.flags.clone();
+    flags.push(if req.rootfull { "rootfull" } else { "rootless" }.into());
+    let _: i64 = ctx.redis.sadd(format!("{agent}/flags"), flags).await.map_err(|e| e.to_string())?;
+    bus::grants::extend_role(&ctx.redis, &AgentId::Cluster, &agent, "owner").await.map_err(|e| e.to_string())?;
+
+    // 6. The agent connects; then the module's own create-module.
+    let deadline = Instant::now() + AGENT_START_TIMEOUT;
+    while !bus::agent_is_alive(&ctx.redis, &agent, 30).await.map_err(|e| e.to_string())? {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the agent of {id} did not connect within {} s; see its log",
+                AGENT_START_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ctx.set_progress(70);
+    // NS8 modules inherit a base create-module; here a module without one needs none.
+    let actions = subtask(inst.tc, ctx, &agent, "list-actions", json!(null)).await?;
+    if actions.as_array().is_some_and(|a| a.iter().any(|x| x == "create-module")) {
+        subtask(inst.tc, ctx, &agent, "create-module", json!({"images": req.images})).await?;
+    }
+    ctx.set_progress(95);
+
+    let event = json!({"module": id, "node": node_id}).to_string();
+    let _: i64 = ctx
+        .redis
+        .publish(keys::event_channel(&AgentId::Cluster, "module-added"), event)
+        .await
+        .map_err(|e| e.to_string())?;
+    inst.undo.clear();
+    Ok(json!({"module_id": id, "module_uuid": uuid, "image_name": img.name, "image_url": img.url}))
+}
+
+/// `remove-module`: the module's `destroy-module` (if it has one), the node's removal,
+/// then every Redis trace. With `force`, a failing `destroy-module` or an unreachable
+/// node does not stop the removal.
+pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Result<Value, ActionError> {
+    let id = data["module_id"].as_str().unwrap_or_default().to_owned();
+    let agent = AgentId::module(&id).map_err(|e| ActionError::invalid("module_id", json!(id), &e.to_string()))?;
+    let force = data["force"].as_bool().unwrap_or(false);
+    let Some(node_id) = node_of(&ctx.redis, &id).await? else {
+        return Err(ActionError::invalid("module_id", json!(id), "not_installed"));
+    };
+    let node = AgentId::Node(node_id);
+    let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
+    let result = async {
+        if bus::agent_is_alive(&ctx.redis, &agent, 30).await.map_err(failed)? {
+            let actions = subtask(&tc, &ctx, &agent, "list-actions", json!(null)).await.map_err(failed)?;
+            let has_destroy = actions.as_array().is_some_and(|a| a.iter().any(|x| x == "destroy-module"));
+            if has_destroy && let Err(e) = subtask(&tc, &ctx, &agent, "destroy-module", json!({})).await {
+                if !force {
+                    return Err(failed(format!("{e} (force removes it anyway)")));
+                }
+                tracing::warn!("removing {id} anyway: {e}");
+            }
+        }
+        ctx.set_progress(30);
+        let data = json!({"module_id": id, "preserve_data": data["preserve_data"].as_bool().unwrap_or(false)});
+        let out = match subtask(&tc, &ctx, &node, "remove-module", data).await {
+            Ok(out) => out,
+            Err(e) if force => {
+                tracing::warn!("removing {id} from Redis anyway: {e}");
+                json!({"preserved": null})
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        ctx.set_progress(70);
+        for proto in ["tcp", "udp"] {
+            let data = json!({"module_id": id, "protocol": proto});
+            if let Err(e) = subtask(&tc, &ctx, &node, "deallocate-ports", data).await {
+                tracing::warn!("{e}");
+            }
+        }
+        forget(&ctx.redis, &agent, &id).await?;
+        let event = json!({"module": id, "node": node_id}).to_string();
+        let _: i64 = ctx.redis.publish(keys::event_channel(&AgentId::Cluster, "module-removed"), event).await?;
+        Ok(json!({"module_id": id, "preserved": out["preserved"]}))
+    }
+    .await;
+    tc.quit().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns8_variable_names() {
+        assert_eq!(image_variable("127.0.0.1:15000/ns8rs/hello-server:1.0.0"), "HELLO_SERVER_IMAGE");
+        assert_eq!(image_variable("docker.io/library/3proxy.v2:1"), "I3PROXY_V2_IMAGE");
+        assert_eq!(
+            port_variables("tcp", 20000, 20000),
+            [("TCP_PORT".into(), "20000".into()), ("TCP_PORTS".into(), "20000".into())]
+        );
+        let many = port_variables("udp", 20000, 20009);
+        assert_eq!(many[1], ("UDP_PORTS_RANGE".into(), "20000-20009".into()));
+        assert_eq!(many.len(), 2, "no list beyond 8 ports");
+    }
+}
