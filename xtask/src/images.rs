@@ -29,14 +29,15 @@ pub struct ImagesArgs {
     /// Registry to push to (`host:port`, plain HTTP: a loopback registry).
     #[arg(long, default_value = DEFAULT_REGISTRY)]
     registry: String,
-    /// Directory of the repository index, `repodata.json` (default `.cluster/repository`).
+    /// Directory of the repository index, `repodata.json` (default `/var/lib/ns8rs/repository`, the local cluster's).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Build this version instead of the one in module.json (e.g. a newer one to test
     /// updates).
     #[arg(long)]
     version: Option<String>,
-    /// Modules to build (names under modules/); all of them by default.
+    /// Modules to build: names under modules/, or paths of module directories; all of
+    /// modules/ by default.
     modules: Vec<String>,
 }
 
@@ -64,7 +65,7 @@ pub const PACKAGES: &[packages::Package] = &[
 
 pub fn images(args: ImagesArgs) -> Result<()> {
     packages::ensure(PACKAGES)?;
-    let out = args.out.unwrap_or_else(|| workspace().join(".cluster/repository"));
+    let out = args.out.unwrap_or_else(|| PathBuf::from(crate::cluster::DEFAULT_ROOT).join("repository"));
     build(&args.registry, &out, args.version.as_deref(), &args.modules)
 }
 
@@ -84,7 +85,8 @@ pub fn build(registry: &str, out: &Path, version: Option<&str>, modules: &[Strin
     };
     let mut index = read_index(out)?;
     for name in names {
-        let dir = modules_dir.join(&name);
+        // A path builds a module from elsewhere (tests build variants of a module).
+        let dir = if name.contains('/') { PathBuf::from(&name) } else { modules_dir.join(&name) };
         if !dir.join("module.json").is_file() {
             bail!("no module {name}: {} has no module.json", dir.display());
         }

@@ -15,11 +15,14 @@ use serde_json::{Value, json};
 const DEFAULT_NAME: &str = "NethServer 8";
 
 pub fn natives(cfg: &AgentConfig) -> NativeActions {
-    let (redis, redis2) = (cfg.redis.clone(), cfg.redis.clone());
+    let (redis, redis2, redis3) = (cfg.redis.clone(), cfg.redis.clone(), cfg.redis.clone());
     NativeActions::new()
         .add("add-module", Some(modules::add_schema()), None, move |ctx, data| modules::add(ctx, data, redis.clone()))
         .add("remove-module", Some(modules::remove_schema()), None, move |ctx, data| {
             modules::remove(ctx, data, redis2.clone())
+        })
+        .add("update-module", Some(modules::update_schema()), None, move |ctx, data| {
+            modules::update(ctx, data, redis3.clone())
         })
         .add("add-repository", Some(repository::add_schema()), None, repository::add)
         .add("alter-repository", Some(repository::alter_schema()), None, repository::alter)

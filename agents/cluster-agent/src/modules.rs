@@ -379,6 +379,134 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
     result
 }
 
+pub fn update_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["module_url", "instances"],
+        "properties": {
+            "module_url": {"type": "string", "minLength": 1, "maxLength": 512},
+            "instances": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+        }
+    })
+}
+
+/// `update-module`: each instance in turn moves to the new image. Beyond NS8, an
+/// instance whose update fails anywhere (its own update steps included) is rolled back
+/// by the node to the snapshot taken before, and runs its previous version again; the
+/// task then fails, saying so.
+pub async fn update(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Result<Value, ActionError> {
+    let url = resolve(&ctx, data["module_url"].as_str().unwrap_or_default()).await?;
+    let u = url.clone();
+    let img = tokio::task::spawn_blocking(move || image::inspect(&u)).await.map_err(failed)?.map_err(failed)?;
+    let req = image::requirements(&img.labels).map_err(failed)?;
+    let mut targets = Vec::new();
+    for id in data["instances"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        let agent = AgentId::module(id).map_err(|e| ActionError::invalid("instances", json!(id), &e.to_string()))?;
+        let Some(node) = node_of(&ctx.redis, id).await? else {
+            return Err(ActionError::invalid("instances", json!(id), "not_installed"));
+        };
+        let rootfull: bool = ctx.redis.sismember(format!("{agent}/flags"), "rootfull").await?;
+        if rootfull != req.rootfull {
+            return Err(failed(format!(
+                "{url} is {}, but {id} is not: an update cannot change that",
+                if req.rootfull { "rootful" } else { "rootless" }
+            )));
+        }
+        targets.push((id.to_owned(), agent, AgentId::Node(node)));
+    }
+    let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for (i, (id, agent, node)) in targets.iter().enumerate() {
+        match update_one(&ctx, &tc, id, agent, node, &img, &req).await {
+            Ok(v) => done.push(v),
+            Err(e) => errors.push(e),
+        }
+        ctx.set_progress((((i + 1) * 100) / targets.len()).min(99) as u8);
+    }
+    tc.quit().await;
+    if errors.is_empty() { Ok(json!({"image_url": url, "instances": done})) } else { Err(failed(errors.join("; "))) }
+}
+
+async fn update_one(
+    ctx: &ActionContext,
+    tc: &TaskClient,
+    id: &str,
+    agent: &AgentId,
+    node: &AgentId,
+    img: &image::ModuleImage,
+    req: &Requirements,
+) -> Result<Value, String> {
+    let previous: Option<String> =
+        ctx.redis.hget(keys::environment(agent), "IMAGE_URL").await.map_err(|e| e.to_string())?;
+    let previous = previous.unwrap_or_default();
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("IMAGE_URL".into(), img.url.clone());
+    env.insert(
+        "IMAGE_REOPODIGEST".into(),
+        format!("{}@{}", img.url.rsplit_once(':').map_or(&*img.url, |x| x.0), img.digest),
+    );
+    for i in &req.images {
+        env.insert(image_variable(i), i.clone());
+    }
+    for (proto, demand) in [("tcp", req.tcp_ports), ("udp", req.udp_ports)] {
+        let _: i64 =
+            ctx.redis.hset(keys::ports_demand(proto), (id, demand.to_string())).await.map_err(|e| e.to_string())?;
+    }
+    let data = json!({"module_id": id, "image_url": img.url, "environment": env});
+    subtask(tc, ctx, node, "update-module", data)
+        .await
+        .map_err(|e| format!("cannot update {id} to {}: {e}", img.url))?;
+    // The module's own steps, from the new image.
+    let steps = async {
+        let actions = subtask(tc, ctx, agent, "list-actions", json!(null)).await?;
+        if actions.as_array().is_some_and(|a| a.iter().any(|x| x == "update-module")) {
+            subtask(tc, ctx, agent, "update-module", json!({"module_url": img.url})).await?;
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    let outcome = if steps.is_ok() { "commit" } else { "rollback" };
+    let finished = subtask(tc, ctx, node, "finish-update", json!({"module_id": id, "outcome": outcome})).await;
+    let (result, environment) = match (steps, finished) {
+        (Ok(()), Ok(out)) => (
+            Ok(json!({"module_id": id, "image_url": img.url, "previous_image_url": previous})),
+            out["environment"].clone(),
+        ),
+        (Err(e), Ok(out)) => (
+            Err(format!("the update of {id} to {} failed: {e}; rolled back to {previous}, which runs again", img.url)),
+            out["environment"].clone(),
+        ),
+        (Ok(()), Err(e)) => (Err(format!("the update of {id} to {} failed: {e}", img.url)), Value::Null),
+        (Err(e), Err(r)) => {
+            (Err(format!("the update of {id} to {} failed: {e}; and the rollback failed: {r}", img.url)), Value::Null)
+        }
+    };
+    // The module's environment as the node left it, for readers of Redis.
+    if let Some(map) = environment.as_object().filter(|m| !m.is_empty()) {
+        let pairs: Vec<(String, String)> =
+            map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect();
+        let key = keys::environment(agent);
+        let tx = ctx.redis.multi();
+        let _: () = tx.del(&key).await.map_err(|e| e.to_string())?;
+        let _: () = tx.hset(&key, pairs).await.map_err(|e| e.to_string())?;
+        let _: () = tx.exec(true).await.map_err(|e| e.to_string())?;
+    }
+    if result.is_ok() {
+        let node_id = match node {
+            AgentId::Node(n) => *n,
+            _ => 0,
+        };
+        let event = json!({"module": id, "node": node_id, "image_url": img.url}).to_string();
+        let _: i64 = ctx
+            .redis
+            .publish(keys::event_channel(&AgentId::Cluster, "module-updated"), event)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ enum Cmd {
     Stop { names: Vec<String> },
     /// Stop then start services: picks up a changed environment, file or image.
     Restart { names: Vec<String> },
-    /// Start every enabled service (what the agent does at start).
+    /// Start every enabled service that is not running (what the agent does at start).
     Up,
     /// Stop every service container of the module.
     Down,
@@ -115,7 +115,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut failed = Vec::new();
             for name in enabled {
                 // One broken service does not keep the others down.
-                if let Err(e) = async { engine.start(&layout.load(&name)?).await }.await {
+                let started = async {
+                    let svc = layout.load(&name)?;
+                    if engine.state(&svc.container_name).await? == "running" {
+                        return Ok(());
+                    }
+                    engine.start(&svc).await
+                };
+                if let Err(e) = started.await {
                     eprintln!("module-service: {name}: {e}");
                     failed.push(name);
                 }

@@ -133,7 +133,7 @@ impl ModulePaths {
             .env("AGENT_STATE_DIR", &self.state_dir)
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .current_dir(&self.state_dir);
+            .current_dir(&self.runtime_dir);
         if let Some(u) = &self.user {
             cmd.env("HOME", &u.home).env("USER", &u.name).uid(u.uid).gid(u.gid);
         }

@@ -128,6 +128,55 @@ fn api_err(what: &str, e: podman_api::Error) -> String {
     format!("{what}: {e}")
 }
 
+/// Record in the service log why a reset follows (it is the only log this has).
+fn note_in_log(log: &std::path::Path, why: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(f, "module-service: {why}; running podman system migrate, then retrying");
+    }
+}
+
+/// Start `podman system service` on the layout's socket and wait until it answers.
+async fn spawn_service(layout: &Layout, podman: &Podman, log_path: &std::path::Path) -> Result<(), String> {
+    let socket = layout.socket();
+    let _ = std::fs::remove_file(&socket);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| format!("cannot open the Podman service log: {e}"))?;
+    // setsid: the service outlives the command that started it, and is not killed
+    // with the process group of an agent's step.
+    let mut child = std::process::Command::new("setsid")
+        .args(["podman", "system", "service"])
+        .arg(format!("--time={IDLE_SECS}"))
+        .arg(format!("unix://{}", socket.display()))
+        // Not the caller's directory: an update or rollback replaces the state dir,
+        // and conmon cannot start containers from a deleted working directory.
+        .current_dir(&layout.runtime_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start podman system service: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if podman.ping().await.is_ok() {
+            // Reap it in the background: it exits on its own when idle.
+            std::thread::spawn(move || child.wait());
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("podman system service exited ({status}) before answering; see {}", log_path.display()));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("podman system service did not answer within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A connection to the module user's Podman service.
 pub struct Engine {
     podman: Podman,
@@ -155,42 +204,22 @@ impl Engine {
         if podman.ping().await.is_ok() {
             return Ok(Engine { podman });
         }
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("service.log"))
-            .map_err(|e| format!("cannot open the Podman service log: {e}"))?;
-        // setsid: the service outlives the command that started it, and is not killed
-        // with the process group of an agent's step.
-        let mut child = std::process::Command::new("setsid")
-            .args(["podman", "system", "service"])
-            .arg(format!("--time={IDLE_SECS}"))
-            .arg(format!("unix://{}", socket.display()))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start podman system service: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if podman.ping().await.is_ok() {
-                // Reap it in the background: it exits on its own when idle.
-                std::thread::spawn(move || child.wait());
-                return Ok(Engine { podman });
+        let log_path = dir.join("service.log");
+        match spawn_service(layout, &podman, &log_path).await {
+            Err(e) if std::fs::read_to_string(&log_path).unwrap_or_default().contains("podman system migrate") => {
+                // A crash killed the user namespace's pause process and left its pid
+                // file: Podman asks for this reset, after which the service starts.
+                note_in_log(&log_path, &e);
+                let _ = std::process::Command::new("podman")
+                    .args(["system", "migrate"])
+                    .current_dir(&layout.runtime_dir)
+                    .stdin(std::process::Stdio::null())
+                    .output();
+                spawn_service(layout, &podman, &log_path).await?;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "podman system service exited ({status}) before answering; see {}",
-                    dir.join("service.log").display()
-                ));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err("podman system service did not answer within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            r => r?,
         }
+        Ok(Engine { podman })
     }
 
     /// Pull `image` unless it is present. TLS is verified except for a registry on

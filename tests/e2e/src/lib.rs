@@ -1,7 +1,8 @@
-//! End-to-end tests of the whole system live in `tests/`; this library only finds the
-//! binaries they drive.
+//! End-to-end tests of the whole system live in `tests/`; this library finds the
+//! binaries they drive and runs a local cluster for them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// Where the workspace's binaries are: `$NS8RS_BIN_DIR`, or the profile directory this
 /// test was built in (`cargo xtask test` builds every binary there first).
@@ -34,4 +35,132 @@ pub fn ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A local cluster brought up by the real `cargo xtask up` (supervisor, Redis,
+/// registry, agents, api-server) on free ports, under a temporary root; `down --purge`
+/// on drop removes it with its modules' users, even when the test failed.
+pub struct LocalCluster {
+    pub root: tempfile::TempDir,
+    pub redis_port: u16,
+    pub api_port: u16,
+    pub registry_port: u16,
+    /// What `up` printed.
+    pub up_output: String,
+}
+
+impl LocalCluster {
+    /// The `up` arguments for this cluster's ports and the tests' binaries.
+    pub fn up_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["up", "--redis-port", &self.redis_port.to_string()].map(str::to_owned).to_vec();
+        args.extend(["--api-port".to_owned(), self.api_port.to_string()]);
+        args.extend(["--registry-port".to_owned(), self.registry_port.to_string()]);
+        args.extend(["--bin-dir".to_owned(), bin_dir().display().to_string()]);
+        args
+    }
+
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Module agents run as their own users from <root>/bin.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut c = LocalCluster {
+            root,
+            redis_port: free_port(),
+            api_port: free_port(),
+            registry_port: free_port(),
+            up_output: String::new(),
+        };
+        let args = c.up_args();
+        let out = c.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        if !out.status.success() {
+            panic!(
+                "xtask up failed: {}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                c.log()
+            );
+        }
+        c.up_output = String::from_utf8_lossy(&out.stdout).into_owned();
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn redis_address(&self) -> String {
+        format!("127.0.0.1:{}", self.redis_port)
+    }
+
+    pub fn registry(&self) -> String {
+        format!("127.0.0.1:{}", self.registry_port)
+    }
+
+    pub fn xtask(&self, args: &[&str]) -> Output {
+        Command::new(bin("xtask")).args(args).arg("--root").arg(self.root.path()).output().expect("run xtask")
+    }
+
+    pub fn api_cli(&self, args: &[&str]) -> Output {
+        Command::new(self.root.path().join("bin/api-cli"))
+            .args(args)
+            .env("REDIS_ADDRESS", self.redis_address())
+            .output()
+            .expect("run api-cli")
+    }
+
+    /// `redis-cli` against the cluster's Redis, as its default user; stdout.
+    pub fn redis(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.redis_port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
+    /// Pids of processes started from the cluster's root.
+    pub fn processes(&self) -> Vec<u32> {
+        let root = self.root.path().display().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
+            })
+            .collect()
+    }
+
+    /// Every log of the cluster, for failure messages.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(self.root.path().join("log")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            all.push_str(&format!("--- {}\n", f.display()));
+            for l in tail.into_iter().rev() {
+                all.push_str(l);
+                all.push('\n');
+            }
+        }
+        all
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.xtask(&["down", "--purge"]);
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }

@@ -4,61 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::{bin, bin_dir, ok};
-
-struct Cluster {
-    root: tempfile::TempDir,
-    port: u16,
-}
-
-impl Cluster {
-    fn xtask(&self, args: &[&str]) -> Output {
-        Command::new(bin("xtask")).args(args).arg("--root").arg(self.root.path()).output().expect("run xtask")
-    }
-
-    fn api_cli(&self, args: &[&str]) -> Output {
-        Command::new(self.root.path().join("bin/api-cli"))
-            .args(args)
-            .env("REDIS_ADDRESS", format!("127.0.0.1:{}", self.port))
-            .output()
-            .expect("run api-cli")
-    }
-
-    /// Pids of processes started from the cluster's bin dir (or its Redis config).
-    fn processes(&self) -> Vec<u32> {
-        let root = self.root.path().display().to_string();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
-            })
-            .collect()
-    }
-
-    fn log(&self) -> String {
-        let mut all = String::new();
-        for f in ["supervisor", "redis", "cluster-agent", "node-agent", "api-server", "registry"] {
-            let text = std::fs::read_to_string(self.root.path().join(format!("log/{f}.log"))).unwrap_or_default();
-            all.push_str(&format!("--- {f}.log\n{text}\n"));
-        }
-        all
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.xtask(&["down"]);
-        for pid in self.processes() {
-            let _ = kill9(pid);
-        }
-    }
-}
+use e2e::{LocalCluster, bin_dir, ok};
 
 /// A one-shot HTTP/1.1 request: status and body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
@@ -84,35 +32,22 @@ fn kill9(pid: u32) -> nix::Result<()> {
 
 #[test]
 fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
-    for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "api-cli", "api-server"] {
+    for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"] {
         assert!(
             bin_dir().join(b).exists(),
             "{b} is not built in {}: run the whole workspace's tests",
             bin_dir().display()
         );
     }
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (port, api_port, registry_port) = (free_port(), free_port(), free_port());
-    let cluster = Cluster { root: tempfile::tempdir().unwrap(), port };
-    let up_args = [
-        "up",
-        "--redis-port",
-        &port.to_string(),
-        "--api-port",
-        &api_port.to_string(),
-        "--registry-port",
-        &registry_port.to_string(),
-        "--bin-dir",
-        &bin_dir().display().to_string(),
-    ]
-    .map(str::to_owned);
+    let cluster = LocalCluster::start();
+    let (api_port, registry_port) = (cluster.api_port, cluster.registry_port);
+    let up_args = cluster.up_args();
     let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
-    let out = cluster.xtask(&up_args);
-    let text = ok(&out);
+    let text = cluster.up_output.clone();
     assert!(text.contains("The local cluster is up"), "{text}");
     assert!(text.contains("api-cli run"), "up prints how to run a task: {text}");
     // The software repository is up and holds the module images.
-    let index = std::fs::read_to_string(cluster.root.path().join("repository/repodata.json")).unwrap();
+    let index = std::fs::read_to_string(cluster.path().join("repository/repodata.json")).unwrap();
     assert!(index.contains(&format!("127.0.0.1:{registry_port}/ns8rs/hello")), "{index}");
     let modules = ok(&cluster.api_cli(&["run", "list-modules"]));
     assert!(modules.contains(&format!("127.0.0.1:{registry_port}/ns8rs/hello")), "{modules}");
@@ -137,7 +72,7 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     ok(&cluster.api_cli(&["run", "set-name", "--data", r#"{"name": "Test HQ"}"#]));
 
     // A crashed agent is restarted by the supervisor.
-    let node_agent = cluster.root.path().join("bin/node-agent").display().to_string();
+    let node_agent = cluster.path().join("bin/node-agent").display().to_string();
     let pid = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -169,5 +104,5 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     assert!(name.contains("Test HQ"), "{name}\n{}", cluster.log());
     ok(&cluster.xtask(&["down", "--purge"]));
     assert!(cluster.processes().is_empty());
-    assert!(!cluster.root.path().join("redis").exists(), "--purge removes the data");
+    assert!(!cluster.path().join("redis").exists(), "--purge removes the data");
 }
