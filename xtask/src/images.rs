@@ -4,7 +4,8 @@
 //!
 //! Each `modules/<name>/module.json` gives the version, the module image's labels and
 //! the service images. A service image with `base: busybox` is a root filesystem of
-//! the static BusyBox and its applets, with `images/<image>/` copied over it. The
+//! the static BusyBox and its applets, and `base: debian` a debootstrap'd Debian 12
+//! root with the image's `packages`; `images/<image>/` is copied over either. The
 //! module image is `imageroot/` plus the labels, `org.nethserver.images` naming the
 //! service images just pushed. Builds use buildah with a throw-away storage, so the
 //! machine's image store is never touched.
@@ -52,9 +53,88 @@ struct ModuleSpec {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ImageSpec {
+    /// `busybox`, or `debian` (a debootstrap'd Debian 12 root).
     base: String,
+    /// Debian packages installed in a `debian` root.
+    #[serde(default)]
+    packages: Vec<String>,
     cmd: Vec<String>,
+}
+
+/// The Debian release of `debian` roots: the one this project runs on.
+const DEBIAN_SUITE: &str = "bookworm";
+const DEBIAN_FALLBACK_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// The first Debian mirror this machine's apt uses (deb822 or one-line sources), so
+/// image builds go where apt already may.
+fn debian_mirror() -> String {
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    for e in std::fs::read_dir("/etc/apt/sources.list.d").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".sources") || name.ends_with(".list") {
+            texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    for text in texts {
+        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+            let url = line
+                .strip_prefix("URIs:")
+                .map(|u| u.split_whitespace().next().unwrap_or(""))
+                .or_else(|| line.strip_prefix("deb ").and_then(|r| r.split_whitespace().find(|w| w.contains("://"))));
+            if let Some(u) = url.filter(|u| u.ends_with("/debian") || u.ends_with("/debian/")) {
+                return u.trim_end_matches('/').to_owned();
+            }
+        }
+    }
+    DEBIAN_FALLBACK_MIRROR.to_owned()
+}
+
+/// A Debian root with `packages` installed, made with debootstrap and apt-get in a
+/// chroot (no daemon starts: policy-rc.d says no), then trimmed of apt's caches. It
+/// is kept as a tarball under `target/image-cache/`, keyed by suite and packages, so
+/// only the first build pays for the download.
+fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
+    crate::packages::ensure(&[crate::packages::Package { name: "debootstrap", provides: "debootstrap" }])?;
+    let mut key_pkgs = packages.to_vec();
+    key_pkgs.sort();
+    let key = format!("debian-{DEBIAN_SUITE}-{}", key_pkgs.join("_")).replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "");
+    let cache = workspace().join("target/image-cache");
+    std::fs::create_dir_all(&cache)?;
+    let tarball = cache.join(format!("{key}.tar"));
+    std::fs::create_dir_all(root)?;
+    if !tarball.exists() {
+        let work = tempfile::tempdir_in(&cache)?;
+        let r = work.path().join("root");
+        let mirror = debian_mirror();
+        eprintln!("xtask: debootstrap {DEBIAN_SUITE} from {mirror} and apt-get install {} (once; cached)", packages.join(" "));
+        crate::run(Command::new("debootstrap").args(["--variant=minbase", DEBIAN_SUITE]).arg(&r).arg(&mirror).stdout(std::process::Stdio::null()))?;
+        std::fs::write(r.join("usr/sbin/policy-rc.d"), "#!/bin/sh\nexit 101\n")?;
+        crate::run(Command::new("chmod").arg("+x").arg(r.join("usr/sbin/policy-rc.d")))?;
+        if !packages.is_empty() {
+            crate::run(
+                Command::new("chroot")
+                    .arg(&r)
+                    .args(["apt-get", "install", "-y", "-q", "--no-install-recommends"])
+                    .args(packages)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(std::process::Stdio::null()),
+            )?;
+        }
+        crate::run(Command::new("chroot").arg(&r).args(["apt-get", "clean"]))?;
+        for d in ["var/lib/apt/lists", "var/cache/debconf"] {
+            let _ = std::fs::remove_dir_all(r.join(d));
+            std::fs::create_dir_all(r.join(d))?;
+        }
+        let partial = cache.join(format!(".{key}.tar.partial"));
+        crate::run(Command::new("tar").arg("-C").arg(&r).arg("-cf").arg(&partial).arg("."))?;
+        std::fs::rename(&partial, &tarball)?;
+    }
+    crate::run(Command::new("tar").arg("-C").arg(root).arg("-xf").arg(&tarball))
 }
 
 pub const PACKAGES: &[packages::Package] = &[
@@ -239,7 +319,8 @@ fn build_module(dir: &Path, registry: &str, version: Option<&str>) -> Result<Val
         let root = work.path().join(image);
         match ispec.base.as_str() {
             "busybox" => busybox_rootfs(&root)?,
-            other => bail!("image {image}: unknown base {other:?} (known: busybox)"),
+            "debian" => debian_rootfs(&root, &ispec.packages)?,
+            other => bail!("image {image}: unknown base {other:?} (known: busybox, debian)"),
         }
         copy_over(&dir.join("images").join(image), &root)?;
         let url = format!("{registry}/{NAMESPACE}/{image}:{version}");

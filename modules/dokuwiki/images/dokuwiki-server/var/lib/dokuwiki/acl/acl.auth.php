@@ -1,0 +1,3 @@
+# acl.auth.php
+# <?php exit()?>
+*	@ALL	1

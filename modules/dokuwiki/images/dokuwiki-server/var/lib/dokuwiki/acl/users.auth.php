@@ -1,0 +1,3 @@
+# users.auth.php
+# <?php exit()?>
+# No account until configure-module creates the administrator.
