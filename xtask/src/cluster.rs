@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// ones (the tests use their debug build).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Build only these modules into the repository (comma-separated names under
+    /// modules/); all of them by default.
+    #[arg(long, value_delimiter = ',')]
+    modules: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -298,7 +302,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    crate::images::build(&registry_host, &root.join("repository"), None, &[])?;
+    crate::images::build(&registry_host, &root.join("repository"), None, &args.modules)?;
     // The cluster knows its local repository (once), through its own action.
     if redis_cli(port, &["EXISTS", "cluster/repository/local"]).is_some_and(|r| r.trim() == "0") {
         let data = json!({"name": "local", "url": format!("file://{}", root.join("repository").display())});

@@ -102,7 +102,8 @@ fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
     crate::packages::ensure(&[crate::packages::Package { name: "debootstrap", provides: "debootstrap" }])?;
     let mut key_pkgs = packages.to_vec();
     key_pkgs.sort();
-    let key = format!("debian-{DEBIAN_SUITE}-{}", key_pkgs.join("_")).replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "");
+    let key = format!("debian-{DEBIAN_SUITE}-{}", key_pkgs.join("_"))
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "");
     let cache = workspace().join("target/image-cache");
     std::fs::create_dir_all(&cache)?;
     let tarball = cache.join(format!("{key}.tar"));
@@ -111,8 +112,17 @@ fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
         let work = tempfile::tempdir_in(&cache)?;
         let r = work.path().join("root");
         let mirror = debian_mirror();
-        eprintln!("xtask: debootstrap {DEBIAN_SUITE} from {mirror} and apt-get install {} (once; cached)", packages.join(" "));
-        crate::run(Command::new("debootstrap").args(["--variant=minbase", DEBIAN_SUITE]).arg(&r).arg(&mirror).stdout(std::process::Stdio::null()))?;
+        eprintln!(
+            "xtask: debootstrap {DEBIAN_SUITE} from {mirror} and apt-get install {} (once; cached)",
+            packages.join(" ")
+        );
+        crate::run(
+            Command::new("debootstrap")
+                .args(["--variant=minbase", DEBIAN_SUITE])
+                .arg(&r)
+                .arg(&mirror)
+                .stdout(std::process::Stdio::null()),
+        )?;
         std::fs::write(r.join("usr/sbin/policy-rc.d"), "#!/bin/sh\nexit 101\n")?;
         crate::run(Command::new("chmod").arg("+x").arg(r.join("usr/sbin/policy-rc.d")))?;
         if !packages.is_empty() {

@@ -167,7 +167,10 @@ async fn spawn_service(layout: &Layout, podman: &Podman, log_path: &std::path::P
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("podman system service exited ({status}) before answering; see {}", log_path.display()));
+            return Err(format!(
+                "podman system service exited ({status}) before answering; see {}",
+                log_path.display()
+            ));
         }
         if Instant::now() > deadline {
             let _ = child.kill();

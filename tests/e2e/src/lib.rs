@@ -1,6 +1,8 @@
 //! End-to-end tests of the whole system live in `tests/`; this library finds the
 //! binaries they drive and runs a local cluster for them.
 
+pub mod modules;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -51,6 +53,8 @@ pub struct LocalCluster {
     pub registry_port: u16,
     /// What `up` printed.
     pub up_output: String,
+    /// The modules `up` builds into the repository.
+    pub modules: Vec<String>,
 }
 
 impl LocalCluster {
@@ -60,10 +64,17 @@ impl LocalCluster {
         args.extend(["--api-port".to_owned(), self.api_port.to_string()]);
         args.extend(["--registry-port".to_owned(), self.registry_port.to_string()]);
         args.extend(["--bin-dir".to_owned(), bin_dir().display().to_string()]);
+        args.extend(["--modules".to_owned(), self.modules.join(",")]);
         args
     }
 
+    /// Up with only the `hello` module in its repository (quick to build).
     pub fn start() -> Self {
+        Self::start_with(&["hello"])
+    }
+
+    /// Up with these modules built into its repository.
+    pub fn start_with(modules: &[&str]) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         // Module agents run as their own users from <root>/bin.
         use std::os::unix::fs::PermissionsExt;
@@ -74,6 +85,7 @@ impl LocalCluster {
             api_port: free_port(),
             registry_port: free_port(),
             up_output: String::new(),
+            modules: modules.iter().map(|m| m.to_string()).collect(),
         };
         let args = c.up_args();
         let out = c.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
