@@ -36,7 +36,7 @@ pub struct BenchArgs {
     /// builds run after run; it needs the native `noop` action).
     #[arg(long)]
     bench_agent: Option<PathBuf>,
-    /// Measure only this part (default: both).
+    /// Measure only this part (default: all).
     #[arg(long, value_enum)]
     only: Option<Part>,
     #[command(flatten)]
@@ -50,6 +50,8 @@ pub enum Part {
     Agent,
     /// The api-server: authenticated reads and logins.
     Api,
+    /// Module installs on a local cluster, and the module agents' memory.
+    Modules,
 }
 
 const AGENT: &str = "module/bench1";
@@ -429,13 +431,19 @@ pub(crate) fn tempfile_dir() -> Result<PathBuf> {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     crate::packages::ensure(&[crate::packages::REDIS])?;
-    let (agent, api) = (args.only != Some(Part::Api), args.only != Some(Part::Agent));
+    let wants = |p: Part| args.only.is_none_or(|o| o == p);
+    let (agent, api, modules) = (wants(Part::Agent), wants(Part::Api), wants(Part::Modules));
     let mut packages = Vec::new();
     if agent {
         packages.extend(["-p", "xtask", "-p", "module-agent"]);
     }
     if api {
         packages.extend(["-p", "api-server"]);
+    }
+    if modules {
+        for b in crate::cluster::BINARIES {
+            packages.extend(["-p", b]);
+        }
     }
     eprintln!("xtask: building the release binaries");
     crate::run(
@@ -451,6 +459,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if api {
         crate::bench_api::bench(&release, &args.api, args.runs)?;
+    }
+    if modules {
+        crate::bench_modules::bench(&release, args.runs)?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::{packages, run, workspace};
 
-const BINARIES: &[&str] =
+pub const BINARIES: &[&str] =
     &["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"];
 pub const DEFAULT_PORT: u16 = 16379;
 /// Where the local cluster lives unless told: outside any home directory, because
@@ -143,6 +143,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         return Ok(());
     }
     packages::ensure(&[packages::REDIS, packages::REGISTRY])?;
+    packages::ensure(&packages::PODMAN)?;
     packages::ensure(crate::images::PACKAGES)?;
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");

@@ -99,7 +99,7 @@ fn debian_mirror() -> String {
 /// is kept as a tarball under `target/image-cache/`, keyed by suite and packages, so
 /// only the first build pays for the download.
 fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
-    crate::packages::ensure(&[crate::packages::Package { name: "debootstrap", provides: "debootstrap" }])?;
+    crate::packages::ensure(&[crate::packages::DEBOOTSTRAP])?;
     let mut key_pkgs = packages.to_vec();
     key_pkgs.sort();
     let key = format!("debian-{DEBIAN_SUITE}-{}", key_pkgs.join("_"))

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_modules;
 mod cluster;
 mod images;
 mod packages;
@@ -63,10 +64,11 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 const TEST_PACKAGES: &[packages::Package] = &[
     packages::REDIS,
     packages::REGISTRY,
-    packages::Package { name: "podman", provides: "podman" },
-    packages::Package { name: "runc", provides: "runc" },
-    packages::Package { name: "slirp4netns", provides: "slirp4netns" },
-    packages::Package { name: "uidmap", provides: "newuidmap" },
+    packages::DEBOOTSTRAP,
+    packages::PODMAN[0],
+    packages::PODMAN[1],
+    packages::PODMAN[2],
+    packages::PODMAN[3],
 ];
 
 fn main() -> Result<()> {

@@ -4,6 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
+#[derive(Clone, Copy)]
 pub struct Package {
     /// The Debian package.
     pub name: &'static str,
@@ -14,6 +15,16 @@ pub struct Package {
 pub const REDIS: Package = Package { name: "redis-server", provides: "redis-server" };
 /// The software repository's image store.
 pub const REGISTRY: Package = Package { name: "docker-registry", provides: "docker-registry" };
+/// Debian roots of service images (`base: debian`).
+pub const DEBOOTSTRAP: Package = Package { name: "debootstrap", provides: "debootstrap" };
+/// What a node needs to run rootless modules: Podman, runc (hybrid cgroups),
+/// slirp4netns (rootless networking), newuidmap/newgidmap (subordinate ids).
+pub const PODMAN: [Package; 4] = [
+    Package { name: "podman", provides: "podman" },
+    Package { name: "runc", provides: "runc" },
+    Package { name: "slirp4netns", provides: "slirp4netns" },
+    Package { name: "uidmap", provides: "newuidmap" },
+];
 
 fn has_command(cmd: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file())).unwrap_or(false)

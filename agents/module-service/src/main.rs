@@ -37,6 +37,8 @@ enum Cmd {
     Up,
     /// Stop every service container of the module.
     Down,
+    /// Remove the images no container uses (the node runs it after an update).
+    Prune,
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -130,6 +132,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             if !failed.is_empty() {
                 return Err(format!("these services did not start: {}", failed.join(", ")));
             }
+        }
+        Cmd::Prune => {
+            let engine = Engine::connect(&layout).await?;
+            let removed = engine.prune_images().await?;
+            println!("{}", serde_json::json!({"removed_images": removed}));
         }
         Cmd::Down => {
             if !layout.socket().exists() && layout.enabled().is_empty() {

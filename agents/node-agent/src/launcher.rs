@@ -123,3 +123,45 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
         Err(format!("systemctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervisor_program_files_come_and_go_with_a_reload_each() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in supervisor: SIGHUP ends `sleep`, which proves the reload was sent.
+        let mut sup = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfile = dir.path().join("supervisor.pid");
+        std::fs::write(&pidfile, sup.id().to_string()).unwrap();
+        let l = Launcher::Supervisor { dir: dir.path().to_owned(), pidfile, log_dir: Some(dir.path().join("log")) };
+        let spec = AgentSpec {
+            module_id: "web3",
+            user: Some("web3"),
+            binary: Path::new("/usr/local/bin/module-agent"),
+            install_dir: Path::new("/home/web3/.config"),
+            state_dir: Path::new("/home/web3/.config/state"),
+            env_file: Path::new("/home/web3/.config/state/agent.env"),
+        };
+        l.start(&spec).unwrap();
+        let status = sup.wait().unwrap();
+        assert!(!status.success(), "the supervisor got SIGHUP");
+        let file = dir.path().join("50-module-web3.json");
+        let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(p["command"], json!(["/usr/local/bin/module-agent", "--agentid", "module/web3"]));
+        assert_eq!(p["user"], "web3");
+        assert_eq!(p["env_files"], json!(["/home/web3/.config/state/agent.env"]));
+        assert!(!p.to_string().contains("PASSWORD"), "no secret in the program file: {p}");
+
+        let mut sup = Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(dir.path().join("supervisor.pid"), sup.id().to_string()).unwrap();
+        l.stop("web3").unwrap();
+        assert!(!sup.wait().unwrap().success());
+        assert!(!file.exists());
+        // Stopping an unknown module is not an error and sends nothing.
+        l.stop("web3").unwrap();
+        std::fs::write(dir.path().join("supervisor.pid"), "not a pid").unwrap();
+        assert!(l.start(&spec).unwrap_err().contains("holds no pid"));
+    }
+}

@@ -238,7 +238,7 @@ pub async fn add(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Va
 
     let paths = if rootful {
         let p = ModulePaths::rootful(&setup, &id);
-        std::fs::create_dir_all(&p.rootful_parent()).map_err(|e| failed(format!("cannot create dirs: {e}")))?;
+        std::fs::create_dir_all(p.rootful_parent()).map_err(|e| failed(format!("cannot create dirs: {e}")))?;
         p
     } else {
         std::fs::create_dir_all(&setup.home_base)
@@ -416,6 +416,8 @@ fn preserve_data(paths: &ModulePaths, setup: &NodeSetup) -> Result<PathBuf, Stri
             }
         }
     }
+    // Credentials of a user that is about to be deleted are worth nothing but a leak.
+    let _ = std::fs::remove_file(dest.join("state/agent.env"));
     Ok(dest)
 }
 

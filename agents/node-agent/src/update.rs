@@ -7,7 +7,7 @@
 //! module's own `update-module` steps, and ends with `finish-update`: `commit` starts
 //! the enabled services and drops the snapshot; `rollback` (or a commit whose
 //! services do not start) puts the snapshot back and starts the previous version
-//! again. Only one update of a module runs at a time: the snapshot is the lock.
+//! again. After a commit the images no container uses any more are removed. Only one update of a module runs at a time: the snapshot is the lock.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,16 +54,13 @@ fn snapshot_dir(p: &ModulePaths) -> PathBuf {
     work_dir(p).join(format!(".{}-update-snapshot", p.id))
 }
 
-/// Where the module's named volumes are, and which entries there are its own.
-fn volumes(p: &ModulePaths) -> (PathBuf, Box<dyn Fn(&str) -> bool>) {
+/// Where the module's named volumes are, and the prefix of its own entries there:
+/// rootful modules share root's storage, and NS8 requires their volumes to be named
+/// `<id>-...`.
+fn volumes(p: &ModulePaths) -> (PathBuf, String) {
     match &p.user {
-        Some(u) => (u.home.join(".local/share/containers/storage/volumes"), Box::new(|_| true)),
-        None => {
-            // Rootful modules share root's storage; NS8 requires their volumes to be
-            // named `<id>-...`.
-            let prefix = format!("{}-", p.id);
-            (PathBuf::from("/var/lib/containers/storage/volumes"), Box::new(move |n: &str| n.starts_with(&prefix)))
-        }
+        Some(u) => (u.home.join(".local/share/containers/storage/volumes"), String::new()),
+        None => (PathBuf::from("/var/lib/containers/storage/volumes"), format!("{}-", p.id)),
     }
 }
 
@@ -123,10 +120,10 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
         std::fs::create_dir(&snap).map_err(|e| format!("cannot create {}: {e}", snap.display()))?;
         let taken = (|| {
             cp_a(&paths.install_dir, &snap.join("install"))?;
-            let (vdir, own) = volumes(&paths);
+            let (vdir, prefix) = volumes(&paths);
             std::fs::create_dir(snap.join("volumes")).map_err(|e| e.to_string())?;
             for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
-                if own(&e.file_name().to_string_lossy()) {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
                     cp_a(&e.path(), &snap.join("volumes").join(e.file_name()))?;
                 }
             }
@@ -223,9 +220,9 @@ fn restore(paths: &ModulePaths, setup: &NodeSetup) -> Result<(), String> {
     }
     remove_path(&paths.install_dir)?;
     cp_a(&snap.join("install"), &paths.install_dir)?;
-    let (vdir, own) = volumes(paths);
+    let (vdir, prefix) = volumes(paths);
     for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
-        if own(&e.file_name().to_string_lossy()) && snap.join("volumes").join(e.file_name()).exists() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) && snap.join("volumes").join(e.file_name()).exists() {
             remove_path(&e.path())?;
         }
     }
@@ -248,6 +245,10 @@ pub async fn finish(_ctx: ActionContext, data: Value, setup: NodeSetup) -> Resul
             match paths.module_service(&setup, &["up"]) {
                 Ok(_) => {
                     remove_path(&snap)?;
+                    // The previous version's images are no longer needed for a rollback.
+                    if let Err(e) = paths.module_service(&setup, &["prune"]) {
+                        tracing::warn!("module {}: removing the previous images: {e}", paths.id);
+                    }
                     return Ok(json!({"rolled_back": false, "environment": env_map(&paths)}));
                 }
                 Err(e) => {

@@ -360,6 +360,14 @@ impl Engine {
         Ok(list.into_iter().filter_map(|c| c.names?.into_iter().next()).collect())
     }
 
+    /// Remove every image no container uses (after an update: the previous version's);
+    /// the names removed.
+    pub async fn prune_images(&self) -> Result<Vec<String>, String> {
+        let opts = podman_api::opts::ImagePruneOpts::builder().all(true).build();
+        let reports = self.podman.images().prune(&opts).await.map_err(|e| api_err("cannot prune images", e))?;
+        Ok(reports.unwrap_or_default().into_iter().filter_map(|r| r.id).collect())
+    }
+
     /// Remove the named volumes of the module (when the module is removed without
     /// keeping its data).
     pub async fn remove_volumes(&self) -> Result<Vec<String>, String> {

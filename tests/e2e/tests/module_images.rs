@@ -89,7 +89,10 @@ fn images_are_pushed_indexed_and_run() {
     assert_eq!(layers.len(), 1, "{manifest}");
     let blob = layers[0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
     let listing = ok(&Command::new("tar").arg("-tzf").arg(copy.path().join(blob)).output().unwrap());
-    assert!(listing.lines().any(|l| l.trim_start_matches("./") == "imageroot/hello-server.container"), "{listing}");
+    assert!(
+        listing.lines().any(|l| l.trim_start_matches("./") == "imageroot/services/hello-server.container"),
+        "{listing}"
+    );
     assert!(listing.lines().all(|l| l.trim_start_matches("./").starts_with("imageroot")), "{listing}");
 
     // What add-module will check first, read back from the registry.
@@ -108,7 +111,7 @@ fn images_are_pushed_indexed_and_run() {
     let dest = out.path().join("module-home/hello1");
     let digest = node_agent::extract::imageroot(&format!("{}/ns8rs/hello:1.0.0", registry.host()), &dest).unwrap();
     assert_eq!(digest, image.digest);
-    let unit = std::fs::read_to_string(dest.join("hello-server.container")).unwrap();
+    let unit = std::fs::read_to_string(dest.join("services/hello-server.container")).unwrap();
     assert!(unit.contains("Image=${HELLO_SERVER_IMAGE}"), "{unit}");
     let err = node_agent::extract::imageroot(&service, &out.path().join("other")).unwrap_err();
     assert!(err.contains("no imageroot/"), "{err}");

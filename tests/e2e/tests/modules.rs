@@ -113,10 +113,12 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert_eq!((ports.len(), uids.len()), (6, 6), "{ids:?}: ports {ports:?} uids {uids:?}");
     let removers: Vec<_> = ids
         .iter()
-        .map(|i| {
+        .enumerate()
+        .map(|(n, i)| {
             let (redis, bin, i) = (c.redis_address(), c.path().join("bin/api-cli"), i.clone());
             std::thread::spawn(move || {
-                let data = serde_json::json!({"module_id": i}).to_string();
+                // The first keeps its data aside.
+                let data = serde_json::json!({"module_id": i, "preserve_data": n == 0}).to_string();
                 Command::new(bin)
                     .args(["run", "remove-module", "--data", &data])
                     .env("REDIS_ADDRESS", redis)
@@ -125,9 +127,16 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
             })
         })
         .collect();
-    for r in removers {
-        ok(&r.join().unwrap());
-    }
+    let outputs: Vec<String> = removers.into_iter().map(|r| ok(&r.join().unwrap())).collect();
+    let kept: Value = serde_json::from_str(&outputs[0]).unwrap();
+    let kept = PathBuf::from(kept["preserved"].as_str().unwrap_or_else(|| panic!("{kept}")));
+    assert!(kept.starts_with(c.path()), "{}", kept.display());
+    let page_kept = std::fs::read_to_string(kept.join("volumes/www/_data/index.html")).unwrap();
+    assert!(page_kept.contains("Hello"), "{page_kept}");
+    assert!(
+        std::fs::read_to_string(kept.join("state/environment")).unwrap().contains(&format!("MODULE_ID={}", ids[0]))
+    );
+    assert!(!kept.join("state/agent.env").exists(), "no credentials are kept");
     for i in &ids {
         assert!(traces(&c, i).is_empty(), "{i}: {:?}", traces(&c, i));
     }
@@ -145,6 +154,15 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert_eq!(page(port, "/version.txt").trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
     assert_eq!(page(port, "/"), "edited by the test\n");
     assert_eq!(c.redis(&["HGET", &format!("module/{id}/environment"), "PREV_IMAGE_URL"]), v1);
+    // The previous version's image is gone from the module's storage.
+    let uid = uid_of(&id).unwrap();
+    let images = Command::new("runuser")
+        .args(["-u", &id, "--", "env", &format!("XDG_RUNTIME_DIR=/run/user/{uid}"), &format!("HOME=/home/{id}")])
+        .args(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&images).trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
 
     // 3.0.0 starts, scribbles on its volume, then its migration fails: the previous
     // image, state and volume come back and serve again.

@@ -1,0 +1,174 @@
+//! `cargo xtask bench --only modules`: installing modules on a real local cluster
+//! (release binaries, rootless Podman, the local registry), and the module agents'
+//! memory.
+//!
+//! Per run and module: the wall time of `add-module` until the module's page answers
+//! 200 (everything: image check, user, extraction, agent start, create-module, the
+//! service image pulled into the new user's storage, container start), the time to
+//! pull that service image alone into an empty vfs storage (what the install spends
+//! pulling, since each module user has its own image store), and the difference: the
+//! install without the pull. Then each installed module agent's resident memory after
+//! 3 s idle.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::bench::median;
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Cluster {
+    root: PathBuf,
+    redis: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let exe = std::env::current_exe().expect("xtask path");
+        let _ = Command::new(exe).args(["down", "--purge", "--root"]).arg(&self.root).output();
+    }
+}
+
+impl Cluster {
+    fn api_cli(&self, args: &[&str]) -> Result<Value> {
+        let out = Command::new(self.root.join("bin/api-cli"))
+            .args(args)
+            .env("REDIS_ADDRESS", &self.redis)
+            .output()
+            .context("cannot run api-cli")?;
+        if !out.status.success() {
+            bail!("api-cli {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    }
+
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let (host, port) = self.redis.split_once(':').expect("host:port");
+        let out = Command::new("redis-cli").args(["-h", host, "-p", port]).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    }
+}
+
+fn answers_200(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 16];
+    s.read(&mut head).is_ok_and(|n| String::from_utf8_lossy(&head[..n]).contains(" 200"))
+}
+
+/// Seconds from the install request until `path` answers 200, and the module id.
+fn install(c: &Cluster, image: &str, path: &str) -> Result<(f64, String)> {
+    let start = Instant::now();
+    let data = serde_json::json!({"image": image, "node": 1}).to_string();
+    let out = c.api_cli(&["run", "add-module", "--data", &data])?;
+    let id = out["module_id"].as_str().context("add-module answered no module_id")?.to_owned();
+    let port: u16 = c.redis_cli(&["HGET", &format!("module/{id}/environment"), "TCP_PORT"]).parse()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !answers_200(port, path) {
+        if Instant::now() > deadline {
+            bail!("{id} does not serve {path} on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((start.elapsed().as_secs_f64(), id))
+}
+
+/// Seconds to pull `image` into an empty vfs storage, as a new module user does.
+fn pull_time(image: &str) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let start = Instant::now();
+    crate::run(
+        Command::new("podman")
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--runroot")
+            .arg(dir.path().join("run"))
+            .args(["--storage-driver", "vfs", "pull", "-q", "--tls-verify=false", image])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn agent_rss_kb(id: &str) -> u64 {
+    let needle = format!("module/{id}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("module-agent") && c.contains(&needle)
+            })
+        })
+        .map(|pid| crate::bench::status_kb(pid, "VmRSS"))
+        .unwrap_or(0)
+}
+
+pub fn bench(release: &Path, runs: usize) -> Result<()> {
+    let mut figures: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut rss = Vec::new();
+    for (module, path, n) in [("hello", "/", runs), ("dokuwiki", "/doku.php", runs.min(2))] {
+        let mut totals = Vec::new();
+        let mut pulls = Vec::new();
+        for i in 0..n {
+            eprintln!("xtask: {module}: run {}/{n}", i + 1);
+            let root = crate::bench::tempfile_dir()?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+            }
+            let (redis_port, registry_port, api_port) = (free_port()?, free_port()?, free_port()?);
+            let exe = std::env::current_exe()?;
+            let up = Command::new(&exe)
+                .args(["up", "--root"])
+                .arg(&root)
+                .arg("--bin-dir")
+                .arg(release)
+                .args(["--redis-port", &redis_port.to_string(), "--registry-port", &registry_port.to_string()])
+                .args(["--api-port", &api_port.to_string(), "--modules", module])
+                .output()?;
+            let c = Cluster { root, redis: format!("127.0.0.1:{redis_port}") };
+            if !up.status.success() {
+                bail!("xtask up: {}", String::from_utf8_lossy(&up.stderr));
+            }
+            let (secs, id) = install(&c, module, path)?;
+            totals.push(secs);
+            let service = c.redis_cli(&["HGET", &format!("module/{id}/environment"), &service_var(module)]);
+            pulls.push(pull_time(&service)?);
+            std::thread::sleep(Duration::from_secs(3));
+            rss.push(agent_rss_kb(&id) as f64);
+        }
+        figures.push((module, totals, pulls));
+    }
+    println!("\n## Module installs (local registry, rootless Podman, release build)\n");
+    println!("| module | runs | install to serving (median) | of which pulling the service image | without the pull |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (module, totals, pulls) in &figures {
+        let (t, p) = (median(totals.clone()), median(pulls.clone()));
+        println!("| {module} | {} | {t:.2} s | {p:.2} s | {:.2} s |", totals.len(), (t - p).max(0.0));
+    }
+    let max = rss.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "\nModule agent idle RSS (3 s after install, {} agents): median {:.1} MB, max {:.1} MB (target < 8 MB)",
+        rss.len(),
+        median(rss.clone()) / 1024.0,
+        max / 1024.0
+    );
+    Ok(())
+}
+
+fn service_var(module: &str) -> String {
+    format!("{}_SERVER_IMAGE", module.to_ascii_uppercase())
+}
