@@ -195,12 +195,19 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let bin = |b: &str| root.join("bin").join(b).display().to_string();
 
+    // The agents' Redis users (a module's is made at its install) live in this file,
+    // which Redis needs at start; `ACL SAVE` keeps it current.
+    let acl = root.join("redis/users.acl");
+    if !acl.exists() {
+        write(&acl, "")?;
+    }
     write(
         &root.join("redis/redis.conf"),
         &format!(
             "# Written by cargo xtask up.\nbind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\n\
-             dir {}\nappendonly yes\nappendfsync everysec\nsave 5 1\nlogfile \"\"\n",
-            root.join("redis/data").display()
+             dir {}\nappendonly yes\nappendfsync everysec\nsave 5 1\nlogfile \"\"\naclfile {}\n",
+            root.join("redis/data").display(),
+            acl.display()
         ),
     )?;
     let redis_address = format!("127.0.0.1:{port}");
@@ -336,17 +343,52 @@ pub fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The ids of the modules the node agent started (one supervisor file each).
+fn module_ids(root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(root.join("supervisor.d"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some(name.strip_prefix("50-module-")?.strip_suffix(".json")?.to_owned())
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Containers outlive their agents (conmon watches them, not the agent): stop them
+/// as a shutdown of the machine would, gracefully first, then whatever the module's
+/// user still runs. The next `up` starts the enabled services again.
+fn stop_modules(root: &Path) {
+    let setup = node_agent::modules::NodeSetup {
+        home_base: PathBuf::from("/home"),
+        rootful_base: PathBuf::from("/var/lib/nethserver"),
+        state_dir: root.join("node/state"),
+        bin_dir: root.join("bin"),
+        redis_address: None,
+    };
+    for id in module_ids(root) {
+        let Some(paths) = node_agent::modules::ModulePaths::find(&setup, &id) else { continue };
+        if let Err(e) = paths.module_service(&setup, &["down"]) {
+            eprintln!("xtask: module {id}: {e}");
+        }
+        if let Some(u) = &paths.user {
+            node_agent::users::kill_all(u.uid);
+        }
+        println!("Stopped module {id}.");
+    }
+}
+
 /// The modules' Unix users outlive the cluster's files: remove those the node agent
 /// started (one supervisor file each), with their processes and homes.
 fn remove_modules(root: &Path) -> Result<()> {
-    let dir = root.join("supervisor.d");
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_prefix("50-module-").and_then(|n| n.strip_suffix(".json")) else { continue };
-        node_agent::users::remove(id, Path::new("/run/user"))
+    for id in module_ids(root) {
+        node_agent::users::remove(&id, Path::new("/run/user"))
             .map_err(|e| anyhow::anyhow!("cannot remove the user of module {id}: {e}"))?;
         println!("Removed module {id} (its Unix user and home).");
-        std::fs::remove_file(entry.path())?;
+        std::fs::remove_file(root.join("supervisor.d").join(format!("50-module-{id}.json")))?;
     }
     Ok(())
 }
@@ -386,6 +428,8 @@ pub fn down(args: DownArgs) -> Result<()> {
     }
     if args.purge {
         remove_modules(&root)?;
+    } else {
+        stop_modules(&root);
     }
     if args.purge && root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;

@@ -79,7 +79,13 @@ pub async fn subtask(
     if r.exit_code == 0 {
         return Ok(r.output);
     }
-    let why = if r.error.trim().is_empty() { r.output.to_string() } else { r.error.trim().to_owned() };
+    // A step's stderr is its whole log; the last line is the cause, as a rule.
+    let lines: Vec<&str> = r.error.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let why = match lines.last() {
+        Some(last) if lines.len() > 1 => format!("{last} (whole log: {})", keys::task_error(agent, &task.id)),
+        Some(last) => (*last).to_owned(),
+        None => r.output.to_string(),
+    };
     Err(format!("{agent}/{action} failed (exit code {}): {why}", r.exit_code))
 }
 
@@ -144,6 +150,72 @@ impl Install<'_> {
     }
 }
 
+/// The agents an `org.nethserver.authorizations` selector names, for a module being
+/// installed on `node` (NS8 reference 8): `cluster`, `node` (its node), `self`,
+/// `<image>@node` (instances of that image on its node), `<image>@cluster` or
+/// `<image>` (every instance of that image). `installed` is (id, node, image name).
+pub fn selector_targets(selector: &str, me: &AgentId, node: u32, installed: &[(String, u32, String)]) -> Vec<AgentId> {
+    match selector {
+        "cluster" => vec![AgentId::Cluster],
+        "node" => vec![AgentId::Node(node)],
+        "self" => vec![me.clone()],
+        _ => {
+            let (image, scope) = selector.split_once('@').unwrap_or((selector, "cluster"));
+            installed
+                .iter()
+                .filter(|(_, n, name)| name == image && (scope != "node" || *n == node))
+                .filter_map(|(id, _, _)| AgentId::module(id).ok())
+                .filter(|a| a != me)
+                .collect()
+        }
+    }
+}
+
+/// Grant the module the roles its label asks for on the agents its selectors name;
+/// the grants made, as `role@agent`.
+async fn apply_authorizations(
+    redis: &Client,
+    me: &AgentId,
+    node: u32,
+    authorizations: &[(String, Vec<String>)],
+) -> Result<Vec<String>, bus::fred::error::Error> {
+    if authorizations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes: std::collections::HashMap<String, String> = redis.hgetall(keys::MODULE_NODE).await?;
+    let mut installed = Vec::new();
+    for (id, n) in nodes {
+        let Ok(agent) = AgentId::module(&id) else { continue };
+        let url: Option<String> = redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
+        let name = url.and_then(|u| protocol::image::parse_reference(&u).ok()).map(|(name, _)| name);
+        installed.push((id, n.parse().unwrap_or(0), name.unwrap_or_default()));
+    }
+    let mut made = Vec::new();
+    for (selector, roles) in authorizations {
+        for target in selector_targets(selector, me, node, &installed) {
+            for role in roles {
+                bus::grants::set_grant(redis, &me.to_string(), &target, role, true).await?;
+                made.push(format!("{role}@{target}"));
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// `ACL SAVE`: Redis users made at runtime survive a restart only in the ACL file.
+/// A Redis without one (a test's) is told about in the log, not refused.
+pub async fn save_acls(redis: &Client) -> Result<(), bus::fred::error::Error> {
+    let saved: Result<String, _> =
+        redis.custom(CustomCommand::new_static("ACL", ClusterHash::FirstKey, false), vec!["SAVE"]).await;
+    match saved {
+        Err(e) if e.details().contains("not configured to use an ACL file") => {
+            tracing::warn!("Redis has no aclfile: module users will not survive a Redis restart");
+            Ok(())
+        }
+        r => r.map(|_| ()),
+    }
+}
+
 /// Every trace of module `id` in Redis: its keys, task results, grants, ACL user,
 /// cluster records.
 pub async fn forget(redis: &Client, agent: &AgentId, id: &str) -> Result<(), bus::fred::error::Error> {
@@ -165,7 +237,7 @@ pub async fn forget(redis: &Client, agent: &AgentId, id: &str) -> Result<(), bus
             vec!["DELUSER".to_owned(), agent.to_string()],
         )
         .await?;
-    Ok(())
+    save_acls(redis).await
 }
 
 async fn node_of(redis: &Client, id: &str) -> Result<Option<u32>, ActionError> {
@@ -292,6 +364,7 @@ async fn install(
         .custom(CustomCommand::new_static("ACL", ClusterHash::FirstKey, false), args)
         .await
         .map_err(|e| e.to_string())?;
+    save_acls(&ctx.redis).await.map_err(|e| format!("cannot save the ACL file: {e}"))?;
     let _: i64 =
         ctx.redis.hset(keys::MODULE_NODE, (id.as_str(), node_id.to_string())).await.map_err(|e| e.to_string())?;
     let _: i64 = ctx.redis.hset(MODULE_UUID, (id.as_str(), uuid)).await.map_err(|e| e.to_string())?;
@@ -299,6 +372,11 @@ async fn install(
     flags.push(if req.rootfull { "rootfull" } else { "rootless" }.into());
     let _: i64 = ctx.redis.sadd(format!("{agent}/flags"), flags).await.map_err(|e| e.to_string())?;
     bus::grants::extend_role(&ctx.redis, &AgentId::Cluster, &agent, "owner").await.map_err(|e| e.to_string())?;
+    let granted =
+        apply_authorizations(&ctx.redis, &agent, node_id, &req.authorizations).await.map_err(|e| e.to_string())?;
+    if !granted.is_empty() {
+        tracing::info!("{agent} granted {}", granted.join(", "));
+    }
 
     // 6. The agent connects; then the module's own create-module.
     let deadline = Instant::now() + AGENT_START_TIMEOUT;
@@ -354,7 +432,13 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         }
         ctx.set_progress(30);
         let data = json!({"module_id": id, "preserve_data": data["preserve_data"].as_bool().unwrap_or(false)});
-        let out = match subtask(&tc, &ctx, &node, "remove-module", data).await {
+        let node_alive = bus::agent_is_alive(&ctx.redis, &node, 30).await.map_err(failed)?;
+        let removed = if node_alive {
+            subtask(&tc, &ctx, &node, "remove-module", data).await
+        } else {
+            Err(format!("{node} is not running"))
+        };
+        let out = match removed {
             Ok(out) => out,
             Err(e) if force => {
                 tracing::warn!("removing {id} from Redis anyway: {e}");
@@ -365,7 +449,10 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         ctx.set_progress(70);
         for proto in ["tcp", "udp"] {
             let data = json!({"module_id": id, "protocol": proto});
-            if let Err(e) = subtask(&tc, &ctx, &node, "deallocate-ports", data).await {
+            if !node_alive {
+                // The node's port table is in Redis: release them here.
+                let _: i64 = ctx.redis.hdel(keys::node_ports(node_id, proto), &id).await?;
+            } else if let Err(e) = subtask(&tc, &ctx, &node, "deallocate-ports", data).await {
                 tracing::warn!("{e}");
             }
         }
@@ -405,6 +492,13 @@ pub async fn update(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         let Some(node) = node_of(&ctx.redis, id).await? else {
             return Err(ActionError::invalid("instances", json!(id), "not_installed"));
         };
+        // As NS8: every instance must answer before any is touched (a sub-task to a
+        // dead agent would wait for ever).
+        for a in [&agent, &AgentId::Node(node)] {
+            if !bus::agent_is_alive(&ctx.redis, a, 30).await.map_err(failed)? {
+                return Err(failed(format!("{a} is not running: no instance was updated")));
+            }
+        }
         let rootfull: bool = ctx.redis.sismember(format!("{agent}/flags"), "rootfull").await?;
         if rootfull != req.rootfull {
             return Err(failed(format!(
@@ -510,6 +604,25 @@ async fn update_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorization_selectors() {
+        let me = AgentId::module("mail1").unwrap();
+        let installed = vec![
+            ("traefik1".to_owned(), 1, "traefik".to_owned()),
+            ("traefik2".to_owned(), 2, "traefik".to_owned()),
+            ("mail1".to_owned(), 1, "mail".to_owned()),
+        ];
+        let t = |s: &str| selector_targets(s, &me, 1, &installed).iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(t("traefik@node"), ["module/traefik1"]);
+        assert_eq!(t("traefik@cluster"), ["module/traefik1", "module/traefik2"]);
+        assert_eq!(t("traefik"), t("traefik@cluster"));
+        assert_eq!(t("node"), ["node/1"]);
+        assert_eq!(t("cluster"), ["cluster"]);
+        assert_eq!(t("self"), ["module/mail1"]);
+        assert_eq!(t("mail@node"), Vec::<String>::new(), "never itself through its image name");
+        assert_eq!(t("nothing"), Vec::<String>::new());
+    }
 
     #[test]
     fn ns8_variable_names() {

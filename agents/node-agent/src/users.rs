@@ -86,13 +86,32 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
     })
 }
 
+/// The processes whose real uid is `uid`, zombies excepted (they are already dead,
+/// waiting for a parent that may not be the module's to reap them).
+pub fn live_processes(uid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("");
+        let real_uid = field("Uid:").split_whitespace().next().and_then(|u| u.parse::<u32>().ok());
+        if real_uid == Some(uid) && !field("State:").starts_with('Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// SIGKILL every process of `uid` until none is left (at most about a second).
-fn kill_all(uid: u32) {
+pub fn kill_all(uid: u32) {
+    use nix::sys::signal::{Signal, kill};
     for _ in 0..50 {
-        let _ = Command::new("pkill").args(["-KILL", "-U"]).arg(uid.to_string()).status();
-        let left = Command::new("pgrep").args(["-U"]).arg(uid.to_string()).output();
-        if left.map(|o| o.stdout.is_empty()).unwrap_or(true) {
+        let pids = live_processes(uid);
+        if pids.is_empty() {
             return;
+        }
+        for pid in pids {
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -81,8 +81,8 @@ fn create_run_a_rootless_container_and_remove() {
     assert!(!u.home.exists() && !u.runtime_dir.exists());
     assert!(!users::has_subordinate_range(Path::new("/etc/subuid"), &name));
     assert!(!users::has_subordinate_range(Path::new("/etc/subgid"), &name));
-    let left = Command::new("pgrep").args(["-U", &u.uid.to_string()]).output().unwrap();
-    assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
+    let left = users::live_processes(u.uid);
+    assert!(left.is_empty(), "processes left: {left:?}");
     users::remove(&name, &runtime).unwrap();
 }
 

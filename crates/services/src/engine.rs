@@ -226,11 +226,13 @@ impl Engine {
     }
 
     /// Pull `image` unless it is present. TLS is verified except for a registry on
-    /// loopback (the local repository).
+    /// loopback (the local repository). A pull is reported on stderr with its
+    /// duration (it lands in the task's log; the install benchmark reads it).
     pub async fn ensure_image(&self, image: &str) -> Result<(), String> {
         if self.podman.images().get(image).exists().await.unwrap_or(false) {
             return Ok(());
         }
+        let started = Instant::now();
         use futures_util::StreamExt;
         let opts = PullOpts::builder()
             .reference(image)
@@ -245,6 +247,7 @@ impl Engine {
                 return Err(format!("cannot pull {image}: {err}"));
             }
         }
+        eprintln!("module-service: pulled {image} in {:.3} s", started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -91,6 +91,9 @@ pub fn traces(c: &LocalCluster, id: &str) -> Vec<String> {
             t.push(format!("grant in {key}"));
         }
     }
+    if c.redis(&["EXISTS", &format!("roles/{agent}")]) == "1" {
+        t.push(format!("grants held by {agent}"));
+    }
     if c.path().join(format!("supervisor.d/50-module-{id}.json")).exists() {
         t.push("supervisor program file".into());
     }

@@ -70,6 +70,8 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert_eq!(conf["url"], format!("http://127.0.0.1:{port}/"));
     assert_eq!(c.redis(&["HGET", "cluster/module_node", &id]), "1");
     assert_eq!(c.redis(&["HGET", "roles/admin", &format!("module/{id}")]), "owner", "cluster owners own it");
+    // Its org.nethserver.authorizations label (node:reader) became a grant.
+    assert_eq!(c.redis(&["HGET", &format!("roles/module/{id}"), "node/1"]), "reader");
     let listed = run(&c, "list-installed-modules", "cluster", Value::Null).unwrap();
     assert!(listed.to_string().contains(&format!("\"id\":\"{id}\"")), "{listed}");
 
@@ -78,6 +80,14 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     std::fs::write(volume.join("index.html"), "edited by the test\n").unwrap();
     assert_eq!(page(port, "/"), "edited by the test\n");
     crash(&id);
+    assert_eq!(page(port, "/"), "edited by the test\n", "{}", c.log());
+    // The whole cluster stops, its modules with it, and comes back.
+    ok(&c.xtask(&["down"]));
+    assert!(http_get(port, "/").is_none(), "down stops the modules' containers too");
+    let left = node_agent::users::live_processes(uid_of(&id).unwrap());
+    assert!(left.is_empty(), "down leaves nothing of the module running: {left:?}");
+    let up = c.up_args();
+    ok(&c.xtask(&up.iter().map(String::as_str).collect::<Vec<_>>()));
     assert_eq!(page(port, "/"), "edited by the test\n", "{}", c.log());
 
     // Five concurrent installs: distinct users and ports, all serving.
@@ -203,8 +213,8 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert_eq!(out["module_id"], id.as_str());
     assert!(traces(&c, &id).is_empty(), "{:?}", traces(&c, &id));
     assert!(http_get(port, "/").is_none(), "nothing serves on {port} any more");
-    let left = Command::new("pgrep").args(["-U", &uid.to_string()]).output().unwrap();
-    assert!(left.stdout.is_empty(), "processes of uid {uid} remain");
+    let left = node_agent::users::live_processes(uid);
+    assert!(left.is_empty(), "processes of uid {uid} remain: {left:?}");
     assert!(!Path::new(&format!("/run/user/{uid}")).exists());
     let err = run(&c, "remove-module", "cluster", serde_json::json!({"module_id": id})).unwrap_err();
     assert!(err.contains("not_installed"), "{err}");
