@@ -223,6 +223,10 @@ pub async fn add(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Va
     let image = data["image_url"].as_str().unwrap_or_default().to_owned();
     protocol::image::parse_reference(&image).map_err(|e| failed(format!("image_url: {e}")))?;
     let rootful = data["is_rootfull"].as_bool().unwrap_or(false);
+    if rootful {
+        // The cluster refuses them first; the paths below are kept for when they come.
+        return Err(failed("rootful modules are not supported yet"));
+    }
     if ModulePaths::find(&setup, &id).is_some() {
         return Err(failed(format!("module {id} already exists on this node: refusing to touch it")));
     }

@@ -33,6 +33,18 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         assert!(err.contains(why), "{image}: {err}");
         assert_eq!(picture(&c, "hello"), before, "{image} left something behind");
     }
+    build_variant(&c, work.path(), "hello", "0.8.0", |d| {
+        let spec = d.join("module.json");
+        let text = std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace(r#""org.nethserver.rootfull": "0""#, r#""org.nethserver.rootfull": "1""#);
+        std::fs::write(&spec, text).unwrap();
+    });
+    let err =
+        run(&c, "add-module", "cluster", serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.8.0"), "node": 1}))
+            .unwrap_err();
+    assert!(err.contains("rootful modules are not supported yet"), "{err}");
+    assert_eq!(picture(&c, "hello"), before, "a rootful image left something behind");
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": "nosuchmodule", "node": 1})).unwrap_err();
     assert!(err.contains("not_in_repositories"), "{err}");
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 7})).unwrap_err();
