@@ -232,6 +232,7 @@ pub fn up(args: UpArgs) -> Result<()> {
                 "SUPERVISOR_DIR": root.join("supervisor.d"),
                 "SUPERVISOR_PIDFILE": pidfile(&root),
                 "SUPERVISOR_LOG_DIR": root.join("log"),
+                "ROOTFUL_BASEDIR": root.join("rootful"),
             }),
         ),
     ] {
@@ -362,32 +363,41 @@ fn module_ids(root: &Path) -> Vec<String> {
 /// as a shutdown of the machine would, gracefully first, then whatever the module's
 /// user still runs. The next `up` starts the enabled services again.
 fn stop_modules(root: &Path) {
-    let setup = node_agent::modules::NodeSetup {
-        home_base: PathBuf::from("/home"),
-        rootful_base: PathBuf::from("/var/lib/nethserver"),
-        state_dir: root.join("node/state"),
-        bin_dir: root.join("bin"),
-        redis_address: None,
-    };
+    let setup = node_setup(root);
     for id in module_ids(root) {
         let Some(paths) = node_agent::modules::ModulePaths::find(&setup, &id) else { continue };
         if let Err(e) = paths.module_service(&setup, &["down"]) {
             eprintln!("xtask: module {id}: {e}");
         }
-        if let Some(u) = &paths.user {
-            node_agent::users::kill_all(u.uid);
-        }
+        node_agent::modules::stop_processes(&paths);
         println!("Stopped module {id}.");
     }
 }
 
-/// The modules' Unix users outlive the cluster's files: remove those the node agent
-/// started (one supervisor file each), with their processes and homes.
+/// Where the node agent `up` starts keeps its modules.
+fn node_setup(root: &Path) -> node_agent::modules::NodeSetup {
+    node_agent::modules::NodeSetup {
+        home_base: PathBuf::from("/home"),
+        rootful_base: root.join("rootful"),
+        state_dir: root.join("node/state"),
+        bin_dir: root.join("bin"),
+        redis_address: None,
+    }
+}
+
+/// The modules' Unix users (and rootful modules' containers) outlive the cluster's
+/// files: remove those the node agent started (one supervisor file each).
 fn remove_modules(root: &Path) -> Result<()> {
+    let setup = node_setup(root);
     for id in module_ids(root) {
-        node_agent::users::remove(&id, Path::new("/run/user"))
-            .map_err(|e| anyhow::anyhow!("cannot remove the user of module {id}: {e}"))?;
-        println!("Removed module {id} (its Unix user and home).");
+        if let Some(paths) = node_agent::modules::ModulePaths::find(&setup, &id) {
+            if paths.user.is_none() {
+                // Root's containers are not killed with a user: stop them first.
+                let _ = paths.module_service(&setup, &["down"]);
+            }
+            node_agent::modules::remove_files(&paths).map_err(|e| anyhow::anyhow!("cannot remove module {id}: {e}"))?;
+        }
+        println!("Removed module {id} (its user or directory, and its containers).");
         std::fs::remove_file(root.join("supervisor.d").join(format!("50-module-{id}.json")))?;
     }
     Ok(())

@@ -27,12 +27,6 @@ pub fn module_sequence(name: &str) -> String {
     format!("cluster/module_sequence/{name}")
 }
 pub const MODULE_UUID: &str = "cluster/module_uuid";
-/// Rootful modules share root's image store, container and volume names and network
-/// with the host and each other; until that is handled (names prefixed with the module
-/// id, the node's Podman settings given to root's service, removal of only the
-/// module's images) they are refused rather than half-installed.
-pub const ROOTFUL_UNSUPPORTED: &str =
-    "label org.nethserver.rootfull=1: rootful modules are not supported yet; only rootless modules can be installed";
 
 pub fn add_schema() -> Value {
     json!({
@@ -281,9 +275,6 @@ pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Res
     let u = url.clone();
     let img = tokio::task::spawn_blocking(move || image::inspect(&u)).await.map_err(failed)?.map_err(failed)?;
     let req: Requirements = image::requirements(&img.labels).map_err(failed)?;
-    if req.rootfull {
-        return Err(failed(ROOTFUL_UNSUPPORTED));
-    }
     ctx.set_progress(10);
 
     // 2. The instance id; sequences only grow, so an id is never reused.

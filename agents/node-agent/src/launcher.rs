@@ -66,10 +66,17 @@ impl Launcher {
     pub fn start(&self, spec: &AgentSpec) -> Result<(), String> {
         match self {
             Launcher::Systemd => {
+                let unit = format!("module-agent@{}.service", spec.module_id);
                 if spec.user.is_none() {
-                    return Err("rootful module agents need a systemd drop-in that is not shipped yet".into());
+                    // The template runs /home/%i as user %i; a rootful module is root
+                    // with its own directories.
+                    let dir = Path::new(SYSTEMD_DIR).join(format!("{unit}.d"));
+                    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    std::fs::write(dir.join("rootful.conf"), rootful_dropin(spec))
+                        .map_err(|e| format!("cannot write the drop-in of {unit}: {e}"))?;
+                    systemctl(&["daemon-reload"])?;
                 }
-                systemctl(&["enable", "--now", &format!("module-agent@{}.service", spec.module_id)])
+                systemctl(&["enable", "--now", &unit])
             }
             Launcher::Supervisor { dir, pidfile, log_dir } => {
                 let program = json!({
@@ -113,6 +120,23 @@ impl Launcher {
             }
         }
     }
+}
+
+const SYSTEMD_DIR: &str = "/etc/systemd/system";
+
+/// The drop-in that turns `module-agent@<id>` into a rootful module's agent.
+pub fn rootful_dropin(spec: &AgentSpec) -> String {
+    let (install, state) = (spec.install_dir.display(), spec.state_dir.display());
+    format!(
+        "# Written by the node agent: module {id} is rootful.\n[Service]\nUser=root\n\
+         Environment=AGENT_INSTALL_DIR={install} AGENT_STATE_DIR={state}\n\
+         EnvironmentFile=\nEnvironmentFile=-/etc/nethserver/agent.env\nEnvironmentFile={env}\n\
+         WorkingDirectory={state}\nExecStart=\n\
+         ExecStart={bin} --agentid=module/{id} --actionsdir={install}/actions --eventsdir={install}/events\n",
+        id = spec.module_id,
+        env = spec.env_file.display(),
+        bin = spec.binary.display(),
+    )
 }
 
 fn systemctl(args: &[&str]) -> Result<(), String> {
@@ -163,5 +187,23 @@ mod tests {
         l.stop("web3").unwrap();
         std::fs::write(dir.path().join("supervisor.pid"), "not a pid").unwrap();
         assert!(l.start(&spec).unwrap_err().contains("holds no pid"));
+    }
+
+    #[test]
+    fn a_rootful_dropin_resets_what_the_template_sets() {
+        let spec = AgentSpec {
+            module_id: "samba1",
+            user: None,
+            binary: Path::new("/usr/local/bin/module-agent"),
+            install_dir: Path::new("/var/lib/nethserver/samba1"),
+            state_dir: Path::new("/var/lib/nethserver/samba1/state"),
+            env_file: Path::new("/var/lib/nethserver/samba1/state/agent.env"),
+        };
+        let d = rootful_dropin(&spec);
+        assert!(d.contains("User=root\n"), "{d}");
+        // Empty assignments clear the template's lists before the new values.
+        assert!(d.contains("EnvironmentFile=\nEnvironmentFile=-/etc/nethserver/agent.env\n"), "{d}");
+        assert!(d.contains("ExecStart=\nExecStart=/usr/local/bin/module-agent --agentid=module/samba1 "), "{d}");
+        assert!(d.contains("WorkingDirectory=/var/lib/nethserver/samba1/state\n"), "{d}");
     }
 }

@@ -6,7 +6,9 @@
 //! `services/` from the image's `imageroot/`), its state `~/.config/state`
 //! (`environment`, `agent.env`). Podman reads `~/.config/containers/containers.conf`,
 //! where the node puts the settings this host needs. A rootful module lives in
-//! `$ROOTFUL_BASEDIR/<id>` and runs as root.
+//! `$ROOTFUL_BASEDIR/<id>` (install dir and `state/`), runs as root, and has a Podman
+//! storage of its own in `$ROOTFUL_BASEDIR/.containers/<id>`, named to Podman by
+//! `CONTAINERS_CONF`/`CONTAINERS_STORAGE_CONF` in its `agent.env`.
 //!
 //! Failure is atomic: whatever `add-module` made before failing is removed before it
 //! answers, and `remove-module` leaves nothing of the module on the node.
@@ -102,6 +104,34 @@ impl ModulePaths {
         }
     }
 
+    /// A rootful module's own Podman storage (images, containers, volumes): beside its
+    /// base dir, so that its names never meet root's or another module's.
+    pub fn rootful_storage(&self) -> PathBuf {
+        self.base.parent().unwrap_or(Path::new("/")).join(".containers").join(&self.id)
+    }
+
+    /// Where the module's named volumes are.
+    pub fn volumes_dir(&self) -> PathBuf {
+        match &self.user {
+            Some(u) => u.home.join(".local/share/containers/storage/volumes"),
+            None => self.rootful_storage().join("volumes"),
+        }
+    }
+
+    /// What tells Podman about its settings: rootless Podman reads them from the
+    /// user's `~/.config/containers/`; root's would read `/etc`, so a rootful module's
+    /// files are named.
+    fn podman_env(&self) -> Vec<(String, String)> {
+        if self.user.is_some() {
+            return Vec::new();
+        }
+        let dir = self.install_dir.join("containers");
+        vec![
+            ("CONTAINERS_CONF".to_owned(), dir.join("containers.conf").display().to_string()),
+            ("CONTAINERS_STORAGE_CONF".to_owned(), dir.join("storage.conf").display().to_string()),
+        ]
+    }
+
     /// The environment the module's own programs (agent, `module-service`) run with.
     fn agent_env(&self, setup: &NodeSetup, password: &str) -> Vec<(String, String)> {
         let mut env = vec![
@@ -120,6 +150,7 @@ impl ModulePaths {
         if let Some(a) = &setup.redis_address {
             env.push(("REDIS_ADDRESS".to_owned(), a.clone()));
         }
+        env.extend(self.podman_env());
         env
     }
 
@@ -133,6 +164,7 @@ impl ModulePaths {
             .env("AGENT_STATE_DIR", &self.state_dir)
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(self.podman_env())
             .current_dir(&self.runtime_dir);
         if let Some(u) = &self.user {
             cmd.env("HOME", &u.home).env("USER", &u.name).uid(u.uid).gid(u.gid);
@@ -223,10 +255,6 @@ pub async fn add(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Va
     let image = data["image_url"].as_str().unwrap_or_default().to_owned();
     protocol::image::parse_reference(&image).map_err(|e| failed(format!("image_url: {e}")))?;
     let rootful = data["is_rootfull"].as_bool().unwrap_or(false);
-    if rootful {
-        // The cluster refuses them first; the paths below are kept for when they come.
-        return Err(failed("rootful modules are not supported yet"));
-    }
     if ModulePaths::find(&setup, &id).is_some() {
         return Err(failed(format!("module {id} already exists on this node: refusing to touch it")));
     }
@@ -241,14 +269,16 @@ pub async fn add(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Va
     let launcher = Launcher::detect().map_err(failed)?;
 
     let paths = if rootful {
-        let p = ModulePaths::rootful(&setup, &id);
-        std::fs::create_dir_all(p.rootful_parent()).map_err(|e| failed(format!("cannot create dirs: {e}")))?;
-        p
+        std::fs::create_dir_all(&setup.rootful_base)
+            .map_err(|e| failed(format!("cannot create {}: {e}", setup.rootful_base.display())))?;
+        ModulePaths::rootful(&setup, &id)
     } else {
         std::fs::create_dir_all(&setup.home_base)
             .map_err(|e| failed(format!("cannot create {}: {e}", setup.home_base.display())))?;
-        let _guard = ACCOUNTS.lock().await;
-        let user = users::create(&id, &setup.home_base, Path::new(RUNTIME_BASE)).map_err(failed)?;
+        let user = {
+            let _guard = ACCOUNTS.lock().await;
+            users::create(&id, &setup.home_base, Path::new(RUNTIME_BASE)).map_err(failed)?
+        };
         let install_dir = user.home.join(".config");
         ModulePaths {
             id: id.clone(),
@@ -270,12 +300,6 @@ pub async fn add(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Va
             }
             Err(failed(e))
         }
-    }
-}
-
-impl ModulePaths {
-    fn rootful_parent(&self) -> PathBuf {
-        self.base.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 }
 
@@ -329,6 +353,17 @@ async fn install(
     let conf_dir = paths.install_dir.join("containers");
     std::fs::create_dir_all(&conf_dir).map_err(|e| e.to_string())?;
     std::fs::copy(&conf, conf_dir.join("containers.conf")).map_err(|e| format!("cannot copy containers.conf: {e}"))?;
+    if paths.user.is_none() {
+        // Its own store; the driver is Podman's choice for this host, as for root's.
+        let storage = format!(
+            "# Written by the node agent: module {}'s own Podman storage.\n[storage]\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
+            paths.id,
+            paths.runtime_dir.join("containers").display(),
+            paths.rootful_storage().display()
+        );
+        std::fs::write(conf_dir.join("storage.conf"), storage)
+            .map_err(|e| format!("cannot write storage.conf: {e}"))?;
+    }
 
     match &paths.user {
         Some(u) => {
@@ -368,8 +403,9 @@ async fn cleanup(
         errors.push(e);
     }
     // Data to keep is stopped gracefully first; otherwise killing every process of
-    // the user below is enough, as everything it wrote goes with its home.
-    if preserve && paths.state_dir.exists() {
+    // the user below is enough, as everything it wrote goes with its home. A rootful
+    // module's containers run as root: they are always stopped through its Podman.
+    if (preserve || paths.user.is_none()) && paths.state_dir.exists() {
         let (p, s) = (paths.clone(), setup.clone());
         match tokio::task::spawn_blocking(move || p.module_service(&s, &["down"])).await {
             Ok(Err(e)) => tracing::warn!("module {}: stopping its services: {e}", paths.id),
@@ -378,27 +414,66 @@ async fn cleanup(
         }
     }
     let preserved = if preserve { preserve_data(paths, setup).map(Some)? } else { None };
-    let (p, id) = (paths.clone(), paths.id.clone());
-    let removed = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        match &p.user {
-            Some(_) => users::remove(&id, Path::new(RUNTIME_BASE)),
-            None => {
-                let _ = std::fs::remove_dir_all(&p.runtime_dir);
-                match std::fs::remove_dir_all(&p.base) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(format!("cannot remove {}: {e}", p.base.display()))
-                    }
-                    _ => Ok(()),
-                }
-            }
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let p = paths.clone();
+    let removed = tokio::task::spawn_blocking(move || remove_files(&p)).await.map_err(|e| e.to_string())?;
     if let Err(e) = removed {
         errors.push(e);
     }
     if errors.is_empty() { Ok(preserved) } else { Err(errors.join("; ")) }
+}
+
+/// Remove every process, file and account of a module whose services are stopped: a
+/// rootless module's user with everything it owns; a rootful module's Podman service,
+/// mounts, storage, runtime and base dirs.
+pub fn remove_files(p: &ModulePaths) -> Result<(), String> {
+    if p.user.is_some() {
+        return users::remove(&p.id, Path::new(RUNTIME_BASE));
+    }
+    stop_processes(p);
+    let storage = p.rootful_storage();
+    for dir in [&storage, &p.runtime_dir] {
+        unmount_under(dir);
+    }
+    let mut errors = Vec::new();
+    for dir in [&p.runtime_dir, &storage, &p.base] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(format!("cannot remove {}: {e}", dir.display()))
+            }
+            _ => {}
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+/// Kill what the module still runs once its services are down: every process of a
+/// rootless module's user; a rootful module's Podman service (found by its socket's
+/// path; it would exit by itself after its idle time).
+pub fn stop_processes(p: &ModulePaths) {
+    if let Some(u) = &p.user {
+        users::kill_all(u.uid);
+        return;
+    }
+    let marker = p.runtime_dir.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Lazily unmount whatever is mounted at or below `dir` (a storage driver's mounts),
+/// deepest first, so the directory can be removed.
+fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|m| m.starts_with(dir)).collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in points {
+        let _ = Command::new("umount").arg("-l").arg(&m).output();
+    }
 }
 
 /// Move the module's state and Podman volumes to `<node state>/preserved/<id>-<time>`.
@@ -407,10 +482,7 @@ fn preserve_data(paths: &ModulePaths, setup: &NodeSetup) -> Result<PathBuf, Stri
     let dest = setup.state_dir.join("preserved").join(format!("{}-{stamp}", paths.id));
     std::fs::create_dir_all(&dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
-    let volumes = match &paths.user {
-        Some(u) => u.home.join(".local/share/containers/storage/volumes"),
-        None => PathBuf::from("/var/lib/containers/storage/volumes"),
-    };
+    let volumes = paths.volumes_dir();
     for (from, name) in [(&paths.state_dir, "state"), (&volumes, "volumes")] {
         if from.exists() {
             let out =

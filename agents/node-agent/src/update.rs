@@ -54,16 +54,6 @@ fn snapshot_dir(p: &ModulePaths) -> PathBuf {
     work_dir(p).join(format!(".{}-update-snapshot", p.id))
 }
 
-/// Where the module's named volumes are, and the prefix of its own entries there:
-/// rootful modules share root's storage, and NS8 requires their volumes to be named
-/// `<id>-...`.
-fn volumes(p: &ModulePaths) -> (PathBuf, String) {
-    match &p.user {
-        Some(u) => (u.home.join(".local/share/containers/storage/volumes"), String::new()),
-        None => (PathBuf::from("/var/lib/containers/storage/volumes"), format!("{}-", p.id)),
-    }
-}
-
 fn cp_a(from: &Path, to: &Path) -> Result<(), String> {
     let out = Command::new("cp").arg("-a").arg(from).arg(to).output().map_err(|e| format!("cannot run cp: {e}"))?;
     if out.status.success() {
@@ -120,12 +110,9 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
         std::fs::create_dir(&snap).map_err(|e| format!("cannot create {}: {e}", snap.display()))?;
         let taken = (|| {
             cp_a(&paths.install_dir, &snap.join("install"))?;
-            let (vdir, prefix) = volumes(&paths);
             std::fs::create_dir(snap.join("volumes")).map_err(|e| e.to_string())?;
-            for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    cp_a(&e.path(), &snap.join("volumes").join(e.file_name()))?;
-                }
+            for e in std::fs::read_dir(paths.volumes_dir()).into_iter().flatten().flatten() {
+                cp_a(&e.path(), &snap.join("volumes").join(e.file_name()))?;
             }
             Ok::<(), String>(())
         })();
@@ -220,9 +207,9 @@ fn restore(paths: &ModulePaths, setup: &NodeSetup) -> Result<(), String> {
     }
     remove_path(&paths.install_dir)?;
     cp_a(&snap.join("install"), &paths.install_dir)?;
-    let (vdir, prefix) = volumes(paths);
+    let vdir = paths.volumes_dir();
     for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) && snap.join("volumes").join(e.file_name()).exists() {
+        if snap.join("volumes").join(e.file_name()).exists() {
             remove_path(&e.path())?;
         }
     }

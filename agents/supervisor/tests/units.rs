@@ -62,7 +62,24 @@ fn systemd_units_verify() {
     let instance = "module-agent@module1.service";
     std::fs::copy(tmp.path().join("module-agent@.service"), tmp.path().join(instance)).unwrap();
 
-    let ours: Vec<&str> = UNITS.iter().copied().chain([instance]).collect();
+    // A rootful module's instance, with the drop-in the node agent writes for it.
+    let rootful = "module-agent@rootful1.service";
+    std::fs::copy(tmp.path().join("module-agent@.service"), tmp.path().join(rootful)).unwrap();
+    let state = tmp.path().join("rootful1/state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("agent.env"), "").unwrap();
+    let dropin = node_agent::launcher::rootful_dropin(&node_agent::launcher::AgentSpec {
+        module_id: "rootful1",
+        user: None,
+        binary: Path::new(env!("CARGO_BIN_EXE_supervisor")),
+        install_dir: &tmp.path().join("rootful1"),
+        state_dir: &state,
+        env_file: &state.join("agent.env"),
+    });
+    std::fs::create_dir_all(tmp.path().join(format!("{rootful}.d"))).unwrap();
+    std::fs::write(tmp.path().join(format!("{rootful}.d/rootful.conf")), dropin).unwrap();
+
+    let ours: Vec<&str> = UNITS.iter().copied().chain([instance, rootful]).collect();
     let prefix = format!("{}/", tmp.path().display());
     for unit in &ours {
         let out = Command::new("systemd-analyze")

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use e2e::modules::{build, build_variant, crash, http_get, page, picture, port_of, run, traces, uid_of, write_step};
+use e2e::modules::{
+    build, build_variant, crash, http_get, page, picture, port_of, run, traces, uid_of, user_exists, write_step,
+};
 use e2e::{LocalCluster, ok};
 use serde_json::Value;
 
@@ -33,18 +35,6 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         assert!(err.contains(why), "{image}: {err}");
         assert_eq!(picture(&c, "hello"), before, "{image} left something behind");
     }
-    build_variant(&c, work.path(), "hello", "0.8.0", |d| {
-        let spec = d.join("module.json");
-        let text = std::fs::read_to_string(&spec)
-            .unwrap()
-            .replace(r#""org.nethserver.rootfull": "0""#, r#""org.nethserver.rootfull": "1""#);
-        std::fs::write(&spec, text).unwrap();
-    });
-    let err =
-        run(&c, "add-module", "cluster", serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.8.0"), "node": 1}))
-            .unwrap_err();
-    assert!(err.contains("rootful modules are not supported yet"), "{err}");
-    assert_eq!(picture(&c, "hello"), before, "a rootful image left something behind");
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": "nosuchmodule", "node": 1})).unwrap_err();
     assert!(err.contains("not_in_repositories"), "{err}");
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 7})).unwrap_err();
@@ -230,4 +220,38 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert!(!Path::new(&format!("/run/user/{uid}")).exists());
     let err = run(&c, "remove-module", "cluster", serde_json::json!({"module_id": id})).unwrap_err();
     assert!(err.contains("not_installed"), "{err}");
+
+    // A rootful module runs as root in a Podman storage of its own, and goes without a
+    // trace too.
+    build_variant(&c, work.path(), "hello", "0.8.0", |d| {
+        let spec = d.join("module.json");
+        let text = std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace(r#""org.nethserver.rootfull": "0""#, r#""org.nethserver.rootfull": "1""#);
+        std::fs::write(&spec, text).unwrap();
+    });
+    let out =
+        run(&c, "add-module", "cluster", serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.8.0"), "node": 1}))
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let rid = out["module_id"].as_str().unwrap().to_owned();
+    let rport = port_of(&c, &rid);
+    assert!(page(rport, "/").contains("Hello"), "{}", c.log());
+    assert!(!user_exists(&rid), "a rootful module has no Unix user");
+    let base = c.path().join("rootful").join(&rid);
+    let storage = c.path().join("rootful/.containers").join(&rid);
+    assert!(base.join("state/environment").is_file() && storage.join("volumes/www").is_dir());
+    assert_eq!(c.redis(&["SISMEMBER", &format!("module/{rid}/flags"), "rootfull"]), "1");
+    run(&c, "remove-module", "cluster", serde_json::json!({"module_id": rid})).unwrap();
+    assert!(traces(&c, &rid).is_empty(), "{:?}", traces(&c, &rid));
+    assert!(!base.exists() && !storage.exists(), "its directories are gone");
+    assert!(http_get(rport, "/").is_none());
+    let marker = format!("/run/nethserver/{rid}");
+    let running: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker) || c.contains(&storage.display().to_string()))
+        .collect();
+    assert!(running.is_empty(), "{running:?}");
 }
