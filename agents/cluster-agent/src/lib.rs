@@ -16,7 +16,9 @@ const DEFAULT_NAME: &str = "NethServer 8";
 
 pub fn natives(cfg: &AgentConfig) -> NativeActions {
     let (redis, redis2, redis3) = (cfg.redis.clone(), cfg.redis.clone(), cfg.redis.clone());
+    let redis4 = cfg.redis.clone();
     NativeActions::new()
+        .on_start(move |ctx| modules::recover_installs(ctx, redis4.clone()))
         .add("add-module", Some(modules::add_schema()), None, move |ctx, data| modules::add(ctx, data, redis.clone()))
         .add("remove-module", Some(modules::remove_schema()), None, move |ctx, data| {
             modules::remove(ctx, data, redis2.clone())

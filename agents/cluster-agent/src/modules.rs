@@ -27,6 +27,9 @@ pub fn module_sequence(name: &str) -> String {
     format!("cluster/module_sequence/{name}")
 }
 pub const MODULE_UUID: &str = "cluster/module_uuid";
+/// Installs in progress: module id -> `{"node": N, "task": id}`. An entry outlives an
+/// install only when the cluster agent died during it; the next start undoes it.
+pub const INSTALLING: &str = "cluster/installing";
 
 pub fn add_schema() -> Value {
     json!({
@@ -202,6 +205,46 @@ async fn apply_authorizations(
     Ok(made)
 }
 
+/// At start: undo the installs a crash of this agent interrupted (their tasks were
+/// just closed as aborted), as their own failure would have. One whose node is not
+/// running stays recorded, for the next start.
+pub async fn recover_installs(ctx: ActionContext, redis_cfg: RedisConfig) {
+    let pending: std::collections::HashMap<String, String> = match ctx.redis.hgetall(INSTALLING).await {
+        Ok(p) => p,
+        Err(e) => return tracing::error!("cannot read {INSTALLING}: {e}"),
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let Ok(tc) = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await else {
+        return tracing::error!("cannot connect to undo interrupted installs");
+    };
+    for (id, journal) in pending {
+        let node_id = serde_json::from_str::<Value>(&journal).ok().and_then(|j| j["node"].as_u64()).unwrap_or(0) as u32;
+        let node = AgentId::Node(node_id);
+        let Ok(agent) = AgentId::module(&id) else { continue };
+        if !bus::agent_is_alive(&ctx.redis, &node, 30).await.unwrap_or(false) {
+            tracing::warn!("install of {id} was interrupted; {node} is not running: undone at a later start");
+            continue;
+        }
+        let undo = vec![
+            Undo::Keys,
+            Undo::Ports { node: node.clone(), protocol: "tcp" },
+            Undo::Ports { node: node.clone(), protocol: "udp" },
+            Undo::Node { node },
+        ];
+        let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent, undo };
+        let problems = inst.rollback().await;
+        if problems.is_empty() {
+            let _: Result<i64, _> = ctx.redis.hdel(INSTALLING, &id).await;
+            tracing::warn!("install of {id} was interrupted by a restart of this agent: undone, nothing of it is left");
+        } else {
+            tracing::error!("undoing the interrupted install of {id}: {}", problems.join("; "));
+        }
+    }
+    tc.quit().await;
+}
+
 /// `ACL SAVE`: Redis users made at runtime survive a restart only in the ACL file.
 /// A Redis without one (a test's) is told about in the log, not refused.
 pub async fn save_acls(redis: &Client) -> Result<(), bus::fred::error::Error> {
@@ -283,12 +326,17 @@ pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Res
     protocol::validate_module_id(&id).map_err(|e| failed(format!("image name {:?}: {e}", img.name)))?;
     let agent = AgentId::module(&id).map_err(failed)?;
     let uuid = data["module_uuid"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let journal = json!({"node": node_id, "task": ctx.task_id}).to_string();
+    let _: i64 = ctx.redis.hset(INSTALLING, (id.as_str(), journal)).await?;
     let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent: agent.clone(), undo: vec![Undo::Keys] };
     let outcome = install(&mut inst, &node, node_id, &img, &req, &uuid).await;
     let result = match outcome {
         Ok(v) => Ok(v),
         Err(e) => {
             let problems = inst.rollback().await;
+            if problems.is_empty() {
+                let _: Result<i64, _> = ctx.redis.hdel(INSTALLING, &id).await;
+            }
             let tail = if problems.is_empty() {
                 "; nothing of it was left behind".to_owned()
             } else {
@@ -397,6 +445,8 @@ async fn install(
     }
     ctx.set_progress(95);
 
+    // The commit point: from here a restart keeps the module.
+    let _: i64 = ctx.redis.hdel(INSTALLING, &id).await.map_err(|e| e.to_string())?;
     let event = json!({"module": id, "node": node_id}).to_string();
     let _: i64 = ctx
         .redis

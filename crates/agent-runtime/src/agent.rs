@@ -63,6 +63,16 @@ pub async fn run(
 
     define_builtin_roles(&sh).await;
     close_interrupted(&sh).await;
+    if let Some(hook) = sh.natives.start_hook() {
+        let ctx = crate::ActionContext {
+            agent: sh.cfg.agent_id.clone(),
+            task_id: "startup".to_owned(),
+            user: sh.cfg.agent_id.to_string(),
+            state_dir: sh.cfg.state_dir.clone(),
+            redis: sh.redis.clone(),
+        };
+        hook(ctx).await;
+    }
 
     let (stop_events_tx, stop_events) = watch::channel(false);
     let events = events::start(sh.clone(), stop_events).await;

@@ -63,6 +63,7 @@ impl ActionContext {
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, ActionError>> + Send>>;
 type Handler = Arc<dyn Fn(ActionContext, Value) -> BoxFuture + Send + Sync>;
+type StartHook = Arc<dyn Fn(ActionContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct NativeAction {
@@ -75,6 +76,7 @@ pub struct NativeAction {
 #[derive(Clone, Default)]
 pub struct NativeActions {
     actions: BTreeMap<String, NativeAction>,
+    on_start: Option<StartHook>,
 }
 
 impl NativeActions {
@@ -108,6 +110,22 @@ impl NativeActions {
         };
         self.actions.insert(name.to_owned(), action);
         self
+    }
+
+    /// Run `f` once at start, after the tasks a crash interrupted are closed and before
+    /// any new task is taken: the place to finish or undo what those tasks left half
+    /// done. Its context's task id is `startup`.
+    pub fn on_start<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(ActionContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_start = Some(Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    pub(crate) fn start_hook(&self) -> Option<StartHook> {
+        self.on_start.clone()
     }
 
     pub fn get(&self, name: &str) -> Option<&NativeAction> {

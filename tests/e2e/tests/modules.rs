@@ -59,10 +59,48 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert!(err.contains("nothing of it was left behind"), "{err}");
     assert!(traces(&c, "hello2").is_empty(), "{:?}\n{}", traces(&c, "hello2"), c.log());
 
+    // The cluster agent dies in the middle of an install (the module's create-module
+    // is running): at its restart the install is undone, as its failure would be.
+    build_variant(&c, work.path(), "hello", "0.7.0", |d| {
+        write_step(d, "create-module", "10slow", "#!/bin/sh\nsleep 60\n");
+    });
+    let installer = {
+        let (redis, bin) = (c.redis_address(), c.path().join("bin/api-cli"));
+        let data = serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.7.0"), "node": 1}).to_string();
+        std::thread::spawn(move || {
+            Command::new(bin).args(["run", "add-module", "--data", &data]).env("REDIS_ADDRESS", redis).output().unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while c.redis(&["HEXISTS", "cluster/module_node", "hello3"]) != "1" {
+        assert!(std::time::Instant::now() < deadline, "the install did not get as far as the agent\n{}", c.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(user_exists("hello3") && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "1");
+    let cluster_agent = c.path().join("bin/cluster-agent").display().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&cluster_agent))
+        })
+        .expect("the cluster agent runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = installer.join().unwrap();
+    assert!(!out.status.success(), "the interrupted install reports failure");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 12"), "{}", String::from_utf8_lossy(&out.stderr));
+    while !traces(&c, "hello3").is_empty() || c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "1" {
+        assert!(std::time::Instant::now() < deadline, "not undone: {:?}\n{}", traces(&c, "hello3"), c.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // Install by name from the repository: the newest version, 1.0.0.
     let out = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 1})).unwrap();
     let id = out["module_id"].as_str().unwrap().to_owned();
-    assert_eq!(id, "hello3", "ids are never reused: {out}");
+    assert_eq!(id, "hello4", "ids are never reused: {out}");
     assert_eq!(out["image_url"], v1.as_str());
     let port = port_of(&c, &id);
     assert!((20000..=45000).contains(&port), "{port}");
