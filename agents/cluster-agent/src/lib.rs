@@ -18,7 +18,13 @@ pub fn natives(cfg: &AgentConfig) -> NativeActions {
     let (redis, redis2, redis3) = (cfg.redis.clone(), cfg.redis.clone(), cfg.redis.clone());
     let redis4 = cfg.redis.clone();
     NativeActions::new()
-        .on_start(move |ctx| modules::recover_installs(ctx, redis4.clone()))
+        .on_start(move |ctx| {
+            let cfg = redis4.clone();
+            async move {
+                modules::recover_installs(ctx.clone(), cfg.clone()).await;
+                modules::recover_updates(ctx, cfg).await;
+            }
+        })
         .add("add-module", Some(modules::add_schema()), None, move |ctx, data| modules::add(ctx, data, redis.clone()))
         .add("remove-module", Some(modules::remove_schema()), None, move |ctx, data| {
             modules::remove(ctx, data, redis2.clone())

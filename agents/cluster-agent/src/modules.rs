@@ -30,6 +30,9 @@ pub const MODULE_UUID: &str = "cluster/module_uuid";
 /// Installs in progress: module id -> `{"node": N, "task": id}`. An entry outlives an
 /// install only when the cluster agent died during it; the next start undoes it.
 pub const INSTALLING: &str = "cluster/installing";
+/// Updates in progress: module id -> `{"node": "node/N", "task": id}`; one left by a
+/// crash is rolled back at the next start (the node still holds its snapshot).
+pub const UPDATING: &str = "cluster/updating";
 
 pub fn add_schema() -> Value {
     json!({
@@ -241,6 +244,45 @@ pub async fn recover_installs(ctx: ActionContext, redis_cfg: RedisConfig) {
         } else {
             tracing::error!("undoing the interrupted install of {id}: {}", problems.join("; "));
         }
+    }
+    tc.quit().await;
+}
+
+/// At start: roll back the updates a crash of this agent interrupted, from the
+/// snapshot their node took. A node that has no snapshot (the crash came before it
+/// took one, or after the commit) has nothing to undo.
+pub async fn recover_updates(ctx: ActionContext, redis_cfg: RedisConfig) {
+    let pending: std::collections::HashMap<String, String> = match ctx.redis.hgetall(UPDATING).await {
+        Ok(p) => p,
+        Err(e) => return tracing::error!("cannot read {UPDATING}: {e}"),
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let Ok(tc) = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await else {
+        return tracing::error!("cannot connect to roll back interrupted updates");
+    };
+    for (id, journal) in pending {
+        let node = serde_json::from_str::<Value>(&journal)
+            .ok()
+            .and_then(|j| j["node"].as_str().and_then(|n| n.parse::<AgentId>().ok()));
+        let (Some(node), Ok(agent)) = (node, AgentId::module(&id)) else { continue };
+        if !bus::agent_is_alive(&ctx.redis, &node, 30).await.unwrap_or(false) {
+            tracing::warn!("update of {id} was interrupted; {node} is not running: rolled back at a later start");
+            continue;
+        }
+        match subtask(&tc, &ctx, &node, "finish-update", json!({"module_id": id, "outcome": "rollback"})).await {
+            Ok(out) => {
+                let _ = copy_environment(&ctx.redis, &agent, &out["environment"]).await;
+                tracing::warn!("update of {id} was interrupted by a restart of this agent: rolled back");
+            }
+            Err(e) if e.contains("no snapshot") => {}
+            Err(e) => {
+                tracing::error!("rolling back the interrupted update of {id}: {e}");
+                continue;
+            }
+        }
+        let _: Result<i64, _> = ctx.redis.hdel(UPDATING, &id).await;
     }
     tc.quit().await;
 }
@@ -572,6 +614,18 @@ pub async fn update(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
     if errors.is_empty() { Ok(json!({"image_url": url, "instances": done})) } else { Err(failed(errors.join("; "))) }
 }
 
+/// The module's environment as the node left it, for readers of Redis.
+async fn copy_environment(redis: &Client, agent: &AgentId, environment: &Value) -> Result<(), bus::fred::error::Error> {
+    let Some(map) = environment.as_object().filter(|m| !m.is_empty()) else { return Ok(()) };
+    let pairs: Vec<(String, String)> =
+        map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect();
+    let key = keys::environment(agent);
+    let tx = redis.multi();
+    let _: () = tx.del(&key).await?;
+    let _: () = tx.hset(&key, pairs).await?;
+    tx.exec(true).await
+}
+
 async fn update_one(
     ctx: &ActionContext,
     tc: &TaskClient,
@@ -597,10 +651,14 @@ async fn update_one(
         let _: i64 =
             ctx.redis.hset(keys::ports_demand(proto), (id, demand.to_string())).await.map_err(|e| e.to_string())?;
     }
+    let journal = json!({"node": node.to_string(), "task": ctx.task_id}).to_string();
+    let _: i64 = ctx.redis.hset(UPDATING, (id, journal)).await.map_err(|e| e.to_string())?;
     let data = json!({"module_id": id, "image_url": img.url, "environment": env});
-    subtask(tc, ctx, node, "update-module", data)
-        .await
-        .map_err(|e| format!("cannot update {id} to {}: {e}", img.url))?;
+    if let Err(e) = subtask(tc, ctx, node, "update-module", data).await {
+        // The node put back what it had changed.
+        let _: Result<i64, _> = ctx.redis.hdel(UPDATING, id).await;
+        return Err(format!("cannot update {id} to {}: {e}", img.url));
+    }
     // The module's own steps, from the new image.
     let steps = async {
         let actions = subtask(tc, ctx, agent, "list-actions", json!(null)).await?;
@@ -626,16 +684,11 @@ async fn update_one(
             (Err(format!("the update of {id} to {} failed: {e}; and the rollback failed: {r}", img.url)), Value::Null)
         }
     };
-    // The module's environment as the node left it, for readers of Redis.
-    if let Some(map) = environment.as_object().filter(|m| !m.is_empty()) {
-        let pairs: Vec<(String, String)> =
-            map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect();
-        let key = keys::environment(agent);
-        let tx = ctx.redis.multi();
-        let _: () = tx.del(&key).await.map_err(|e| e.to_string())?;
-        let _: () = tx.hset(&key, pairs).await.map_err(|e| e.to_string())?;
-        let _: () = tx.exec(true).await.map_err(|e| e.to_string())?;
+    if !environment.is_null() {
+        // Finished either way; a failed rollback stays journaled, to be retried.
+        let _: i64 = ctx.redis.hdel(UPDATING, id).await.map_err(|e| e.to_string())?;
     }
+    copy_environment(&ctx.redis, agent, &environment).await.map_err(|e| e.to_string())?;
     if result.is_ok() {
         let node_id = match node {
             AgentId::Node(n) => *n,

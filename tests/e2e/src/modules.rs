@@ -163,3 +163,38 @@ pub fn crash(id: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// SIGKILL the cluster's cluster agent (the supervisor starts it again).
+pub fn kill_cluster_agent(c: &LocalCluster) {
+    let exe = c.path().join("bin/cluster-agent").display().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&exe))
+        })
+        .expect("the cluster agent runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// Run an action in the background; join for api-cli's output.
+pub fn run_in_background(c: &LocalCluster, action: &str, data: Value) -> std::thread::JoinHandle<std::process::Output> {
+    let (redis, bin, action) = (c.redis_address(), c.path().join("bin/api-cli"), action.to_owned());
+    std::thread::spawn(move || {
+        Command::new(bin)
+            .args(["run", &action, "--data", &data.to_string()])
+            .env("REDIS_ADDRESS", redis)
+            .output()
+            .expect("run api-cli")
+    })
+}
+
+/// Wait up to 60 s for `cond`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::modules::{
-    build, build_variant, crash, http_get, page, picture, port_of, run, traces, uid_of, user_exists, write_step,
+    build, build_variant, crash, http_get, kill_cluster_agent, page, picture, port_of, run, run_in_background, traces,
+    uid_of, user_exists, wait_until, write_step,
 };
 use e2e::{LocalCluster, ok};
 use serde_json::Value;
@@ -64,38 +65,21 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     build_variant(&c, work.path(), "hello", "0.7.0", |d| {
         write_step(d, "create-module", "10slow", "#!/bin/sh\nsleep 60\n");
     });
-    let installer = {
-        let (redis, bin) = (c.redis_address(), c.path().join("bin/api-cli"));
-        let data = serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.7.0"), "node": 1}).to_string();
-        std::thread::spawn(move || {
-            Command::new(bin).args(["run", "add-module", "--data", &data]).env("REDIS_ADDRESS", redis).output().unwrap()
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while c.redis(&["HEXISTS", "cluster/module_node", "hello3"]) != "1" {
-        assert!(std::time::Instant::now() < deadline, "the install did not get as far as the agent\n{}", c.log());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let installer = run_in_background(
+        &c,
+        "add-module",
+        serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.7.0"), "node": 1}),
+    );
+    wait_until("the install to reach the agent", || c.redis(&["HEXISTS", "cluster/module_node", "hello3"]) == "1");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(user_exists("hello3") && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "1");
-    let cluster_agent = c.path().join("bin/cluster-agent").display().to_string();
-    let pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&cluster_agent))
-        })
-        .expect("the cluster agent runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    kill_cluster_agent(&c);
     let out = installer.join().unwrap();
     assert!(!out.status.success(), "the interrupted install reports failure");
     assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 12"), "{}", String::from_utf8_lossy(&out.stderr));
-    while !traces(&c, "hello3").is_empty() || c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "1" {
-        assert!(std::time::Instant::now() < deadline, "not undone: {:?}\n{}", traces(&c, "hello3"), c.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until("the interrupted install to be undone", || {
+        traces(&c, "hello3").is_empty() && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "0"
+    });
 
     // Install by name from the repository: the newest version, 1.0.0.
     let out = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 1})).unwrap();
@@ -213,6 +197,34 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         .output()
         .unwrap();
     assert_eq!(ok(&images).trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
+
+    // The cluster agent dies while the module's own update steps run: its restart rolls
+    // the update back from the node's snapshot.
+    build_variant(&c, work.path(), "hello", "2.5.0", |d| {
+        write_step(d, "update-module", "10slow", "#!/bin/sh\nsleep 60\n");
+    });
+    let snapshot = PathBuf::from(format!("/home/{id}/.{id}-update-snapshot"));
+    let updater = run_in_background(
+        &c,
+        "update-module",
+        serde_json::json!({"module_url": format!("{reg}/ns8rs/hello:2.5.0"), "instances": [id]}),
+    );
+    let state_env = format!("/home/{id}/.config/state/environment");
+    wait_until("the node to swap in 2.5.0", || {
+        snapshot.exists() && std::fs::read_to_string(&state_env).unwrap_or_default().contains("hello:2.5.0")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    kill_cluster_agent(&c);
+    assert!(!updater.join().unwrap().status.success());
+    wait_until("the interrupted update to be rolled back", || {
+        !snapshot.exists() && c.redis(&["HEXISTS", "cluster/updating", &id]) == "0"
+    });
+    assert_eq!(page(port, "/version.txt").trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
+    assert_eq!(page(port, "/"), "edited by the test\n");
+    assert_eq!(
+        c.redis(&["HGET", &format!("module/{id}/environment"), "IMAGE_URL"]),
+        format!("{reg}/ns8rs/hello:2.0.0")
+    );
 
     // 3.0.0 starts, scribbles on its volume, then its migration fails: the previous
     // image, state and volume come back and serve again.
