@@ -512,6 +512,13 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
     let node = AgentId::Node(node_id);
     let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
     let result = async {
+        // Checked first: a removal that cannot reach the node must not begin.
+        let node_alive = bus::agent_is_alive(&ctx.redis, &node, 30).await.map_err(failed)?;
+        if !node_alive && !force {
+            return Err(failed(format!(
+                "{node} is not running: {id} was not touched (force removes it from the cluster anyway)"
+            )));
+        }
         if bus::agent_is_alive(&ctx.redis, &agent, 30).await.map_err(failed)? {
             let actions = subtask(&tc, &ctx, &agent, "list-actions", json!(null)).await.map_err(failed)?;
             let has_destroy = actions.as_array().is_some_and(|a| a.iter().any(|x| x == "destroy-module"));
@@ -524,7 +531,6 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         }
         ctx.set_progress(30);
         let data = json!({"module_id": id, "preserve_data": data["preserve_data"].as_bool().unwrap_or(false)});
-        let node_alive = bus::agent_is_alive(&ctx.redis, &node, 30).await.map_err(failed)?;
         let removed = if node_alive {
             subtask(&tc, &ctx, &node, "remove-module", data).await
         } else {

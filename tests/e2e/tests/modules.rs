@@ -41,6 +41,16 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 7})).unwrap_err();
     assert!(err.contains("not_alive"), "{err}");
 
+    // A module recorded on a node that is not running: not touched unless forced,
+    // and then forgotten by the cluster.
+    c.redis(&["HSET", "cluster/module_node", "ghost9", "7"]);
+    c.redis(&["HSET", "module/ghost9/environment", "MODULE_ID", "ghost9"]);
+    let err = run(&c, "remove-module", "cluster", serde_json::json!({"module_id": "ghost9"})).unwrap_err();
+    assert!(err.contains("node/7 is not running") && err.contains("not touched"), "{err}");
+    assert_eq!(c.redis(&["HGET", "cluster/module_node", "ghost9"]), "7");
+    run(&c, "remove-module", "cluster", serde_json::json!({"module_id": "ghost9", "force": true})).unwrap();
+    assert!(traces(&c, "ghost9").is_empty(), "{:?}", traces(&c, "ghost9"));
+
     // Port exhaustion: another owner holds the whole range.
     c.redis(&["HSET", "node/1/tcp_ports", "squatter", "20000-45000"]);
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": v1, "node": 1})).unwrap_err();
