@@ -1,9 +1,11 @@
-//! Installing and removing modules (`add-module`, `remove-module`): the cluster's
-//! half, which drives the node's through sub-tasks (NS8 reference 10.2 and 10.6).
+//! Installing, updating and removing modules (`add-module`, `update-module`,
+//! `remove-module`): the cluster's half, which drives the node's and the module's
+//! through sub-tasks (NS8 reference 10.2, 10.5 and 10.6).
 //!
 //! Beyond NS8, an install either completes or leaves nothing: every step that changed
 //! something registers its undo, and a failure runs them in reverse before the task
-//! ends with the cause. The order is NS8's: the image is checked before any node is
+//! ends with the cause; an install or update cut short by a crash of this agent is
+//! journaled, and undone or rolled back at its next start. The order is NS8's: the image is checked before any node is
 //! touched; the node makes the user and starts the agent, which connects once the
 //! cluster has created its Redis user from the hash the node returned.
 
