@@ -15,23 +15,12 @@ use serde_json::{Value, json};
 const DEFAULT_NAME: &str = "NethServer 8";
 
 pub fn natives(cfg: &AgentConfig) -> NativeActions {
-    let (redis, redis2, redis3) = (cfg.redis.clone(), cfg.redis.clone(), cfg.redis.clone());
-    let redis4 = cfg.redis.clone();
+    let redis = cfg.redis.clone();
     NativeActions::new()
-        .on_start(move |ctx| {
-            let cfg = redis4.clone();
-            async move {
-                modules::recover_installs(ctx.clone(), cfg.clone()).await;
-                modules::recover_updates(ctx, cfg).await;
-            }
-        })
-        .add("add-module", Some(modules::add_schema()), None, move |ctx, data| modules::add(ctx, data, redis.clone()))
-        .add("remove-module", Some(modules::remove_schema()), None, move |ctx, data| {
-            modules::remove(ctx, data, redis2.clone())
-        })
-        .add("update-module", Some(modules::update_schema()), None, move |ctx, data| {
-            modules::update(ctx, data, redis3.clone())
-        })
+        .on_start(move |ctx| modules::recover(ctx, redis.clone()))
+        .add_with("add-module", Some(modules::add_schema()), None, cfg.redis.clone(), modules::add)
+        .add_with("remove-module", Some(modules::remove_schema()), None, cfg.redis.clone(), modules::remove)
+        .add_with("update-module", Some(modules::update_schema()), None, cfg.redis.clone(), modules::update)
         .add("add-repository", Some(repository::add_schema()), None, repository::add)
         .add("alter-repository", Some(repository::alter_schema()), None, repository::alter)
         .add("remove-repository", Some(repository::name_schema()), None, repository::remove)

@@ -5,9 +5,11 @@
 //! Beyond NS8, an install either completes or leaves nothing: every step that changed
 //! something registers its undo, and a failure runs them in reverse before the task
 //! ends with the cause; an install or update cut short by a crash of this agent is
-//! journaled, and undone or rolled back at its next start. The order is NS8's: the image is checked before any node is
-//! touched; the node makes the user and starts the agent, which connects once the
-//! cluster has created its Redis user from the hash the node returned.
+//! journaled, and undone or rolled back at its next start.
+//!
+//! The order is NS8's: the image is checked before any node is touched; the node makes
+//! the user and starts the agent, which connects once the cluster has created its
+//! Redis user from the hash the node returned.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -29,8 +31,9 @@ pub fn module_sequence(name: &str) -> String {
     format!("cluster/module_sequence/{name}")
 }
 pub const MODULE_UUID: &str = "cluster/module_uuid";
-/// Installs in progress: module id -> `{"node": N, "task": id}`. An entry outlives an
-/// install only when the cluster agent died during it; the next start undoes it.
+/// Installs in progress: module id -> `{"node": "node/N", "task": id}`. An entry
+/// outlives an install only when the cluster agent died during it; the next start
+/// undoes it.
 pub const INSTALLING: &str = "cluster/installing";
 /// Updates in progress: module id -> `{"node": "node/N", "task": id}`; one left by a
 /// crash is rolled back at the next start (the node still holds its snapshot).
@@ -210,81 +213,74 @@ async fn apply_authorizations(
     Ok(made)
 }
 
-/// At start: undo the installs a crash of this agent interrupted (their tasks were
-/// just closed as aborted), as their own failure would have. One whose node is not
-/// running stays recorded, for the next start.
-pub async fn recover_installs(ctx: ActionContext, redis_cfg: RedisConfig) {
-    let pending: std::collections::HashMap<String, String> = match ctx.redis.hgetall(INSTALLING).await {
-        Ok(p) => p,
-        Err(e) => return tracing::error!("cannot read {INSTALLING}: {e}"),
-    };
-    if pending.is_empty() {
-        return;
-    }
-    let Ok(tc) = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await else {
-        return tracing::error!("cannot connect to undo interrupted installs");
-    };
-    for (id, journal) in pending {
-        let node_id = serde_json::from_str::<Value>(&journal).ok().and_then(|j| j["node"].as_u64()).unwrap_or(0) as u32;
-        let node = AgentId::Node(node_id);
-        let Ok(agent) = AgentId::module(&id) else { continue };
-        if !bus::agent_is_alive(&ctx.redis, &node, 30).await.unwrap_or(false) {
-            tracing::warn!("install of {id} was interrupted; {node} is not running: undone at a later start");
-            continue;
-        }
-        let undo = vec![
-            Undo::Keys,
-            Undo::Ports { node: node.clone(), protocol: "tcp" },
-            Undo::Ports { node: node.clone(), protocol: "udp" },
-            Undo::Node { node },
-        ];
-        let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent, undo };
-        let problems = inst.rollback().await;
-        if problems.is_empty() {
-            let _: Result<i64, _> = ctx.redis.hdel(INSTALLING, &id).await;
-            tracing::warn!("install of {id} was interrupted by a restart of this agent: undone, nothing of it is left");
-        } else {
-            tracing::error!("undoing the interrupted install of {id}: {}", problems.join("; "));
-        }
-    }
-    tc.quit().await;
+/// Record in `journal` ([`INSTALLING`] or [`UPDATING`]) that work on module `id` has
+/// begun on `node`; [`recover`] finishes it if this agent dies before the entry goes.
+async fn journal(ctx: &ActionContext, journal: &str, id: &str, node: &AgentId) -> Result<(), bus::fred::error::Error> {
+    let entry = json!({"node": node.to_string(), "task": ctx.task_id}).to_string();
+    ctx.redis.hset(journal, (id, entry)).await
 }
 
-/// At start: roll back the updates a crash of this agent interrupted, from the
-/// snapshot their node took. A node that has no snapshot (the crash came before it
-/// took one, or after the commit) has nothing to undo.
-pub async fn recover_updates(ctx: ActionContext, redis_cfg: RedisConfig) {
-    let pending: std::collections::HashMap<String, String> = match ctx.redis.hgetall(UPDATING).await {
-        Ok(p) => p,
-        Err(e) => return tracing::error!("cannot read {UPDATING}: {e}"),
-    };
+/// At start: undo the installs and roll back the updates that a crash of this agent
+/// cut short (their tasks were just closed as aborted), as their own failure would
+/// have. Work on a node that is not running stays journaled, for a later start.
+pub async fn recover(ctx: ActionContext, redis_cfg: RedisConfig) {
+    let mut pending = Vec::new();
+    for key in [INSTALLING, UPDATING] {
+        let entries: std::collections::HashMap<String, String> = match ctx.redis.hgetall(key).await {
+            Ok(e) => e,
+            Err(e) => return tracing::error!("cannot read {key}: {e}"),
+        };
+        for (id, entry) in entries {
+            let node = serde_json::from_str::<Value>(&entry)
+                .ok()
+                .and_then(|j| j["node"].as_str().and_then(|n| n.parse::<AgentId>().ok()));
+            match (node, AgentId::module(&id)) {
+                (Some(node), Ok(agent)) => pending.push((key, id, agent, node)),
+                _ => tracing::error!("{key}: entry {id:?} = {entry:?} names no module and node: left alone"),
+            }
+        }
+    }
     if pending.is_empty() {
         return;
     }
     let Ok(tc) = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await else {
-        return tracing::error!("cannot connect to roll back interrupted updates");
+        return tracing::error!("cannot connect to finish the work a restart cut short");
     };
-    for (id, journal) in pending {
-        let node = serde_json::from_str::<Value>(&journal)
-            .ok()
-            .and_then(|j| j["node"].as_str().and_then(|n| n.parse::<AgentId>().ok()));
-        let (Some(node), Ok(agent)) = (node, AgentId::module(&id)) else { continue };
+    for (key, id, agent, node) in pending {
         if !bus::agent_is_alive(&ctx.redis, &node, 30).await.unwrap_or(false) {
-            tracing::warn!("update of {id} was interrupted; {node} is not running: rolled back at a later start");
+            tracing::warn!("{key}: {id} was cut short by a restart; {node} is not running: finished at a later start");
             continue;
         }
-        match subtask(&tc, &ctx, &node, "finish-update", json!({"module_id": id, "outcome": "rollback"})).await {
-            Ok(out) => {
-                let _ = copy_environment(&ctx.redis, &agent, &out["environment"]).await;
-                tracing::warn!("update of {id} was interrupted by a restart of this agent: rolled back");
+        let finished = if key == INSTALLING {
+            let undo = vec![
+                Undo::Keys,
+                Undo::Ports { node: node.clone(), protocol: "tcp" },
+                Undo::Ports { node: node.clone(), protocol: "udp" },
+                Undo::Node { node },
+            ];
+            let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent, undo };
+            let problems = inst.rollback().await;
+            if problems.is_empty() { Ok("undone, nothing of it is left") } else { Err(problems.join("; ")) }
+        } else {
+            match subtask(&tc, &ctx, &node, "finish-update", json!({"module_id": id, "outcome": "rollback"})).await {
+                Ok(out) => copy_environment(&ctx.redis, &agent, &out["environment"])
+                    .await
+                    .map(|_| "rolled back to its previous version")
+                    .map_err(|e| e.to_string()),
+                // No snapshot: the crash came before the node took one, or after the commit.
+                Err(e) if e.contains("no snapshot") => Ok("nothing to roll back"),
+                Err(e) => Err(e),
             }
-            Err(e) if e.contains("no snapshot") => {}
+        };
+        match finished {
+            Ok(what) => {
+                let _: Result<i64, _> = ctx.redis.hdel(key, &id).await;
+                tracing::warn!("{key}: {id} was cut short by a restart of this agent: {what}");
+            }
             Err(e) => {
-                tracing::error!("rolling back the interrupted update of {id}: {e}");
-                continue;
+                tracing::error!("{key}: {id} was cut short by a restart of this agent, and finishing it failed: {e}")
             }
         }
-        let _: Result<i64, _> = ctx.redis.hdel(UPDATING, &id).await;
     }
     tc.quit().await;
 }
@@ -370,8 +366,7 @@ pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Res
     protocol::validate_module_id(&id).map_err(|e| failed(format!("image name {:?}: {e}", img.name)))?;
     let agent = AgentId::module(&id).map_err(failed)?;
     let uuid = data["module_uuid"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let journal = json!({"node": node_id, "task": ctx.task_id}).to_string();
-    let _: i64 = ctx.redis.hset(INSTALLING, (id.as_str(), journal)).await?;
+    journal(&ctx, INSTALLING, &id, &node).await?;
     let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent: agent.clone(), undo: vec![Undo::Keys] };
     let outcome = install(&mut inst, &node, node_id, &img, &req, &uuid).await;
     let result = match outcome {
@@ -659,8 +654,7 @@ async fn update_one(
         let _: i64 =
             ctx.redis.hset(keys::ports_demand(proto), (id, demand.to_string())).await.map_err(|e| e.to_string())?;
     }
-    let journal = json!({"node": node.to_string(), "task": ctx.task_id}).to_string();
-    let _: i64 = ctx.redis.hset(UPDATING, (id, journal)).await.map_err(|e| e.to_string())?;
+    journal(ctx, UPDATING, id, node).await.map_err(|e| e.to_string())?;
     let data = json!({"module_id": id, "image_url": img.url, "environment": env});
     if let Err(e) = subtask(tc, ctx, node, "update-module", data).await {
         // The node put back what it had changed.

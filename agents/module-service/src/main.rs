@@ -66,46 +66,27 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             println!("{}", serde_json::Value::Array(out));
         }
-        Cmd::Enable { names, no_start } => {
+        Cmd::Enable { .. } | Cmd::Disable { .. } | Cmd::Start { .. } | Cmd::Stop { .. } | Cmd::Restart { .. } => {
+            // What to record as enabled, and whether to (re)start or stop now. A start
+            // replaces a running container, so a restart is a start.
+            let (names, mark, start) = match cli.command {
+                Cmd::Enable { names, no_start } => (names, Some(true), (!no_start).then_some(true)),
+                Cmd::Disable { names } => (names, Some(false), Some(false)),
+                Cmd::Start { names } | Cmd::Restart { names } => (names, None, Some(true)),
+                Cmd::Stop { names } => (names, None, Some(false)),
+                _ => unreachable!("matched above"),
+            };
             let svcs = check(&names)?;
-            for s in &svcs {
-                layout.set_enabled(&s.name, true)?;
-            }
-            if !no_start {
-                let engine = Engine::connect(&layout).await?;
+            if let Some(on) = mark {
                 for s in &svcs {
-                    engine.start(s).await?;
+                    layout.set_enabled(&s.name, on)?;
                 }
             }
-        }
-        Cmd::Disable { names } => {
-            let svcs = check(&names)?;
-            let engine = Engine::connect(&layout).await?;
-            for s in &svcs {
-                layout.set_enabled(&s.name, false)?;
-                engine.remove(&s.container_name).await?;
-            }
-        }
-        Cmd::Start { names } => {
-            let svcs = check(&names)?;
-            let engine = Engine::connect(&layout).await?;
-            for s in &svcs {
-                engine.start(s).await?;
-            }
-        }
-        Cmd::Stop { names } => {
-            let svcs = check(&names)?;
-            let engine = Engine::connect(&layout).await?;
-            for s in &svcs {
-                engine.remove(&s.container_name).await?;
-            }
-        }
-        Cmd::Restart { names } => {
-            let svcs = check(&names)?;
-            let engine = Engine::connect(&layout).await?;
-            for s in &svcs {
-                engine.remove(&s.container_name).await?;
-                engine.start(s).await?;
+            if let Some(start) = start {
+                let engine = Engine::connect(&layout).await?;
+                for s in &svcs {
+                    if start { engine.start(s).await? } else { engine.remove(&s.container_name).await? }
+                }
             }
         }
         Cmd::Up => {

@@ -214,7 +214,25 @@ fn failed(e: impl std::fmt::Display) -> ActionError {
     ActionError::failed(e.to_string())
 }
 
-fn chown_tree(path: &Path, user: &users::ModuleUser) -> Result<(), String> {
+/// `cp -a from to`: modes, owners (subordinate ids included) and links kept.
+pub(crate) fn cp_a(from: &Path, to: &Path) -> Result<(), String> {
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().map_err(|e| format!("cannot run cp: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("cp -a {} {}: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Remove a directory tree; one that is not there is not an error.
+pub(crate) fn remove_path(p: &Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove {}: {e}", p.display())),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn chown_tree(path: &Path, user: &users::ModuleUser) -> Result<(), String> {
     let out = Command::new("chown")
         .arg("-R")
         .arg(format!("{}:{}", user.uid, user.gid))
@@ -314,10 +332,8 @@ async fn install(
     // Extraction runs skopeo and tar: off the async workers.
     let (img, dest) = (image.to_owned(), paths.install_dir.clone());
     let digest = tokio::task::spawn_blocking(move || {
-        if dest.exists() {
-            // A fresh home has no ~/.config; a rootful dir is made here.
-            std::fs::remove_dir_all(&dest).map_err(|e| format!("cannot clear {}: {e}", dest.display()))?;
-        }
+        // A ~/.config from the skeleton would only hold what the image replaces.
+        remove_path(&dest)?;
         crate::extract::imageroot(&img, &dest)
     })
     .await
@@ -434,15 +450,8 @@ pub fn remove_files(p: &ModulePaths) -> Result<(), String> {
     for dir in [&storage, &p.runtime_dir] {
         unmount_under(dir);
     }
-    let mut errors = Vec::new();
-    for dir in [&p.runtime_dir, &storage, &p.base] {
-        match std::fs::remove_dir_all(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                errors.push(format!("cannot remove {}: {e}", dir.display()))
-            }
-            _ => {}
-        }
-    }
+    let errors: Vec<String> =
+        [&p.runtime_dir, &storage, &p.base].into_iter().filter_map(|d| remove_path(d).err()).collect();
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
@@ -476,7 +485,8 @@ fn unmount_under(dir: &Path) {
     }
 }
 
-/// Move the module's state and Podman volumes to `<node state>/preserved/<id>-<time>`.
+/// Copy the module's state and Podman volumes to `<node state>/preserved/<id>-<time>`,
+/// before they are removed with the module.
 fn preserve_data(paths: &ModulePaths, setup: &NodeSetup) -> Result<PathBuf, String> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let dest = setup.state_dir.join("preserved").join(format!("{}-{stamp}", paths.id));
@@ -485,11 +495,7 @@ fn preserve_data(paths: &ModulePaths, setup: &NodeSetup) -> Result<PathBuf, Stri
     let volumes = paths.volumes_dir();
     for (from, name) in [(&paths.state_dir, "state"), (&volumes, "volumes")] {
         if from.exists() {
-            let out =
-                Command::new("cp").arg("-a").arg(from).arg(dest.join(name)).output().map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!("cannot preserve {}: {}", from.display(), String::from_utf8_lossy(&out.stderr)));
-            }
+            cp_a(from, &dest.join(name)).map_err(|e| format!("cannot preserve {}: {e}", from.display()))?;
         }
     }
     // Credentials of a user that is about to be deleted are worth nothing but a leak.

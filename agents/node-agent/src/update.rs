@@ -10,12 +10,11 @@
 //! again. After a commit the images no container uses any more are removed. Only one update of a module runs at a time: the snapshot is the lock.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use agent_runtime::{ActionContext, ActionError};
 use serde_json::{Value, json};
 
-use crate::modules::{IMAGEROOT_LIST, ModulePaths, NodeSetup};
+use crate::modules::{IMAGEROOT_LIST, ModulePaths, NodeSetup, chown_tree, cp_a, remove_path};
 
 pub fn update_schema() -> Value {
     json!({
@@ -52,22 +51,6 @@ fn work_dir(p: &ModulePaths) -> PathBuf {
 
 fn snapshot_dir(p: &ModulePaths) -> PathBuf {
     work_dir(p).join(format!(".{}-update-snapshot", p.id))
-}
-
-fn cp_a(from: &Path, to: &Path) -> Result<(), String> {
-    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().map_err(|e| format!("cannot run cp: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("cp -a {} {}: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-fn remove_path(p: &Path) -> Result<(), String> {
-    match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove {}: {e}", p.display())),
-        _ => Ok(()),
-    }
 }
 
 fn find(setup: &NodeSetup, data: &Value) -> Result<ModulePaths, ActionError> {
@@ -165,15 +148,7 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
             let text = protocol::envfile::render(&env);
             std::fs::write(paths.state_dir.join("environment"), text).map_err(|e| e.to_string())?;
             if let Some(u) = &paths.user {
-                let out = Command::new("chown")
-                    .arg("-R")
-                    .arg(format!("{}:{}", u.uid, u.gid))
-                    .arg(&paths.install_dir)
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                if !out.status.success() {
-                    return Err(format!("chown: {}", String::from_utf8_lossy(&out.stderr).trim()));
-                }
+                chown_tree(&paths.install_dir, u)?;
             }
             Ok::<(), String>(())
         })();

@@ -112,6 +112,24 @@ impl NativeActions {
         self
     }
 
+    /// Like [`add`](Self::add), for an action that needs a piece of the agent's
+    /// configuration: `state` is cloned into each call.
+    pub fn add_with<S, F, Fut>(
+        self,
+        name: &str,
+        input_schema: Option<Value>,
+        output_schema: Option<Value>,
+        state: S,
+        f: F,
+    ) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        F: Fn(ActionContext, Value, S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ActionError>> + Send + 'static,
+    {
+        self.add(name, input_schema, output_schema, move |ctx, data| f(ctx, data, state.clone()))
+    }
+
     /// Run `f` once at start, after the tasks a crash interrupted are closed and before
     /// any new task is taken: the place to finish or undo what those tasks left half
     /// done. Its context's task id is `startup`.

@@ -370,23 +370,4 @@ impl Engine {
         let reports = self.podman.images().prune(&opts).await.map_err(|e| api_err("cannot prune images", e))?;
         Ok(reports.unwrap_or_default().into_iter().filter_map(|r| r.id).collect())
     }
-
-    /// Remove the named volumes of the module (when the module is removed without
-    /// keeping its data).
-    pub async fn remove_volumes(&self) -> Result<Vec<String>, String> {
-        let list =
-            self.podman.volumes().list(&Default::default()).await.map_err(|e| api_err("cannot list volumes", e))?;
-        let mut removed = Vec::new();
-        for v in list {
-            let name = v.name;
-            self.podman
-                .volumes()
-                .get(&name)
-                .delete()
-                .await
-                .map_err(|e| api_err(&format!("cannot remove volume {name}"), e))?;
-            removed.push(name);
-        }
-        Ok(removed)
-    }
 }
