@@ -110,7 +110,7 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
         anyhow::bail!("user {} already exists", a.name);
     }
     for (role, agent) in &grants {
-        routes::users::set_grant(&redis, &a.name, agent, role, true).await?;
+        bus::grants::set_grant(&redis, &a.name, agent, role, true).await?;
     }
     show_once(&a.name, &pw, generated);
     Ok(())

@@ -54,15 +54,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             let enabled = layout.enabled();
             let declared = layout.declared()?;
             // Listing never starts the Podman service just to say "inactive".
-            let engine = if layout.socket().exists() { Engine::connect(&layout).await.ok() } else { None };
+            let engine = Engine::running(&layout).await;
             let mut out = Vec::new();
             for name in declared {
-                let state = match (&engine, layout.load(&name)) {
+                let svc = layout.load(&name);
+                let state = match (&engine, &svc) {
                     (Some(e), Ok(s)) => e.state(&s.container_name).await?,
                     (None, Ok(_)) => "inactive".to_owned(),
                     (_, Err(e)) => format!("invalid: {e}"),
                 };
-                out.push(serde_json::json!({"name": name, "enabled": enabled.contains(&name), "state": state}));
+                let description = svc.ok().and_then(|s| s.description);
+                out.push(serde_json::json!({
+                    "name": name, "description": description, "enabled": enabled.contains(&name), "state": state
+                }));
             }
             println!("{}", serde_json::Value::Array(out));
         }

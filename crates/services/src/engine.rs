@@ -186,6 +186,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The Podman service if it is running now; never starts it.
+    pub async fn running(layout: &Layout) -> Option<Self> {
+        let podman = Podman::unix(layout.socket());
+        podman.ping().await.is_ok().then_some(Engine { podman })
+    }
+
     /// Connect, starting the Podman service first when it is not running. Two callers
     /// racing to start it are serialised by a lock file.
     pub async fn connect(layout: &Layout) -> Result<Self, String> {

@@ -135,6 +135,22 @@ impl LocalCluster {
         String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
     }
 
+    /// SIGKILL the running program started from the cluster's `bin/<binary>` (the
+    /// supervisor starts it again).
+    pub fn kill9(&self, binary: &str) {
+        let exe = self.root.path().join("bin").join(binary).display().to_string();
+        let pid = std::fs::read_dir("/proc")
+            .expect("read /proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&exe))
+            })
+            .unwrap_or_else(|| panic!("{binary} is not running"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    }
+
     /// Pids of processes started from the cluster's root.
     pub fn processes(&self) -> Vec<u32> {
         let root = self.root.path().display().to_string();

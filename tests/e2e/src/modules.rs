@@ -157,25 +157,13 @@ pub fn write_step(dir: &Path, action: &str, step: &str, body: &str) {
 /// Kill every process of the module's user: its agent, Podman and containers. The
 /// supervisor starts the agent again, which brings the enabled services back.
 pub fn crash(id: &str) {
-    let uid = uid_of(id).unwrap();
-    for _ in 0..20 {
-        let _ = Command::new("pkill").args(["-KILL", "-U", &uid.to_string()]).status();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node_agent::users::kill_all(uid_of(id).expect("the module's user exists"));
 }
 
-/// SIGKILL the cluster's cluster agent (the supervisor starts it again).
-pub fn kill_cluster_agent(c: &LocalCluster) {
-    let exe = c.path().join("bin/cluster-agent").display().to_string();
-    let pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&exe))
-        })
-        .expect("the cluster agent runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+/// `update-module` of `instances` to `module:version` from the cluster's registry.
+pub fn update(c: &LocalCluster, module: &str, version: &str, instances: &[&str]) -> Result<Value, String> {
+    let url = format!("{}/ns8rs/{module}:{version}", c.registry());
+    run(c, "update-module", "cluster", serde_json::json!({"module_url": url, "instances": instances}))
 }
 
 /// Run an action in the background; join for api-cli's output.

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use e2e::LocalCluster;
-use e2e::modules::{build, build_variant, crash, page, port_of, run, traces, write_step};
+use e2e::modules::{build, build_variant, crash, page, port_of, run, traces, update, write_step};
 use serde_json::json;
 
 /// One XML-RPC call to DokuWiki's API: the response body and its `Set-Cookie`.
@@ -118,13 +118,7 @@ fn dokuwiki_install_configure_edit_crash_update_rollback_remove() {
 
     // A newer version: same data, title and account.
     build(&c, "1.1.0", "dokuwiki");
-    let out = run(
-        &c,
-        "update-module",
-        "cluster",
-        json!({"module_url": format!("{reg}/ns8rs/dokuwiki:1.1.0"), "instances": [id]}),
-    )
-    .unwrap();
+    let out = update(&c, "dokuwiki", "1.1.0", &[&id]).unwrap();
     assert_eq!(out["instances"][0]["previous_image_url"], format!("{reg}/ns8rs/dokuwiki:1.0.0"));
     assert!(page(port, "/doku.php?id=start").contains(edited));
     assert!(page(port, "/doku.php").contains("Acme Wiki"));
@@ -140,13 +134,7 @@ fn dokuwiki_install_configure_edit_crash_update_rollback_remove() {
              | podman exec -i dokuwiki /usr/local/bin/dokuwiki-configure\necho 'schema migration failed' >&2\nexit 1\n",
         );
     });
-    let err = run(
-        &c,
-        "update-module",
-        "cluster",
-        json!({"module_url": format!("{reg}/ns8rs/dokuwiki:1.2.0"), "instances": [id]}),
-    )
-    .unwrap_err();
+    let err = update(&c, "dokuwiki", "1.2.0", &[&id]).unwrap_err();
     assert!(err.contains("schema migration failed") && err.contains("rolled back to"), "{err}\n{}", c.log());
     assert!(page(port, "/doku.php?id=start").contains(edited));
     assert!(page(port, "/doku.php").contains("<title>start [Acme Wiki]</title>"));

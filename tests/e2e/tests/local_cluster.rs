@@ -26,10 +26,6 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
-fn kill9(pid: u32) -> nix::Result<()> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-}
-
 #[test]
 fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     for b in ["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"] {
@@ -72,17 +68,7 @@ fn up_runs_tasks_restarts_crashed_agents_and_down_stops_everything() {
     ok(&cluster.api_cli(&["run", "set-name", "--data", r#"{"name": "Test HQ"}"#]));
 
     // A crashed agent is restarted by the supervisor.
-    let node_agent = cluster.path().join("bin/node-agent").display().to_string();
-    let pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with(&node_agent))
-        })
-        .expect("node-agent runs");
-    kill9(pid).unwrap();
+    cluster.kill9("node-agent");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = cluster.api_cli(&["run", "get-info", "--agent", "1", "--quiet"]);

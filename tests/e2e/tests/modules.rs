@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::modules::{
-    build, build_variant, crash, http_get, kill_cluster_agent, page, picture, port_of, run, run_in_background, traces,
-    uid_of, user_exists, wait_until, write_step,
+    build, build_variant, crash, http_get, page, picture, port_of, run, run_in_background, traces, uid_of, update,
+    user_exists, wait_until, write_step,
 };
 use e2e::{LocalCluster, ok};
 use serde_json::Value;
@@ -83,7 +83,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     wait_until("the install to reach the agent", || c.redis(&["HEXISTS", "cluster/module_node", "hello3"]) == "1");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(user_exists("hello3") && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "1");
-    kill_cluster_agent(&c);
+    c.kill9("cluster-agent");
     let out = installer.join().unwrap();
     assert!(!out.status.success(), "the interrupted install reports failure");
     assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 12"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -108,6 +108,21 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert_eq!(c.redis(&["HGET", &format!("roles/module/{id}"), "node/1"]), "reader");
     let listed = run(&c, "list-installed-modules", "cluster", Value::Null).unwrap();
     assert!(listed.to_string().contains(&format!("\"id\":\"{id}\"")), "{listed}");
+    // What its actions see with module-service, run as the module.
+    let uid = uid_of(&id).unwrap();
+    let services = Command::new("runuser")
+        .args(["-u", &id, "--", "env", &format!("XDG_RUNTIME_DIR=/run/user/{uid}")])
+        .arg(format!("AGENT_INSTALL_DIR=/home/{id}/.config"))
+        .arg(c.path().join("bin/module-service"))
+        .arg("list")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let services: Value = serde_json::from_str(&ok(&services)).unwrap();
+    assert_eq!(
+        services,
+        serde_json::json!([{"name": "hello-server", "description": "Hello web server", "enabled": true, "state": "running"}])
+    );
 
     // Edit the page, crash everything of the module: it comes back with the edit.
     let volume = PathBuf::from(format!("/home/{id}/.local/share/containers/storage/volumes/www/_data"));
@@ -187,19 +202,12 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
 
     // Update to 2.0.0: the new image serves the same, edited data.
     build(&c, "2.0.0", "hello");
-    let out = run(
-        &c,
-        "update-module",
-        "cluster",
-        serde_json::json!({"module_url": format!("{reg}/ns8rs/hello:2.0.0"), "instances": [id]}),
-    )
-    .unwrap();
+    let out = update(&c, "hello", "2.0.0", &[&id]).unwrap();
     assert_eq!(out["instances"][0]["previous_image_url"], v1.as_str(), "{out}");
     assert_eq!(page(port, "/version.txt").trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
     assert_eq!(page(port, "/"), "edited by the test\n");
     assert_eq!(c.redis(&["HGET", &format!("module/{id}/environment"), "PREV_IMAGE_URL"]), v1);
     // The previous version's image is gone from the module's storage.
-    let uid = uid_of(&id).unwrap();
     let images = Command::new("runuser")
         .args(["-u", &id, "--", "env", &format!("XDG_RUNTIME_DIR=/run/user/{uid}"), &format!("HOME=/home/{id}")])
         .args(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"])
@@ -224,7 +232,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         snapshot.exists() && std::fs::read_to_string(&state_env).unwrap_or_default().contains("hello:2.5.0")
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    kill_cluster_agent(&c);
+    c.kill9("cluster-agent");
     assert!(!updater.join().unwrap().status.success());
     wait_until("the interrupted update to be rolled back", || {
         !snapshot.exists() && c.redis(&["HEXISTS", "cluster/updating", &id]) == "0"
@@ -251,13 +259,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
             "#!/bin/sh\nsleep 1\necho 'migration failed on purpose' >&2\nexit 1\n",
         );
     });
-    let err = run(
-        &c,
-        "update-module",
-        "cluster",
-        serde_json::json!({"module_url": format!("{reg}/ns8rs/hello:3.0.0"), "instances": [id]}),
-    )
-    .unwrap_err();
+    let err = update(&c, "hello", "3.0.0", &[&id]).unwrap_err();
     assert!(err.contains("migration failed on purpose") && err.contains("rolled back to"), "{err}\n{}", c.log());
     assert_eq!(page(port, "/version.txt").trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
     assert_eq!(page(port, "/"), "edited by the test\n");
@@ -270,7 +272,6 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     assert!(env.contains(&format!("IMAGE_URL={reg}/ns8rs/hello:2.0.0\n")), "{env}");
 
     // Removal leaves nothing: user, home, containers, volume, port, ACL user, keys.
-    let uid = uid_of(&id).unwrap();
     let out = run(&c, "remove-module", "cluster", serde_json::json!({"module_id": id})).unwrap();
     assert_eq!(out["module_id"], id.as_str());
     assert!(traces(&c, &id).is_empty(), "{:?}", traces(&c, &id));

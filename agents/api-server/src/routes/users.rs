@@ -194,7 +194,7 @@ pub async fn password(State(s): State<Shared>, caller: Caller, Path(p): Path<Par
     Ok(ok(json!(null)))
 }
 
-pub use bus::grants::set_grant;
+use bus::grants::set_grant;
 
 #[derive(Deserialize)]
 struct Grant {
