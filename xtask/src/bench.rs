@@ -5,7 +5,8 @@
 //! Client: a minimal blocking RESP client (`resp.rs`), on the same machine. One `PSUBSCRIBE progress/<agent>/task/*`
 //! opened before a series; for each task: `LPUSH`, wait for its terminal progress
 //! message, `MGET` output/error/exit_code, check exit code 0. Latency: 20 warm-up,
-//! then N sequential tasks, p50/p95/p99 by linear interpolation. Throughput: M tasks in
+//! then N sequential tasks, p50/p95/p99 by linear interpolation. Idle: a few tasks, each
+//! sent once the agent has idled longer than its polling interval (p50, max). Throughput: M tasks in
 //! one `LPUSH`, time until M terminal messages, then every exit code is tallied (any
 //! non-zero, e.g. NS8's busy rejection 11, is reported). Memory: `/proc/<pid>/status`
 //! of the agent: VmRSS 3 s after start (idle), VmHWM at the end (peak). Each run starts a
@@ -32,6 +33,10 @@ pub struct BenchArgs {
     /// Tasks in each burst.
     #[arg(long, default_value_t = 2000)]
     burst: usize,
+    /// Tasks per idle series, each sent after the agent idled longer than its polling
+    /// interval.
+    #[arg(long, default_value_t = 5)]
+    idle_tasks: usize,
     /// Benchmark this agent binary instead of building `bench-agent` (to compare two
     /// builds run after run; it needs the native `noop` action).
     #[arg(long)]
@@ -75,18 +80,32 @@ struct Latency {
     p50: f64,
     p95: f64,
     p99: f64,
+    max: f64,
 }
 
 fn latency_of(mut ms: Vec<f64>) -> Latency {
     ms.sort_by(f64::total_cmp);
-    Latency { p50: percentile(&ms, 0.5), p95: percentile(&ms, 0.95), p99: percentile(&ms, 0.99) }
+    Latency {
+        p50: percentile(&ms, 0.5),
+        p95: percentile(&ms, 0.95),
+        p99: percentile(&ms, 0.99),
+        max: ms.last().copied().unwrap_or(f64::NAN),
+    }
 }
+
+/// The bench agent's polling interval (its blocking pop's server-side timeout), shorter
+/// than the 5 s default so that the idle series takes seconds, not minutes; the idle
+/// series waits [`IDLE_GAP`], longer than it, before each task.
+const POLL_INTERVAL: &str = "2s";
+const IDLE_GAP: Duration = Duration::from_millis(2500);
 
 #[derive(Default, Clone)]
 struct RunFigures {
     bare: Latency,
     bash: Latency,
     native: Latency,
+    bash_idle: Latency,
+    native_idle: Latency,
     bash_rate: f64,
     native_rate: f64,
     bash_failed: usize,
@@ -201,6 +220,7 @@ fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
         ("AGENT_STATE_DIR".into(), dir.join("state").display().to_string()),
         ("REDIS_ADDRESS".into(), format!("127.0.0.1:{port}")),
         ("RUST_LOG".into(), "warn".into()),
+        ("AGENT_POLLING_INTERVAL".into(), POLL_INTERVAL.into()),
     ]
 }
 
@@ -320,6 +340,17 @@ impl Client {
         Ok(latency_of(ms))
     }
 
+    /// `n` tasks, each sent after the agent has been idle for `gap`: what a person
+    /// starting a task from the API or a web page pays.
+    fn idle_latency(&mut self, action: &str, n: usize, gap: Duration) -> Result<Latency> {
+        let mut ms = Vec::with_capacity(n);
+        for _ in 0..n {
+            std::thread::sleep(gap);
+            ms.push(self.round_trip(action)?);
+        }
+        Ok(latency_of(ms))
+    }
+
     /// (tasks/s, failed count)
     fn burst(&mut self, action: &str, n: usize) -> Result<(f64, usize)> {
         let tasks: Vec<(String, String)> = (0..n).map(|_| self.task_json(action)).collect();
@@ -386,6 +417,8 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
         bare_spawns(&dir.join("actions/noop-bash/10noop"), &step_env(&dir, port), &dir.join("state"), args.tasks)?;
     let bash = client.latency("noop-bash", args.tasks)?;
     let native = client.latency("noop", args.tasks)?;
+    let bash_idle = client.idle_latency("noop-bash", args.idle_tasks, IDLE_GAP)?;
+    let native_idle = client.idle_latency("noop", args.idle_tasks, IDLE_GAP)?;
     let (a0, r0, s0) = (Cpu::of(pid), Cpu::of(redis_pid), system_cpu());
     let (bash_rate, bash_failed) = client.burst("noop-bash", args.burst)?;
     let (a1, r1, s1) = (Cpu::of(pid), Cpu::of(redis_pid), system_cpu());
@@ -412,6 +445,8 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
         bare,
         bash,
         native,
+        bash_idle,
+        native_idle,
         bash_rate,
         native_rate,
         bash_failed,
@@ -503,6 +538,9 @@ fn report(runs: &[RunFigures], args: &BenchArgs, module_agent_idle_kb: u64) {
     let bare = lat(&|r| &r.bare);
     let bash = lat(&|r| &r.bash);
     let native = lat(&|r| &r.native);
+    let idle_of = |f: &dyn Fn(&RunFigures) -> &Latency| (med(&|r| f(r).p50), med(&|r| f(r).max));
+    let bash_idle = idle_of(&|r| &r.bash_idle);
+    let native_idle = idle_of(&|r| &r.native_idle);
     let bash_rate = med(&|r| r.bash_rate);
     let native_rate = med(&|r| r.native_rate);
     let idle = med(&|r| r.idle_rss_kb as f64);
@@ -521,6 +559,15 @@ fn report(runs: &[RunFigures], args: &BenchArgs, module_agent_idle_kb: u64) {
     println!(
         "| latency p50 / p95 / p99 | {:.2} / {:.2} / {:.2} ms | {:.3} / {:.3} / {:.3} ms | {:.2} / {:.2} / {:.2} ms |",
         bash.0, bash.1, bash.2, native.0, native.1, native.2, bare.0, bare.1, bare.2
+    );
+    println!(
+        "| latency after {:.1} s idle, p50 / max ({} tasks) | {:.2} / {:.2} ms | {:.3} / {:.3} ms | |",
+        IDLE_GAP.as_secs_f64(),
+        args.idle_tasks,
+        bash_idle.0,
+        bash_idle.1,
+        native_idle.0,
+        native_idle.1
     );
     println!("| burst throughput | {:.0} tasks/s | {:.0} tasks/s | |", bash_rate, native_rate);
     println!(
@@ -558,6 +605,12 @@ fn report(runs: &[RunFigures], args: &BenchArgs, module_agent_idle_kb: u64) {
         "  native throughput {:.0}/s (target >= 10,000; NS8 builtin 7,050)  {}",
         native_rate,
         ok(native_rate >= 10_000.0)
+    );
+    println!(
+        "  after idle (polling interval {POLL_INTERVAL}): script p50 {:+.2} ms, native p50 {:+.3} ms against back-to-back (target within 2 ms, issue 14)  {}",
+        bash_idle.0 - bash.0,
+        native_idle.0 - native.0,
+        ok(bash_idle.0 - bash.0 <= 2.0 && native_idle.0 - native.0 <= 2.0)
     );
     println!("  idle RSS {:.1} MB (target < 6; NS8 9.3)  {}", idle / 1024.0, ok(idle < 6.0 * 1024.0));
     println!("  peak RSS {:.1} MB (target < 12; NS8 16.5)  {}", peak / 1024.0, ok(peak < 12.0 * 1024.0));

@@ -286,3 +286,29 @@ async fn events_missed_while_down_are_handled_once_when_back() {
         sub_agent.log()
     );
 }
+
+/// An idle agent's blocking pop runs out every polling interval; that is the normal
+/// empty answer, not an error to log and sleep on, so a task arriving after any idle
+/// time is taken at once.
+#[tokio::test]
+async fn an_idle_agent_takes_a_task_at_once_and_logs_no_warning() {
+    let f = start("module/idle1", &[("AGENT_POLLING_INTERVAL", "1s")]).await;
+    f.tree.step("ping", "10pong", "#!/bin/bash\necho '\"pong\"'\n").unwrap();
+    let logged_before = f.agent.log().len();
+    for action in ["list-actions", "ping", "list-actions"] {
+        // Longer than the interval: the pop has run out at least once.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let t0 = std::time::Instant::now();
+        let r = f.run(action, json!({})).await;
+        let took = t0.elapsed();
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        // Loose on a noisy machine, but a second-long sleep after a pop error cannot meet it.
+        assert!(took < Duration::from_millis(100), "{action} after 1.5 s idle took {took:?}");
+    }
+    let log = f.agent.log();
+    let idle_log = &log[logged_before..];
+    assert!(
+        !idle_log.lines().any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "nothing is wrong, yet the idle agent logged:\n{idle_log}"
+    );
+}

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bus::fred::prelude::*;
 use bus::fred::types::ClientUnblockFlag;
-use bus::fred::types::lists::LMoveDirection;
 use protocol::keys;
 use tokio::sync::{Semaphore, watch};
 
@@ -26,6 +25,12 @@ pub enum AgentError {
     StateDir { path: String, source: std::io::Error },
 }
 
+/// How long a stopping agent waits for Redis to answer what it already sent.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Back-off between pops after a Redis error.
+const POP_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const POP_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Run an agent until `shutdown` resolves, then stop taking tasks, let the running ones
 /// finish, and return.
 ///
@@ -34,9 +39,6 @@ pub enum AgentError {
 /// rejected (NS8 rejects it with exit code 11). The result transaction removes the task
 /// from the in-flight list, so whatever is left there at start-up was interrupted by a
 /// crash: it is closed with exit code 12 (see [`Outcome::interrupted`]).
-/// How long a stopping agent waits for Redis to answer what it already sent.
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
 pub async fn run(
     cfg: AgentConfig,
     natives: NativeActions,
@@ -46,7 +48,7 @@ pub async fn run(
         .map_err(|source| AgentError::StateDir { path: cfg.state_dir.display().to_string(), source })?;
     let name = cfg.agent_id.to_string();
     let redis = bus::connect_retrying(&cfg.redis, &name).await;
-    let pop = bus::connect_retrying(&cfg.redis, &name).await;
+    let pop = bus::connect_blocking_retrying(&cfg.redis, &name, cfg.poll_interval).await;
     let definitions = cfg.install_dir.join("validator-definitions.json");
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     let sh = Arc::new(Shared {
@@ -90,8 +92,11 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(sh.cfg.max_concurrency));
     let queue = keys::tasks(&sh.cfg.agent_id);
     let inflight = keys::inflight(&sh.cfg.agent_id);
-    let timeout = sh.cfg.poll_interval.as_secs_f64();
+    let block = sh.cfg.poll_interval;
+    // A real Redis failure is logged once (until it changes or clears) and retried with
+    // back-off; an idle pop is not a failure and logs nothing.
     let mut last_error = String::new();
+    let mut backoff = POP_BACKOFF_MIN;
     let mut reconcile = false;
     loop {
         let permit = tokio::select! {
@@ -118,16 +123,10 @@ pub async fn run(
                 Ok(items) if !items.is_empty() => Ok(items),
                 // The stop may have come during the take, its wake-up already spent.
                 Ok(_) if *stopping.borrow() => Ok(Vec::new()),
-                Ok(_) => pop
-                    .blmove::<Option<String>, _, _>(
-                        queue.as_str(),
-                        inflight.as_str(),
-                        LMoveDirection::Right,
-                        LMoveDirection::Left,
-                        timeout,
-                    )
-                    .await
-                    .map(|item| item.into_iter().collect()),
+                // An idle block that runs out answers `None`: the normal empty answer.
+                Ok(_) => {
+                    bus::blocking_move(&pop, &queue, &inflight, block).await.map(|item| item.into_iter().collect())
+                }
                 Err(e) => Err(e),
             }
         };
@@ -144,7 +143,11 @@ pub async fn run(
         }
         match batch {
             Ok(items) => {
-                last_error.clear();
+                if !last_error.is_empty() {
+                    tracing::info!("popping from {queue} again");
+                    last_error.clear();
+                }
+                backoff = POP_BACKOFF_MIN;
                 if items.is_empty() && reconcile {
                     reconcile = !adopt_orphans(&sh, &slots).await;
                 }
@@ -168,9 +171,10 @@ pub async fn run(
                     last_error = msg;
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(backoff) => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
+                backoff = (backoff * 2).min(POP_BACKOFF_MAX);
             }
         }
     }
@@ -199,8 +203,6 @@ async fn inflight_items(sh: &Shared) -> Option<Vec<String>> {
     }
 }
 
-/// At start-up, every in-flight task belonged to a previous run of this agent that
-/// died before storing its result. Close each one with a terminal result.
 /// NS8's built-in roles every agent has (reference section 8): `owner` may run
 /// everything, `reader` the read-only actions. Adding set members is idempotent, and
 /// the agent's own ACL user may write `<agent>/roles/*`.
@@ -212,6 +214,8 @@ async fn define_builtin_roles(sh: &Shared) {
     }
 }
 
+/// At start-up, every in-flight task belonged to a previous run of this agent that
+/// died before storing its result. Close each one with a terminal result.
 async fn close_interrupted(sh: &Shared) {
     let agent = &sh.cfg.agent_id;
     let items: Vec<String> =

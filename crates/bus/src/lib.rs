@@ -136,6 +136,47 @@ pub async fn connect_bounded_retrying(cfg: &RedisConfig, name: &str, timeout: Du
     .await
 }
 
+/// How much longer than its longest server-side block a blocking connection may stay
+/// silent before it is taken for dead (a half-open TCP connection to a vanished leader
+/// never errors by itself) and reconnected.
+const UNRESPONSIVE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Like [`connect_retrying`], for a connection that runs blocking commands which the
+/// server ends after at most `longest_block` (`BLMOVE`, `XREAD BLOCK`). No command on it
+/// has a client-side timeout, so an idle block is never an error; a connection silent
+/// for longer than the block plus a margin is closed and reconnected instead.
+pub async fn connect_blocking_retrying(cfg: &RedisConfig, name: &str, longest_block: Duration) -> Client {
+    retry("waiting for Redis", || async {
+        let client = builder(cfg, false)
+            .with_connection_config(|c| {
+                c.unresponsive = fred::types::config::UnresponsiveConfig {
+                    max_timeout: Some(longest_block + UNRESPONSIVE_MARGIN),
+                    interval: Duration::from_secs(1),
+                }
+            })
+            .build()?;
+        client.init().await.map_err(|e| connect_error(cfg, e))?;
+        keep_named(&client, name).await?;
+        Ok::<_, BusError>(client)
+    })
+    .await
+}
+
+/// `BLMOVE from to RIGHT LEFT block`: the element moved, or `None` when the server's
+/// block ran out with the list still empty. (fred's own `blmove` turns that normal empty
+/// answer into a "Request timed out" error, indistinguishable from a real one.)
+pub async fn blocking_move(
+    client: &Client,
+    from: &str,
+    to: &str,
+    block: Duration,
+) -> Result<Option<String>, fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let cmd = CustomCommand::new_static("BLMOVE", ClusterHash::FirstKey, true);
+    let secs = format!("{:.3}", block.as_secs_f64());
+    client.custom(cmd, vec![from, to, "RIGHT", "LEFT", secs.as_str()]).await
+}
+
 pub async fn connect_subscriber_retrying(cfg: &RedisConfig, name: &str, capacity: usize) -> SubscriberClient {
     retry("waiting for Redis", || connect_subscriber(cfg, name, capacity)).await
 }
