@@ -191,7 +191,24 @@ pub(crate) fn start_redis() -> Result<(Proc, u16)> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // What the cluster agent does at its start: agents may only FCALL these.
+    Conn::connect(port)?.cmd(&[b"FUNCTION", b"LOAD", b"REPLACE", protocol::functions::LIBRARY.as_bytes()])?;
     Ok((redis, port))
+}
+
+/// The bench agent's own ACL user, with the rules a module's has in a cluster.
+const AGENT_PASSWORD: &str = "bench-agent-password";
+
+fn create_agent_user(port: u16) -> Result<()> {
+    let agent: AgentId = AGENT.parse()?;
+    let mut args = vec!["ACL".to_owned(), "SETUSER".into(), AGENT.into()];
+    args.extend(protocol::acl::agent_rules(&agent, &format!(">{AGENT_PASSWORD}")));
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    let reply = Conn::connect(port)?.cmd(&args)?;
+    if reply.text().as_deref() != Some("OK") {
+        bail!("ACL SETUSER {AGENT} failed");
+    }
+    Ok(())
 }
 
 fn setup_tree(dir: &Path) -> Result<()> {
@@ -221,6 +238,8 @@ fn agent_env(dir: &Path, port: u16) -> Vec<(String, String)> {
         ("REDIS_ADDRESS".into(), format!("127.0.0.1:{port}")),
         ("RUST_LOG".into(), "warn".into()),
         ("AGENT_POLLING_INTERVAL".into(), POLL_INTERVAL.into()),
+        ("REDIS_USER".into(), AGENT.into()),
+        ("REDIS_PASSWORD".into(), AGENT_PASSWORD.into()),
     ]
 }
 
@@ -391,6 +410,7 @@ fn one_run(bin: &Path, args: &BenchArgs) -> Result<RunFigures> {
     let dir = tempfile_dir()?;
     setup_tree(&dir)?;
     let (redis, port) = start_redis()?;
+    create_agent_user(port)?;
     let redis_pid = redis.0.id();
     let mut client = Client::connect(port)?;
     let agent = Proc(
@@ -518,11 +538,14 @@ fn module_agent_idle_rss(bin: &Path) -> Result<u64> {
     let dir = tempfile_dir()?;
     setup_tree(&dir)?;
     let (_redis, port) = start_redis()?;
+    create_agent_user(port)?;
     let agent = Proc(
         Command::new(bin)
             .args(["--agentid", AGENT])
             .env("AGENT_INSTALL_DIR", &dir)
             .env("REDIS_ADDRESS", format!("127.0.0.1:{port}"))
+            .env("REDIS_USER", AGENT)
+            .env("REDIS_PASSWORD", AGENT_PASSWORD)
             .env("RUST_LOG", "warn")
             .spawn()?,
     );

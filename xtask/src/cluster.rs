@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::{packages, run, workspace};
+use crate::{credentials, packages, run, workspace};
 
 pub const BINARIES: &[&str] =
     &["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"];
@@ -89,11 +89,14 @@ fn program(
     command: Vec<String>,
     env: serde_json::Value,
     cwd: &Path,
+    credentials: Option<&Path>,
 ) -> Result<()> {
     let spec = json!({
         "name": name,
         "command": command,
         "env": env,
+        // Its Redis user and password, read by the supervisor (root) at each start.
+        "env_files": credentials.into_iter().collect::<Vec<_>>(),
         "cwd": cwd,
         "log": root.join("log").join(format!("{name}.log")),
         "restart": "always",
@@ -103,8 +106,15 @@ fn program(
     write(&root.join("supervisor.d").join(file), &serde_json::to_string_pretty(&spec)?)
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().ok()?;
+/// `redis-cli` as the cluster agent's user (the password through the environment, never
+/// on a command line other users can read).
+fn redis_cli(port: u16, who: &credentials::Identity, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--user", &who.user])
+        .env("REDISCLI_AUTH", &who.password)
+        .args(args)
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -195,22 +205,22 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let bin = |b: &str| root.join("bin").join(b).display().to_string();
 
-    // The agents' Redis users (a module's is made at its install) live in this file,
-    // which Redis needs at start; `ACL SAVE` keeps it current.
+    // Every program's Redis user (a module's is made at its install) lives in this
+    // file, which Redis reads at its start; the cluster's `ACL SAVE` keeps it current.
+    let redis_address = format!("127.0.0.1:{port}");
     let acl = root.join("redis/users.acl");
-    if !acl.exists() {
-        write(&acl, "")?;
-    }
+    let core = credentials::core(&root, &redis_address)?;
+    credentials::write_aclfile(&acl, &core)?;
+    // Snapshots, no append-only file: see deploy/redis.conf for why.
     write(
         &root.join("redis/redis.conf"),
         &format!(
             "# Written by cargo xtask up.\nbind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\n\
-             dir {}\nappendonly yes\nappendfsync everysec\nsave 5 1\nlogfile \"\"\naclfile {}\n",
+             dir {}\nappendonly no\nsave 1 1\nlogfile \"\"\naclfile {}\n",
             root.join("redis/data").display(),
             acl.display()
         ),
     )?;
-    let redis_address = format!("127.0.0.1:{port}");
     program(
         &root,
         "10-redis.json",
@@ -218,13 +228,15 @@ pub fn up(args: UpArgs) -> Result<()> {
         vec!["redis-server".into(), root.join("redis/redis.conf").display().to_string()],
         json!({}),
         &root.join("redis"),
+        None,
     )?;
-    for (file, name, install, extra) in [
-        ("20-cluster-agent.json", "cluster-agent", "cluster", json!({})),
+    for (file, name, install, who, extra) in [
+        ("20-cluster-agent.json", "cluster-agent", "cluster", &core.cluster, json!({})),
         (
             "30-node-agent.json",
             "node-agent",
             "node",
+            &core.node,
             // Module agents run under this same supervisor: the node adds their files.
             json!({
                 "AGENT_ID": "node/1",
@@ -244,7 +256,7 @@ pub fn up(args: UpArgs) -> Result<()> {
             "PATH": format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", root.join("bin").display()),
         });
         env.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
-        program(&root, file, name, vec![bin(name)], env, &dir.join("state"))?;
+        program(&root, file, name, vec![bin(name)], env, &dir.join("state"), Some(&who.file))?;
     }
 
     // The software repository: a registry for the images, repodata.json beside it.
@@ -264,6 +276,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         vec!["docker-registry".into(), "serve".into(), root.join("registry/config.yml").display().to_string()],
         json!({}),
         &root.join("registry"),
+        None,
     )?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     program(
@@ -277,6 +290,7 @@ pub fn up(args: UpArgs) -> Result<()> {
             "API_SECRET_FILE": root.join("api-server/secret"),
         }),
         &root.join("api-server"),
+        Some(&core.api_server.file),
     )?;
 
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("log/supervisor.log"))?;
@@ -295,7 +309,7 @@ pub fn up(args: UpArgs) -> Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let clients = redis_cli(port, &["CLIENT", "LIST"]).unwrap_or_default();
+        let clients = redis_cli(port, &core.cluster, &["CLIENT", "LIST"]).unwrap_or_default();
         let api_up = std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok();
         let registry_up = std::net::TcpStream::connect(("127.0.0.1", registry_port)).is_ok();
         if clients.contains("name=cluster ") && clients.contains("name=node/1 ") && api_up && registry_up {
@@ -313,19 +327,20 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     crate::images::build(&registry_host, &root.join("repository"), None, &args.modules)?;
     // The cluster knows its local repository (once), through its own action.
-    if redis_cli(port, &["EXISTS", "cluster/repository/local"]).is_some_and(|r| r.trim() == "0") {
+    if redis_cli(port, &core.cluster, &["EXISTS", "cluster/repository/local"]).is_some_and(|r| r.trim() == "0") {
         let data = json!({"name": "local", "url": format!("file://{}", root.join("repository").display())});
         run(Command::new(bin("api-cli"))
             .args(["run", "add-repository", "--quiet", "--data", &data.to_string()])
             .env("REDIS_ADDRESS", &redis_address)
+            .envs(core.cluster.env())
             .stdout(Stdio::null()))?;
     }
-    let password = first_admin(&bin("api-server"), &redis_address)?;
+    let password = first_admin(&bin("api-server"), &redis_address, &core.api_server)?;
     let cli = bin("api-cli");
     let admin = match password {
         Some(pw) => format!("  Admin user \"{ADMIN}\", password (shown only this once, store it safely): {pw}\n"),
         None => format!(
-            "  Admin user \"{ADMIN}\" already exists. Lost its password? REDIS_ADDRESS={redis_address} {} set-password {ADMIN}\n",
+            "  Admin user \"{ADMIN}\" already exists. Lost its password? As root: {} set-password {ADMIN}\n",
             bin("api-server")
         ),
     };
@@ -334,10 +349,12 @@ pub fn up(args: UpArgs) -> Result<()> {
          \n{admin}\
          \n  Log in and run a task through the API:\n    {cli} login --endpoint {api_url} --username {ADMIN}\n    \
          {cli} run get-info --agent node/1 --endpoint {api_url}\n\
-         \n  Or straight through Redis, as root on this machine:\n    \
-         REDIS_ADDRESS={redis_address} {cli} run set-name --data '{{\"name\": \"My cluster\"}}'\n\
+         \n  Or straight through Redis, as root on this machine (as the cluster agent's Redis user,\n  \
+         whose credentials only root can read in {}):\n    \
+         {cli} run set-name --data '{{\"name\": \"My cluster\"}}'\n\
          \n  Software repository: images in {registry_host}, index {}/repository/repodata.json\
          \n  State and logs: {}\n  Stop:           cargo xtask down",
+        core.cluster.file.display(),
         root.display(),
         root.display()
     );
@@ -405,10 +422,11 @@ fn remove_modules(root: &Path) -> Result<()> {
 
 /// Create the first admin (owner of the cluster and of node 1) if there is none yet;
 /// its generated password, which only the api-server's stdout ever shows.
-fn first_admin(api_server: &str, redis_address: &str) -> Result<Option<String>> {
+fn first_admin(api_server: &str, redis_address: &str, who: &credentials::Identity) -> Result<Option<String>> {
     let out = Command::new(api_server)
         .args(["add-user", ADMIN, "--if-missing", "--grant", "owner:cluster", "--grant", "owner:node/1"])
         .env("REDIS_ADDRESS", redis_address)
+        .envs(who.env())
         .stdin(Stdio::null())
         .output()
         .context("cannot run api-server add-user")?;

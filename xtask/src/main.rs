@@ -9,6 +9,7 @@ mod bench;
 mod bench_api;
 mod bench_modules;
 mod cluster;
+mod credentials;
 mod images;
 mod packages;
 mod resp;

@@ -198,9 +198,25 @@ fn task_input(args: &RunArgs) -> Result<(AgentId, Value, Value, String), Failure
     Ok((agent, data, extra, parent))
 }
 
+/// The cluster agent's credentials when none are in the environment, where an
+/// installed node keeps them (root-only files, so only root finds them): beside this
+/// binary's directory as `cargo xtask up` lays it out, then NS8's path.
+fn credential_files() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Some(root) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf())) {
+        files.push(root.join("cluster/state/agent.env"));
+    }
+    files.push("/var/lib/nethserver/cluster/state/agent.env".into());
+    files
+}
+
+fn redis_config() -> Result<RedisConfig, Failure> {
+    Ok(RedisConfig::from_env_or_files(DEFAULT_REDIS_USER, &credential_files())?)
+}
+
 async fn run(args: RunArgs) -> Result<u8, Failure> {
     let (agent, data, extra, parent) = task_input(&args)?;
-    let cfg = RedisConfig::from_env(DEFAULT_REDIS_USER)?;
+    let cfg = redis_config()?;
     let client = TaskClient::connect(&cfg, CLIENT_NAME).await?;
     let outcome = submit(&client, &args, &agent, data, extra, parent).await;
     client.quit().await;

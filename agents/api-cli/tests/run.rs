@@ -66,7 +66,12 @@ fn start() -> Fixture {
         events_dir: None,
         install_dir: install.clone(),
         state_dir: dir.path().join("state"),
-        redis: bus::RedisConfig::new(bus::Address::Unix(redis.socket())),
+        // Its own ACL user: the liveness check counts only connections of that user.
+        redis: bus::RedisConfig {
+            user: Some(AGENT.to_owned()),
+            password: Some(redis.agent_user(&AGENT.parse().unwrap()).unwrap()),
+            ..bus::RedisConfig::new(bus::Address::Unix(redis.socket()))
+        },
         max_concurrency: 32,
         poll_interval: Duration::from_secs(1),
     };

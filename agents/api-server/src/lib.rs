@@ -35,12 +35,9 @@ pub const CLIENT_NAME: &str = "api-server";
 /// How long a request waits for Redis before it is answered 503.
 pub const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The Redis ACL rules of the api-server's user: every key (it reads task results and
-/// writes queues, users, grants, the audit stream), only the progress channels, no
-/// dangerous command but the two it needs (`CLIENT LIST` for the liveness check,
-/// `ROLE` for the leader check). Tested in tests/redis_acl.rs.
-pub const REDIS_ACL_RULES: &str = "resetkeys ~* resetchannels &progress/* -@all +@read +@write +@scripting \
-     +@connection +@transaction +@pubsub -@dangerous +client|list +client|setname +role";
+/// The Redis ACL rules of the api-server's user (`protocol::acl::API_SERVER`, where
+/// every user's rules are). Tested in tests/redis_acl.rs.
+pub const REDIS_ACL_RULES: &str = protocol::acl::API_SERVER;
 
 /// The token signing key: `SECRET` (NS8), else the key file, created if missing.
 pub fn load_secret(file: &Path) -> Result<Vec<u8>> {

@@ -95,7 +95,7 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
         grants.push((role.to_owned(), agent));
     }
     let (pw, generated) = new_password(a.password_stdin)?;
-    let cfg = bus::RedisConfig::from_env(CLIENT_NAME)?;
+    let cfg = bus::RedisConfig::from_env_or_files(CLIENT_NAME, &credential_files())?;
     let redis = bus::connect(&cfg, CLIENT_NAME).await?;
     let exists: bool = bus::fred::prelude::KeysInterface::exists(&redis, protocol::keys::user(&a.name)).await?;
     if exists {
@@ -116,12 +116,24 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The api-server's own Redis credentials when none are in the environment (the admin
+/// commands run from root's shell): where `cargo xtask up` keeps them, beside this
+/// binary's directory, then the installed node's path.
+fn credential_files() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Some(root) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf())) {
+        files.push(root.join("api-server/agent.env"));
+    }
+    files.push("/var/lib/nethserver/api-server/agent.env".into());
+    files
+}
+
 async fn set_password(a: SetPassword) -> anyhow::Result<()> {
     if !authz::valid_user_name(&a.name) {
         anyhow::bail!("{:?} is not a valid user name", a.name);
     }
     let (pw, generated) = new_password(a.password_stdin)?;
-    let cfg = bus::RedisConfig::from_env(CLIENT_NAME)?;
+    let cfg = bus::RedisConfig::from_env_or_files(CLIENT_NAME, &credential_files())?;
     let redis = bus::connect(&cfg, CLIENT_NAME).await?;
     let key = protocol::keys::user(&a.name);
     if !bus::fred::prelude::KeysInterface::exists::<bool, _>(&redis, &key).await? {

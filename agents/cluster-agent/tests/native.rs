@@ -17,8 +17,14 @@ async fn get_and_set_the_cluster_name() {
     let redis = RedisServer::start().unwrap();
     let tree = AgentTree::new().unwrap();
     // No --agentid: the cluster agent's id defaults to "cluster".
-    let _agent =
-        AgentProcess::spawn_args(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), &[], &tree, &redis, &[]).unwrap();
+    let _agent = AgentProcess::spawn_args(
+        Path::new(env!("CARGO_BIN_EXE_cluster-agent")),
+        &["--agentid=cluster".into()],
+        &tree,
+        &redis,
+        &[],
+    )
+    .unwrap();
     let client = testkit::agent::client(&redis).await;
 
     let r = run(&client, "get-name", Value::Null).await;

@@ -3,12 +3,12 @@
 //!
 //! NS8 keeps them in a SQLite file on the node, and its allocation is a read then a
 //! write. Here the allocations are a hash per protocol in Redis (`node/<N>/tcp_ports`:
-//! module id -> "start-end ..."), changed by one Lua script: concurrent installs can
-//! never be given the same port.
+//! module id -> "start-end ..."), changed by one Redis Function
+//! (`protocol::functions::PORTS_ALLOCATE`): concurrent installs can never be given the
+//! same port.
 
 use agent_runtime::{ActionContext, ActionError};
 use bus::fred::prelude::*;
-use bus::fred::types::scripts::Script;
 use protocol::{AgentId, keys};
 use serde_json::{Value, json};
 
@@ -17,31 +17,6 @@ pub const LAST_PORT: u16 = 45000;
 /// NS8's exit codes: a module asking for another module's ports, or beyond its demand.
 pub const EXIT_NOT_OWN: i32 = 32;
 pub const EXIT_OVER_DEMAND: i32 = 33;
-
-/// KEYS: allocations hash. ARGV: module, count, first, last, keep existing ("1"/"0").
-/// Returns {start, end}, or {0} when no gap is large enough.
-const ALLOCATE: &str = r"
-local module, n, lo, hi = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local mine = redis.call('HGET', KEYS[1], module) or ''
-if ARGV[5] ~= '1' then mine = '' end
-local used = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  if all[i] == module then v = mine end
-  for a, b in string.gmatch(v, '(%d+)-(%d+)') do used[#used + 1] = {tonumber(a), tonumber(b)} end
-end
-table.sort(used, function(x, y) return x[1] < y[1] end)
-local start = lo
-for _, r in ipairs(used) do
-  if r[1] - start >= n then break end
-  if r[2] + 1 > start then start = r[2] + 1 end
-end
-if start + n - 1 > hi then return {0} end
-local range = start .. '-' .. (start + n - 1)
-if mine == '' then mine = range else mine = mine .. ' ' .. range end
-redis.call('HSET', KEYS[1], module, mine)
-return {start, start + n - 1}";
 
 pub fn allocate_schema() -> Value {
     json!({
@@ -114,7 +89,8 @@ pub async fn allocate(ctx: ActionContext, data: Value) -> Result<Value, ActionEr
         LAST_PORT.to_string(),
         if keep { "1" } else { "0" }.to_owned(),
     ];
-    let reply: Vec<i64> = Script::from_lua(ALLOCATE).evalsha_with_reload(&ctx.redis, vec![key], args).await?;
+    let reply: Vec<i64> =
+        bus::functions::fcall(&ctx.redis, protocol::functions::PORTS_ALLOCATE, vec![key], args).await?;
     match reply.as_slice() {
         [start, end] => Ok(json!([start, end])),
         _ => Err(ActionError::failed(format!(

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus::fred::prelude::*;
-use bus::fred::types::ClientUnblockFlag;
 use protocol::keys;
 use tokio::sync::{Semaphore, watch};
 
@@ -48,6 +47,10 @@ pub async fn run(
         .map_err(|source| AgentError::StateDir { path: cfg.state_dir.display().to_string(), source })?;
     let name = cfg.agent_id.to_string();
     let redis = bus::connect_retrying(&cfg.redis, &name).await;
+    if cfg.agent_id == protocol::AgentId::Cluster {
+        // Every agent's task path calls these; only the cluster may load them.
+        bus::retry("cannot load the Redis functions", || bus::functions::load(&redis)).await;
+    }
     let pop = bus::connect_blocking_retrying(&cfg.redis, &name, cfg.poll_interval).await;
     let definitions = cfg.install_dir.join("validator-definitions.json");
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
@@ -80,18 +83,21 @@ pub async fn run(
     let events = events::start(sh.clone(), stop_events).await;
 
     let (stop_tx, mut stop) = watch::channel(false);
-    let unblock = pop.clone();
+    let queue = keys::tasks(&sh.cfg.agent_id);
+    let inflight = keys::inflight(&sh.cfg.agent_id);
+    // Wake the blocking pop at a stop rather than at its timeout, with an item only it
+    // takes: `CLIENT UNBLOCK` is an admin command that agents' users do not have.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let marker = format!("{}{}-{}", protocol::task::WAKE_MARKER_PREFIX, std::process::id(), started.as_nanos());
+    let (waker, wake_queue, wake_marker) = (sh.redis.clone(), queue.clone(), marker.clone());
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-        // Wake the blocking pop now rather than at its timeout.
-        let _ = unblock.unblock_self(Some(ClientUnblockFlag::Timeout)).await;
+        let _ = waker.lpush::<i64, _, _>(wake_queue.as_str(), wake_marker.as_str()).await;
     });
     tracing::info!("agent {name} started");
 
     let slots = Arc::new(Semaphore::new(sh.cfg.max_concurrency));
-    let queue = keys::tasks(&sh.cfg.agent_id);
-    let inflight = keys::inflight(&sh.cfg.agent_id);
     let block = sh.cfg.poll_interval;
     // A real Redis failure is logged once (until it changes or clears) and retried with
     // back-off; an idle pop is not a failure and logs nothing.
@@ -152,6 +158,10 @@ pub async fn run(
                     reconcile = !adopt_orphans(&sh, &slots).await;
                 }
                 for (raw, permit) in items.into_iter().zip(permits) {
+                    if protocol::task::is_wake_marker(&raw) {
+                        let _ = sh.redis.lrem::<i64, _, _>(inflight.as_str(), 1, raw.as_str()).await;
+                        continue;
+                    }
                     sh.hold(&raw);
                     let sh = sh.clone();
                     tokio::spawn(async move {
@@ -184,6 +194,8 @@ pub async fn run(
         tracing::info!("stopping: waiting for {running} running task(s)");
     }
     let _all = slots.acquire_many(sh.cfg.max_concurrency as u32).await;
+    // A task that came just before the wake marker was taken instead; the marker stays.
+    let _ = tokio::time::timeout(STOP_GRACE, sh.redis.lrem::<i64, _, _>(queue.as_str(), 0, marker.as_str())).await;
     let _ = stop_events_tx.send(true);
     // Bounded: with Redis gone, these would wait for it.
     let _ = tokio::time::timeout(STOP_GRACE, events.stop()).await;
@@ -228,6 +240,11 @@ async fn close_interrupted(sh: &Shared) {
         stop_leftovers(agent, &task_ids).await;
     }
     for (raw, task) in items {
+        if protocol::task::is_wake_marker(&raw) {
+            // A stop's wake-up that a crash left behind: nothing ran.
+            let _ = sh.redis.lrem::<i64, _, _>(keys::inflight(agent), 1, raw.as_str()).await;
+            continue;
+        }
         match task {
             Ok(task) => {
                 tracing::warn!(

@@ -1,9 +1,10 @@
 //! The agent's Redis writes on the task path, each one command.
 //!
-//! Accepting a task and storing its result are Lua scripts: one command each, atomic
-//! like NS8's MULTI/EXEC, and a single round trip instead of one per queued command.
-//! Redis 7 checks every command a script runs against the caller's ACL (keys and
-//! channels), so a script grants nothing the agent's user could not do itself.
+//! Accepting a task and storing its result are Redis Functions
+//! ([`protocol::functions`], called with `FCALL`): one command each, atomic like NS8's
+//! MULTI/EXEC, and a single round trip instead of one per queued command. Redis 7
+//! checks every command a function runs against the caller's ACL (keys and channels),
+//! so a function grants nothing the agent's user could not do itself.
 //! Progress messages are sent without waiting for their reply, in order with what
 //! follows on the same connection.
 
@@ -11,59 +12,10 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use bus::fred::prelude::*;
-use bus::fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
-use protocol::AgentId;
-use protocol::keys;
+use bus::fred::types::Value as RedisValue;
 use protocol::task::{Progress, TaskStatus};
+use protocol::{AgentId, functions, keys};
 
-/// SET the context with a TTL, then PUBLISH each message.
-/// KEYS: context. ARGV: context JSON, TTL, channel, message...
-const ACCEPT: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-for i = 4, #ARGV do redis.call('PUBLISH', ARGV[3], ARGV[i]) end
-return 1";
-
-/// Store the result and close the task; see `runner::finish`.
-/// KEYS: environment, output, error, exit_code, context, inflight.
-/// ARGV: TTL, output, error, exit code, raw task, channel, final message,
-///       copy environment ("1"/"0"), then environment name/value pairs.
-const FINISH: &str = r"
-if ARGV[8] == '1' then
-  redis.call('DEL', KEYS[1])
-  if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
-end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[1])
-redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1])
-redis.call('EXPIRE', KEYS[5], ARGV[1])
-redis.call('LREM', KEYS[6], 1, ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return 1";
-
-/// Move up to ARGV[1] tasks from the queue's right end to the in-flight list, as
-/// BLMOVE does one at a time, without blocking. KEYS: queue, inflight.
-const TAKE: &str = r"
-local items = redis.call('RPOP', KEYS[1], ARGV[1])
-if not items then return {} end
-for _, item in ipairs(items) do redis.call('LPUSH', KEYS[2], item) end
-return items";
-
-fn eval_cmd() -> CustomCommand {
-    CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
-}
-
-fn eval_args(script: &str, keys: Vec<String>, args: Vec<String>) -> Vec<String> {
-    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-    all.push(script.to_owned());
-    all.push(keys.len().to_string());
-    all.extend(keys);
-    all.extend(args);
-    all
-}
-
-/// Hand a command to the client now, so it goes out before anything issued later,
-/// and let a background task collect its reply. fred queues a command on its first
-/// poll when the connection is not blocked (the agent's command connection never is).
 /// Publish one stderr line of a running step for live viewers (`/ws`), without
 /// waiting: nobody may be listening, and the line is in the task's `error` anyway.
 pub fn publish_log(redis: &Client, agent: &AgentId, task_id: &str, line: &[u8]) {
@@ -73,6 +25,9 @@ pub fn publish_log(redis: &Client, agent: &AgentId, task_id: &str, line: &[u8]) 
     send_now("publish a step's log line", async move { redis.publish(channel, text).await });
 }
 
+/// Hand a command to the client now, so it goes out before anything issued later,
+/// and let a background task collect its reply. fred queues a command on its first
+/// poll when the connection is not blocked (the agent's command connection never is).
 pub fn send_now<F>(what: &'static str, future: F)
 where
     F: Future<Output = Result<RedisValue, bus::fred::error::Error>> + Send + 'static,
@@ -97,8 +52,10 @@ pub fn accept(redis: &Client, agent: &AgentId, task_id: &str, context: String, s
     let mut args = vec![context, keys::RUNNING_CONTEXT_TTL_SECS.to_string(), keys::progress_channel(agent, task_id)];
     args.extend(statuses.iter().map(|s| Progress { status: *s, progress: 0 }.to_json()));
     let redis = redis.clone();
-    let all = eval_args(ACCEPT, vec![keys::task_context(agent, task_id)], args);
-    send_now("store the task context", async move { redis.custom(eval_cmd(), all).await });
+    let task_keys = vec![keys::task_context(agent, task_id)];
+    send_now("store the task context", async move {
+        bus::functions::fcall(&redis, functions::TASK_ACCEPT, task_keys, args).await
+    });
 }
 
 /// Publish a progress message without waiting.
@@ -143,7 +100,7 @@ pub async fn finish(redis: &Client, agent: &AgentId, f: Finish<'_>) -> Result<()
         args.push(k.clone());
         args.push(v.clone());
     }
-    let _: RedisValue = redis.custom(eval_cmd(), eval_args(FINISH, task_keys, args)).await?;
+    let _: RedisValue = bus::functions::fcall(redis, functions::TASK_FINISH, task_keys, args).await?;
     Ok(())
 }
 
@@ -157,6 +114,6 @@ pub fn refresh_context(redis: &Client, agent: &AgentId, task_id: &str) {
 /// Take up to `count` queued tasks at once (empty when the queue is empty). Under load
 /// this replaces one blocking pop per task with one command per batch.
 pub async fn take(redis: &Client, agent: &AgentId, count: usize) -> Result<Vec<String>, bus::fred::error::Error> {
-    let args = eval_args(TAKE, vec![keys::tasks(agent), keys::inflight(agent)], vec![count.to_string()]);
-    redis.custom(eval_cmd(), args).await
+    let task_keys = vec![keys::tasks(agent), keys::inflight(agent)];
+    bus::functions::fcall(redis, functions::TASK_TAKE, task_keys, vec![count.to_string()]).await
 }

@@ -16,23 +16,32 @@ use crate::{BusError, RedisConfig, connect, connect_subscriber};
 /// message was missed (Redis restart, slow subscriber).
 const RESULT_POLL: Duration = Duration::from_secs(1);
 
-/// NS8's liveness rule: an agent is alive when a connection named after it has been
-/// active within `max_idle_secs` (the agent's blocking pop keeps it below 5 s).
+/// NS8's liveness rule, made unspoofable: an agent is alive when a connection named
+/// after it, and authenticated as its own ACL user, has been active within
+/// `max_idle_secs` (the agent's blocking pop keeps it below 5 s). NS8 trusts the name
+/// alone, which any client may set (`CLIENT SETNAME cluster`).
 pub async fn agent_is_alive(client: &Client, agent: &AgentId, max_idle_secs: u64) -> Result<bool, BusError> {
     let list: String = client.client_list::<String, String>(Some(ClientKillType::Normal), None).await?;
+    Ok(list_has_live_agent(&list, agent, max_idle_secs))
+}
+
+/// [`agent_is_alive`] over the text of `CLIENT LIST`.
+pub fn list_has_live_agent(list: &str, agent: &AgentId, max_idle_secs: u64) -> bool {
     let name = agent.to_string();
-    Ok(list.lines().any(|line| {
-        let mut named = false;
+    list.lines().any(|line| {
+        let (mut named, mut own_user) = (false, false);
         let mut idle = u64::MAX;
         for field in line.split(' ') {
             if let Some(n) = field.strip_prefix("name=") {
                 named = n == name;
+            } else if let Some(u) = field.strip_prefix("user=") {
+                own_user = u == name;
             } else if let Some(i) = field.strip_prefix("idle=") {
                 idle = i.parse().unwrap_or(u64::MAX);
             }
         }
-        named && idle <= max_idle_secs
-    }))
+        named && own_user && idle <= max_idle_secs
+    })
 }
 
 fn ensure_id(task: &mut Task) {
@@ -148,5 +157,26 @@ impl TaskClient {
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
         let _ = self.client.quit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_connection_of_the_agents_own_user_counts() {
+        let agent = AgentId::Node(1);
+        let line = |name: &str, user: &str, idle: u32| {
+            format!(
+                "id=7 addr=/tmp/r.sock:0 laddr=/tmp/r.sock:0 fd=9 name={name} age=3 idle={idle} flags=b user={user} redir=-1"
+            )
+        };
+        assert!(list_has_live_agent(&line("node/1", "node/1", 0), &agent, 8));
+        // A module that names its connection after the node is not the node.
+        assert!(!list_has_live_agent(&line("node/1", "module/evil1", 0), &agent, 8));
+        assert!(!list_has_live_agent(&line("node/1", "default", 0), &agent, 8));
+        assert!(!list_has_live_agent(&line("node/1", "node/1", 30), &agent, 8));
+        assert!(!list_has_live_agent(&line("node/11", "node/11", 0), &agent, 8));
     }
 }

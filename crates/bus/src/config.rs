@@ -86,6 +86,26 @@ impl RedisConfig {
         Self::from_lookup(default_user, |k| std::env::var(k).ok())
     }
 
+    /// Like [`from_env`](Self::from_env), but without `REDIS_PASSWORD` in the
+    /// environment the `REDIS_*` variables come from the first readable file of `files`
+    /// (a program's credentials file, which only root can read); the environment's
+    /// `REDIS_ADDRESS` still wins.
+    pub fn from_env_or_files(default_user: &str, files: &[PathBuf]) -> Result<Self, BusError> {
+        let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if from_env(ENV_PASSWORD).is_some() {
+            return Self::from_env(default_user);
+        }
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(file) else { continue };
+            let vars = protocol::envfile::parse(&text);
+            return Self::from_lookup(default_user, |k| {
+                let in_file = || vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                if k == ENV_ADDRESS { from_env(k).or_else(in_file) } else { in_file() }
+            });
+        }
+        Self::from_env(default_user)
+    }
+
     pub fn from_lookup(default_user: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, BusError> {
         let address = get(ENV_ADDRESS).filter(|s| !s.is_empty());
         let address = Address::parse(address.as_deref().unwrap_or(DEFAULT_ADDRESS))?;

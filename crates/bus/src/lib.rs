@@ -8,10 +8,11 @@
 //!   tests use).
 
 mod client;
-mod config;
+pub mod config;
+pub mod functions;
 pub mod grants;
 
-pub use client::{TaskClient, agent_is_alive};
+pub use client::{TaskClient, agent_is_alive, list_has_live_agent};
 pub use config::{Address, RedisConfig};
 pub use fred;
 

@@ -193,6 +193,80 @@ pub fn cluster_ui_name() -> &'static str {
     "cluster/ui_name"
 }
 
+/// Who may read a key besides its writer (reference 2.3 and 2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// `cluster/*`, `node/*`, `module/*`: anyone, the anonymous `default` user included.
+    Everyone,
+    /// `private/agents/*`: every agent (node or module).
+    Agents,
+    /// `private/nodes/*`: the nodes' agents.
+    Nodes,
+    /// `task/*`, `user/*`, `roles/*`, `private/*`: the writer, the cluster and the
+    /// api-server only.
+    Core,
+}
+
+/// One concrete key of the schema, with its access policy.
+#[derive(Clone, Debug)]
+pub struct KeyExample {
+    pub key: String,
+    /// The agent that writes it; `None` for the core's (cluster and api-server) own.
+    pub writer: Option<AgentId>,
+    pub readers: Readers,
+}
+
+/// Every kind of key of the schema, made with this module's own functions for each of
+/// `agents` (and the core's keys once): what the ACL tests try to read and write as
+/// each user.
+pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
+    let ex = |key: String, writer: Option<&AgentId>, readers| KeyExample { key, writer: writer.cloned(), readers };
+    let mut all = Vec::new();
+    for a in agents {
+        let w = Some(a);
+        all.push(ex(tasks(a), w, Readers::Everyone));
+        all.push(ex(environment(a), w, Readers::Everyone));
+        all.push(ex(event_stream(a), w, Readers::Everyone));
+        all.push(ex(event_cursors(a), w, Readers::Everyone));
+        all.push(ex(role(a, "owner"), w, Readers::Everyone));
+        all.push(ex(inflight(a), w, Readers::Core));
+        for key in [task_context(a, "t1"), task_output(a, "t1"), task_error(a, "t1"), task_exit_code(a, "t1")] {
+            all.push(ex(key, w, Readers::Core));
+        }
+        if let AgentId::Node(n) = a {
+            all.push(ex(node_ports(*n, "tcp"), w, Readers::Everyone));
+        }
+        all.push(ex(grants(&a.to_string()), None, Readers::Core));
+    }
+    let cluster = Some(&AgentId::Cluster);
+    for key in [MODULE_NODE.to_owned(), CLUSTER_NETWORK.to_owned(), cluster_ui_name().to_owned()] {
+        all.push(ex(key, cluster, Readers::Everyone));
+    }
+    for key in [repository("r"), repository_cache("r"), ports_demand("tcp")] {
+        all.push(ex(key, cluster, Readers::Everyone));
+    }
+    all.push(ex("private/agents/backup_destination/restic_password".into(), cluster, Readers::Agents));
+    all.push(ex("private/nodes/backup_destination/rclone_conf".into(), cluster, Readers::Nodes));
+    for key in [
+        user("admin"),
+        user_recovery_codes("admin"),
+        grants("admin"),
+        revoked_token("j1"),
+        throttle("addr", "10.0.0.1"),
+        otp_used("admin", "123456"),
+        AUDIT_STREAM.to_owned(),
+    ] {
+        all.push(ex(key, None, Readers::Core));
+    }
+    all
+}
+
+/// Every kind of channel of one agent: its task progress, its steps' log lines, its
+/// events. Only the agent publishes on them.
+pub fn channel_examples(agent: &AgentId) -> Vec<String> {
+    vec![progress_channel(agent, "t1"), task_log_channel(agent, "t1"), event_channel(agent, "something-happened")]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod acl;
 pub mod comfd;
 pub mod envfile;
 pub mod exit;
+pub mod functions;
 mod id;
 pub mod image;
 pub mod keys;

@@ -36,6 +36,16 @@ pub enum TaskDecodeError {
     Id(#[from] IdError),
 }
 
+/// What an agent pushes on its own queue to wake its blocking pop when it stops: the
+/// pop takes it (or, if a task came first, it is removed from the queue at exit). It
+/// is never a task: task JSON starts with `{`. Only the agent itself reads its queue.
+pub const WAKE_MARKER_PREFIX: &str = "ns8rs-wake:";
+
+/// Whether a queue item is a wake marker rather than a task.
+pub fn is_wake_marker(raw: &str) -> bool {
+    raw.starts_with(WAKE_MARKER_PREFIX)
+}
+
 impl Task {
     pub fn new(action: impl Into<String>, data: Value) -> Self {
         Task { action: action.into(), data, ..Default::default() }

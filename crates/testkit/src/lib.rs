@@ -19,7 +19,12 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     persistent: bool,
+    /// Set by [`lock_down`](Self::lock_down): the user [`cli`](Self::cli) runs as.
+    admin: Option<(String, String)>,
 }
+
+/// The test administrator [`RedisServer::lock_down`] creates.
+pub const ADMIN_USER: &str = "test-admin";
 
 impl RedisServer {
     /// A throw-away server without persistence.
@@ -33,7 +38,7 @@ impl RedisServer {
     }
 
     fn spawn(dir: tempfile::TempDir, persistent: bool) -> Result<Self> {
-        let mut server = RedisServer { dir, child: None, persistent };
+        let mut server = RedisServer { dir, child: None, persistent, admin: None };
         server.launch()?;
         Ok(server)
     }
@@ -41,12 +46,23 @@ impl RedisServer {
     fn launch(&mut self) -> Result<()> {
         let sock = self.socket();
         let _ = std::fs::remove_file(&sock);
+        // Users made by the tests survive a restart only in an ACL file, as in production.
+        let aclfile = self.dir.path().join("users.acl");
+        if !aclfile.exists() {
+            std::fs::write(&aclfile, "")?;
+        }
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", "0", "--unixsocket"])
             .arg(&sock)
-            .args(["--unixsocketperm", "700", "--save", ""])
-            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
-            .args(["--appendfsync", "always", "--dir"])
+            .arg("--aclfile")
+            .arg(&aclfile)
+            .args(["--unixsocketperm", "700"]);
+        if self.admin.is_some() {
+            cmd.args(["--appendonly", "no", "--save", "1 1"]);
+        } else {
+            cmd.args(["--save", "", "--appendonly", if self.persistent { "yes" } else { "no" }]);
+        }
+        cmd.args(["--appendfsync", "always", "--dir"])
             .arg(self.dir.path())
             .args(["--loglevel", "warning"])
             .stdout(Stdio::null())
@@ -62,7 +78,31 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        // What the cluster agent does at its start: agents may only FCALL these.
+        let loaded = self.cli(&["FUNCTION", "LOAD", "REPLACE", protocol::functions::LIBRARY])?;
+        if loaded != protocol::functions::LIBRARY_NAME {
+            bail!("FUNCTION LOAD answered {loaded:?}");
+        }
         Ok(())
+    }
+
+    /// Create (or reset) the ACL user of `agent` with its real rules
+    /// ([`protocol::acl::agent_rules`]) and a fresh password, saved to the ACL file;
+    /// returns the password. Agents started by [`AgentProcess`] get one by themselves.
+    pub fn agent_user(&self, agent: &protocol::AgentId) -> Result<String> {
+        let password = format!("test-{}-{}", std::process::id(), unique());
+        let mut args = vec!["ACL".to_owned(), "SETUSER".into(), agent.to_string()];
+        args.extend(protocol::acl::agent_rules(agent, &format!(">{password}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let set = self.cli(&args)?;
+        if set != "OK" {
+            bail!("ACL SETUSER {agent} answered {set:?}");
+        }
+        let saved = self.cli(&["ACL", "SAVE"])?;
+        if saved != "OK" {
+            bail!("ACL SAVE answered {saved:?}");
+        }
+        Ok(password)
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -78,14 +118,40 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// Configure this server as a cluster's is: `default` becomes the anonymous public
+    /// reader ([`protocol::acl::public_rules`]), snapshots replace the append-only file
+    /// (see deploy/redis.conf), and [`cli`](Self::cli) runs as [`ADMIN_USER`] from now
+    /// on. The admin's password is returned.
+    pub fn lock_down(&mut self) -> Result<String> {
+        let password = format!("admin-{}-{}", std::process::id(), unique());
+        let set =
+            self.cli(&["ACL", "SETUSER", ADMIN_USER, "reset", "on", &format!(">{password}"), "~*", "&*", "+@all"])?;
+        if set != "OK" {
+            bail!("ACL SETUSER {ADMIN_USER} answered {set:?}");
+        }
+        self.admin = Some((ADMIN_USER.to_owned(), password.clone()));
+        let mut args = vec!["ACL".to_owned(), "SETUSER".into(), protocol::acl::DEFAULT_USER.into()];
+        args.extend(protocol::acl::public_rules());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for cmd in
+            [&args[..], &["CONFIG", "SET", "appendonly", "no"], &["CONFIG", "SET", "save", "1 1"], &["ACL", "SAVE"]]
+        {
+            let r = self.cli(cmd)?;
+            if r != "OK" {
+                bail!("{cmd:?} answered {r:?}");
+            }
+        }
+        Ok(password)
+    }
+
     /// `redis-cli` against this server, returning stdout (trimmed).
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("redis-cli")
-            .arg("-s")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .context("cannot run redis-cli")?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("-s").arg(self.socket());
+        if let Some((user, password)) = &self.admin {
+            cmd.args(["--user", user]).env("REDISCLI_AUTH", password);
+        }
+        let out = cmd.args(args).output().context("cannot run redis-cli")?;
         if !out.status.success() {
             bail!("redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -93,6 +159,11 @@ impl RedisServer {
     }
 
     pub fn stop(&mut self) {
+        if self.admin.is_some() && self.child.is_some() {
+            // A locked-down server keeps its data in snapshots: the one written at a
+            // clean shutdown (an append-only file would survive a kill).
+            let _ = self.cli(&["SHUTDOWN", "SAVE"]);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -214,7 +285,9 @@ impl AgentProcess {
         Self::spawn_args(bin, &[format!("--agentid={agent_id}")], tree, redis, env)
     }
 
-    /// Like [`spawn`](Self::spawn) with the whole command line given.
+    /// Like [`spawn`](Self::spawn) with the whole command line given. An agent named by
+    /// `--agentid=<id>` connects as its own ACL user, made here, unless `env` names a
+    /// `REDIS_USER`; anything else connects as the test server's open `default` user.
     pub fn spawn_args(
         bin: &Path,
         args: &[String],
@@ -222,6 +295,15 @@ impl AgentProcess {
         redis: &RedisServer,
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        let mut credentials = Vec::new();
+        let agent = args.iter().find_map(|a| a.strip_prefix("--agentid=")).and_then(|id| id.parse().ok());
+        if let Some(agent) = agent
+            && !env.iter().any(|(k, _)| *k == "REDIS_USER")
+        {
+            let password = redis.agent_user(&agent)?;
+            credentials.push(("REDIS_USER".to_owned(), agent.to_string()));
+            credentials.push(("REDIS_PASSWORD".to_owned(), password));
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(tree.log())?;
         let child = Command::new(bin)
             .args(args)
@@ -229,6 +311,7 @@ impl AgentProcess {
             .env("AGENT_INSTALL_DIR", tree.root())
             .env("AGENT_STATE_DIR", tree.state())
             .env("RUST_LOG", "info")
+            .envs(credentials)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -292,6 +375,13 @@ pub fn process_exists(pid: i32) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
             .unwrap_or(true)
+}
+
+/// A number no other call in this process returns.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]

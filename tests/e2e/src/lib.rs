@@ -125,10 +125,25 @@ impl LocalCluster {
             .expect("run api-cli")
     }
 
-    /// `redis-cli` against the cluster's Redis, as its default user; stdout.
+    /// The `REDIS_*` variables of one of the cluster's programs (`cluster`, `node`,
+    /// `api-server`), from the credentials file only root can read.
+    pub fn credentials(&self, program: &str) -> Vec<(String, String)> {
+        let file = match program {
+            "cluster" | "node" => self.root.path().join(program).join("state/agent.env"),
+            other => self.root.path().join(other).join("agent.env"),
+        };
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        protocol::envfile::parse(&text)
+    }
+
+    /// `redis-cli` against the cluster's Redis, as the cluster agent's user; stdout.
     pub fn redis(&self, args: &[&str]) -> String {
+        let creds = self.credentials("cluster");
+        let var = |k: &str| creds.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.redis_port.to_string()])
+            .args(["--user", &var("REDIS_USER")])
+            .env("REDISCLI_AUTH", var("REDIS_PASSWORD"))
             .args(args)
             .output()
             .expect("run redis-cli");
