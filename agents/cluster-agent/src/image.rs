@@ -26,9 +26,68 @@ pub struct Requirements {
     pub rootfull: bool,
     pub tcp_ports: u16,
     pub udp_ports: u16,
-    /// `(selector, roles)` pairs of `org.nethserver.authorizations`.
+    /// `(selector, roles)` pairs of `org.nethserver.authorizations`, without what is
+    /// never granted.
     pub authorizations: Vec<(String, Vec<String>)>,
+    /// `selector:role` the image asks for that a module never gets: `owner` of the
+    /// cluster or of a node (either runs anything as root).
+    pub never_granted: Vec<String>,
     pub flags: Vec<String>,
+}
+
+/// What installing an image would give it beyond its own agent, which the
+/// administrator must accept: its labels are requests, never grants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Consent {
+    /// `selector:role` on other agents: the cluster, its node, other modules.
+    #[serde(default)]
+    pub authorizations: Vec<String>,
+    /// Running as root.
+    #[serde(default)]
+    pub rootfull: bool,
+}
+
+impl Consent {
+    pub fn is_empty(&self) -> bool {
+        self.authorizations.is_empty() && !self.rootfull
+    }
+
+    /// What of `self` `accepted` does not cover.
+    pub fn beyond(&self, accepted: &Consent) -> Consent {
+        Consent {
+            authorizations: self
+                .authorizations
+                .iter()
+                .filter(|a| !accepted.authorizations.contains(a))
+                .cloned()
+                .collect(),
+            rootfull: self.rootfull && !accepted.rootfull,
+        }
+    }
+
+    /// In words, for error messages: "rootful mode, node:portsadm, ...".
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if self.rootfull {
+            parts.push("rootful mode (running as root)".into());
+        }
+        parts.extend(self.authorizations.iter().cloned());
+        parts.join(", ")
+    }
+}
+
+impl Requirements {
+    /// What the administrator must accept to install this image: every grant on an
+    /// agent other than the module's own (`self:`), and rootful mode.
+    pub fn consent(&self) -> Consent {
+        let mut authorizations = Vec::new();
+        for (selector, roles) in &self.authorizations {
+            if selector != "self" {
+                authorizations.extend(roles.iter().map(|r| format!("{selector}:{r}")));
+            }
+        }
+        Consent { authorizations, rootfull: self.rootfull }
+    }
 }
 
 const MAX_PORTS: u16 = 1000;
@@ -82,20 +141,28 @@ pub fn requirements(labels: &BTreeMap<String, String>) -> Result<Requirements, S
         Some(v) => return Err(format!("label org.nethserver.rootfull={v:?}: expected 0 or 1")),
     };
     let mut authorizations = Vec::new();
+    let mut never_granted = Vec::new();
     for a in labels.get("org.nethserver.authorizations").map(|v| v.split_whitespace()).into_iter().flatten() {
         let bad = |why: &str| format!("label org.nethserver.authorizations: {a:?} {why}");
         if a.contains(['*', '[', '?']) {
             return Err(bad("contains a wildcard"));
         }
         let Some((selector, roles)) = a.split_once(':') else { return Err(bad("lacks \"selector:role\"")) };
-        if a == "cluster:owner" {
-            return Err(bad("would make the module owner of the cluster"));
-        }
         let roles: Vec<String> = roles.split(',').map(str::to_owned).collect();
         if selector.is_empty() || roles.iter().any(|r| r.is_empty()) {
             return Err(bad("has an empty selector or role"));
         }
-        authorizations.push((selector.to_owned(), roles));
+        let name_ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '@'));
+        if let Some(x) = std::iter::once(selector).chain(roles.iter().map(String::as_str)).find(|s| !name_ok(s)) {
+            return Err(bad(&format!("has {x:?}, which is not a selector or role name")));
+        }
+        // Role by role: `cluster:owner,reader` asks for two things, and gets one.
+        let (never, granted): (Vec<String>, Vec<String>) =
+            roles.into_iter().partition(|r| r == "owner" && matches!(selector, "cluster" | "node"));
+        never_granted.extend(never.into_iter().map(|r| format!("{selector}:{r}")));
+        if !granted.is_empty() {
+            authorizations.push((selector.to_owned(), granted));
+        }
     }
     let flags: Vec<String> = labels
         .get("org.nethserver.flags")
@@ -110,6 +177,7 @@ pub fn requirements(labels: &BTreeMap<String, String>) -> Result<Requirements, S
         tcp_ports: ports(labels, "org.nethserver.tcp-ports-demand")?,
         udp_ports: ports(labels, "org.nethserver.udp-ports-demand")?,
         authorizations,
+        never_granted,
         flags,
     })
 }
@@ -145,8 +213,24 @@ mod tests {
         assert!(err(&[("org.nethserver.tcp-ports-demand", "lots")]).contains("tcp-ports-demand=\"lots\""));
         assert!(err(&[("org.nethserver.udp-ports-demand", "5000")]).contains("0 to 1000"));
         assert!(err(&[("org.nethserver.rootfull", "yes")]).contains("expected 0 or 1"));
-        assert!(err(&[("org.nethserver.authorizations", "cluster:owner")]).contains("owner of the cluster"));
+        let asks = |a: &str| {
+            let mut l = labels(&[("org.nethserver.images", "reg/x/y:1")]);
+            l.insert("org.nethserver.authorizations".into(), a.into());
+            requirements(&l).unwrap()
+        };
+        // Owner of the cluster or of a node is never granted, role by role.
+        let r = asks("cluster:owner,reader node:owner self:selfadm traefik@node:routeadm");
+        assert_eq!(r.never_granted, ["cluster:owner", "node:owner"]);
+        assert_eq!(r.consent().authorizations, ["cluster:reader", "traefik@node:routeadm"], "self needs no consent");
+        assert!(!r.consent().rootfull);
+        assert!(err(&[("org.nethserver.authorizations", "node:x/y")]).contains("not a selector or role name"));
         assert!(err(&[("org.nethserver.authorizations", "node*:x")]).contains("wildcard"));
+        let needed = Consent { authorizations: vec!["node:portsadm".into(), "cluster:reader".into()], rootfull: true };
+        let accepted = Consent { authorizations: vec!["cluster:reader".into()], rootfull: false };
+        let left = needed.beyond(&accepted);
+        assert_eq!(left, Consent { authorizations: vec!["node:portsadm".into()], rootfull: true });
+        assert_eq!(left.describe(), "rootful mode (running as root), node:portsadm");
+        assert!(needed.beyond(&needed).is_empty());
         assert!(err(&[("org.nethserver.authorizations", "noselector")]).contains("selector:role"));
         assert!(err(&[("org.nethserver.images", "not an image")]).contains("org.nethserver.images"));
     }

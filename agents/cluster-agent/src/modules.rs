@@ -22,7 +22,7 @@ use protocol::task::Task;
 use protocol::{AgentId, keys};
 use serde_json::{Value, json};
 
-use crate::image::{self, Requirements};
+use crate::image::{self, Consent, Requirements};
 
 /// How long the new agent has to connect before the install gives up.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,9 +46,71 @@ pub fn add_schema() -> Value {
         "properties": {
             "image": {"type": "string", "minLength": 1, "maxLength": 512},
             "node": {"type": "integer", "minimum": 1},
-            "module_uuid": {"type": "string", "format": "uuid"}
+            "module_uuid": {"type": "string", "format": "uuid"},
+            "accept": accept_schema()
         }
     })
+}
+
+/// What the administrator accepts of an image's requests (`list-modules` shows them as
+/// each version's `consent`): `selector:role` grants on other agents, rootful mode.
+fn accept_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "authorizations": {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": 128}},
+            "rootfull": {"type": "boolean"}
+        }
+    })
+}
+
+/// Refuse, before anything changes, an image whose requests go beyond what was
+/// accepted (`before`: what the module already has, for an update). The refusal
+/// carries what it would have granted, for the portal to show.
+fn check_consent(url: &str, req: &Requirements, before: &Consent, data: &Value) -> Result<(), ActionError> {
+    let accepted: Consent = serde_json::from_value(data["accept"].clone()).unwrap_or_default();
+    let missing = req.consent().beyond(before).beyond(&accepted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!("{url} refused: it asks for {}, which \"accept\" does not list", missing.describe());
+    Err(ActionError::invalid("accept", json!(missing), "consent_required"))
+}
+
+/// The installed modules as `(id, node, image name)`, for authorization selectors.
+async fn installed_modules(redis: &Client) -> Result<Vec<(String, u32, String)>, bus::fred::error::Error> {
+    let nodes: std::collections::HashMap<String, String> = redis.hgetall(keys::MODULE_NODE).await?;
+    let mut installed = Vec::new();
+    for (id, n) in nodes {
+        let Ok(agent) = AgentId::module(&id) else { continue };
+        let url: Option<String> = redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
+        let name = url.and_then(|u| protocol::image::parse_reference(&u).ok()).map(|(name, _)| name);
+        installed.push((id, n.parse().unwrap_or(0), name.unwrap_or_default()));
+    }
+    Ok(installed)
+}
+
+/// Every role an authorization asks for must exist on the agents it names now (a
+/// target installed later is checked by nobody: its roles are its own).
+async fn check_roles(redis: &Client, node: u32, req: &Requirements) -> Result<(), ActionError> {
+    let installed = installed_modules(redis).await?;
+    // Not yet installed, so no instance is it.
+    let me = AgentId::Module(String::new());
+    for (selector, roles) in req.authorizations.iter().filter(|(s, _)| s != "self") {
+        for target in selector_targets(selector, &me, node, &installed) {
+            for role in roles {
+                let defined: bool = redis.exists(keys::role(&target, role)).await?;
+                if !defined {
+                    return Err(failed(format!(
+                        "label org.nethserver.authorizations asks for the role {role} on {target} ({selector}:{role}), \
+                         which {target} does not define"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn remove_schema() -> Value {
@@ -193,14 +255,7 @@ async fn apply_authorizations(
     if authorizations.is_empty() {
         return Ok(Vec::new());
     }
-    let nodes: std::collections::HashMap<String, String> = redis.hgetall(keys::MODULE_NODE).await?;
-    let mut installed = Vec::new();
-    for (id, n) in nodes {
-        let Ok(agent) = AgentId::module(&id) else { continue };
-        let url: Option<String> = redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
-        let name = url.and_then(|u| protocol::image::parse_reference(&u).ok()).map(|(name, _)| name);
-        installed.push((id, n.parse().unwrap_or(0), name.unwrap_or_default()));
-    }
+    let installed = installed_modules(redis).await?;
     let mut made = Vec::new();
     for (selector, roles) in authorizations {
         for target in selector_targets(selector, me, node, &installed) {
@@ -209,6 +264,10 @@ async fn apply_authorizations(
                 made.push(format!("{role}@{target}"));
             }
         }
+        // What was granted, as NS8 keeps it (reference 2.4); an update asks consent only
+        // for what is not here.
+        let entries: Vec<String> = roles.iter().map(|r| format!("{selector}:{r}")).collect();
+        let _: i64 = redis.sadd(keys::module_authorizations(me), entries).await?;
     }
     Ok(made)
 }
@@ -312,6 +371,7 @@ pub async fn forget(redis: &Client, agent: &AgentId, id: &str) -> Result<(), bus
     {
         let _: i64 = redis.hdel(key, id).await?;
     }
+    let _: i64 = redis.del(keys::module_authorizations(agent)).await?;
     bus::grants::forget_agent(redis, agent).await?;
     // Deleting a user that does not exist answers 0, not an error.
     let _: i64 = redis
@@ -358,6 +418,12 @@ pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Res
     let u = url.clone();
     let img = tokio::task::spawn_blocking(move || image::inspect(&u)).await.map_err(failed)?.map_err(failed)?;
     let req: Requirements = image::requirements(&img.labels).map_err(failed)?;
+    // Labels are requests: what goes beyond the module's own agent needs consent.
+    check_consent(&url, &req, &Consent::default(), &data)?;
+    if !req.never_granted.is_empty() {
+        tracing::warn!("{url} asks for {}: never granted to a module", req.never_granted.join(", "));
+    }
+    check_roles(&ctx.redis, node_id, &req).await?;
     ctx.set_progress(10);
 
     // 2. The instance id; sequences only grow, so an id is never reused.
@@ -493,7 +559,10 @@ async fn install(
         .await
         .map_err(|e| e.to_string())?;
     inst.undo.clear();
-    Ok(json!({"module_id": id, "module_uuid": uuid, "image_name": img.name, "image_url": img.url}))
+    Ok(json!({
+        "module_id": id, "module_uuid": uuid, "image_name": img.name, "image_url": img.url,
+        "not_granted": req.never_granted,
+    }))
 }
 
 /// `remove-module`: the module's `destroy-module` (if it has one), the node's removal,
@@ -567,7 +636,8 @@ pub fn update_schema() -> Value {
         "required": ["module_url", "instances"],
         "properties": {
             "module_url": {"type": "string", "minLength": 1, "maxLength": 512},
-            "instances": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+            "instances": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+            "accept": accept_schema()
         }
     })
 }
@@ -601,6 +671,10 @@ pub async fn update(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
                 if req.rootfull { "rootful" } else { "rootless" }
             )));
         }
+        // Only what the module was not granted before needs consent now.
+        let granted: Vec<String> = ctx.redis.smembers(keys::module_authorizations(&agent)).await?;
+        check_consent(&url, &req, &Consent { authorizations: granted, rootfull }, &data)?;
+        check_roles(&ctx.redis, node, &req).await?;
         targets.push((id.to_owned(), agent, AgentId::Node(node)));
     }
     let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
@@ -696,6 +770,8 @@ async fn update_one(
             AgentId::Node(n) => *n,
             _ => 0,
         };
+        // The new version's accepted requests.
+        apply_authorizations(&ctx.redis, agent, node_id, &req.authorizations).await.map_err(|e| e.to_string())?;
         let event = json!({"module": id, "node": node_id, "image_url": img.url}).to_string();
         let _: i64 = ctx
             .redis

@@ -192,6 +192,7 @@ pub async fn list_modules(ctx: ActionContext, _: Value) -> Result<Value, ActionE
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|v| repo.testing || !is_prerelease(v["tag"].as_str().unwrap_or("")))
+                .map(with_consent)
                 .collect();
             let rootfull = versions
                 .first()
@@ -205,6 +206,24 @@ pub async fn list_modules(ctx: ActionContext, _: Value) -> Result<Value, ActionE
         }
     }
     Ok(Value::Array(packages.into_values().collect()))
+}
+
+/// A version with what installing it would need the administrator to accept
+/// (`consent`, the shape `add-module`'s `accept` takes) and what it asks for that is
+/// never granted; or, for labels that do not parse, why (`consent_error`).
+fn with_consent(mut version: Value) -> Value {
+    let labels: BTreeMap<String, String> = version["labels"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default();
+    match crate::image::requirements(&labels) {
+        Ok(req) => {
+            version["consent"] = json!(req.consent());
+            version["never_granted"] = json!(req.never_granted);
+        }
+        Err(e) => version["consent_error"] = json!(e),
+    }
+    version
 }
 
 /// Installed instances by image source: `{source: [{id, node, version, ...}]}`.

@@ -160,6 +160,12 @@ pub fn grants(subject: &str) -> String {
     format!("roles/{subject}")
 }
 
+/// Set of the `selector:role` authorizations module `agent` was granted (NS8's key),
+/// so that an update asks consent only for new ones.
+pub fn module_authorizations(agent: &AgentId) -> String {
+    format!("cluster/authorizations/{agent}")
+}
+
 /// Set of action glob patterns of `role` on `agent`.
 pub fn role(agent: &AgentId, role: &str) -> String {
     format!("{agent}/roles/{role}")
