@@ -329,22 +329,23 @@ async fn install(
     image: &str,
     environment: &[(String, String)],
 ) -> Result<Value, String> {
-    // Extraction runs skopeo and tar: off the async workers.
-    let (img, dest) = (image.to_owned(), paths.install_dir.clone());
-    let digest = tokio::task::spawn_blocking(move || {
+    // Extraction runs skopeo and reads the layers: off the async workers. The image is
+    // validated in a root-only staging dir, never in the module's home.
+    let (img, dest, state) = (image.to_owned(), paths.install_dir.clone(), setup.state_dir.clone());
+    let (digest, top) = tokio::task::spawn_blocking(move || -> Result<_, crate::extract::ExtractError> {
+        let staging = crate::extract::staging_dir(&state)?;
+        let x = crate::extract::imageroot(&img, staging.path())?;
         // A ~/.config from the skeleton would only hold what the image replaces.
-        remove_path(&dest)?;
-        crate::extract::imageroot(&img, &dest)
+        remove_path(&dest).map_err(|reason| crate::extract::ExtractError::Deliver { dest: dest.clone(), reason })?;
+        crate::extract::deliver(&x, &dest)?;
+        Ok((x.digest, x.top))
     })
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     ctx.set_progress(50);
-    let top: Vec<String> = std::fs::read_dir(&paths.install_dir)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n != "state")
-        .collect();
-    std::fs::write(paths.install_dir.join(IMAGEROOT_LIST), top.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let top: Vec<String> = top.into_iter().filter(|n| n != "state").collect();
+    crate::extract::write_imageroot_list(&paths.install_dir, &top).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&paths.state_dir).map_err(|e| format!("cannot create the state dir: {e}"))?;
     std::fs::set_permissions(&paths.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use agent_runtime::{ActionContext, ActionError};
 use serde_json::{Value, json};
 
-use crate::modules::{IMAGEROOT_LIST, ModulePaths, NodeSetup, chown_tree, cp_a, remove_path};
+use crate::extract;
+use crate::modules::{ModulePaths, NodeSetup, chown_tree, cp_a, remove_path};
 
 pub fn update_schema() -> Value {
     json!({
@@ -81,13 +82,13 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
         .unwrap_or_default();
     let s = setup.clone();
     tokio::task::spawn_blocking(move || -> Result<Value, String> {
-        // 1. The new files first, before anything of the module is touched.
-        let staging = tempfile::Builder::new()
-            .prefix(".update-new")
-            .tempdir_in(work_dir(&paths))
-            .map_err(|e| format!("cannot make a staging dir: {e}"))?;
-        let fresh = staging.path().join("imageroot");
-        let digest = crate::extract::imageroot(&image, &fresh)?;
+        // 1. The new files first, before anything of the module is touched, in a
+        //    root-only staging dir: the module's home is the module's to change.
+        let staging = extract::staging_dir(&s.state_dir).map_err(|e| e.to_string())?;
+        let fresh = extract::imageroot(&image, staging.path()).map_err(|e| e.to_string())?;
+        let digest = fresh.digest.clone();
+        // What the old image put there; checked before anything is stopped.
+        let old_top = extract::read_imageroot_list(&paths.install_dir).map_err(|e| e.to_string())?;
         // 2. Services stopped, so the snapshot is consistent.
         paths.module_service(&s, &["down"]).map_err(|e| format!("cannot stop the services: {e}"))?;
         std::fs::create_dir(&snap).map_err(|e| format!("cannot create {}: {e}", snap.display()))?;
@@ -106,9 +107,8 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
         }
         // 3. Swap: what the old imageroot put there goes, the new one comes; state/
         //    and the node's containers/ stay.
-        let old_top = std::fs::read_to_string(paths.install_dir.join(IMAGEROOT_LIST)).unwrap_or_default();
         let swapped = (|| {
-            for name in old_top.lines().filter(|n| !n.is_empty() && !n.contains('/') && *n != "state") {
+            for name in old_top.iter().filter(|n| *n != "state") {
                 let p = paths.install_dir.join(name);
                 if p.is_dir() {
                     remove_path(&p)?
@@ -116,17 +116,12 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
                     let _ = std::fs::remove_file(&p);
                 }
             }
-            let mut top = Vec::new();
-            for e in std::fs::read_dir(&fresh).map_err(|e| e.to_string())?.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name == "state" {
-                    continue;
-                }
-                remove_path(&paths.install_dir.join(&name))?;
-                cp_a(&e.path(), &paths.install_dir.join(&name))?;
-                top.push(name);
+            let top: Vec<String> = fresh.top.iter().filter(|n| *n != "state").cloned().collect();
+            for name in &top {
+                remove_path(&paths.install_dir.join(name))?;
+                cp_a(&fresh.tree.join(name), &paths.install_dir.join(name))?;
             }
-            std::fs::write(paths.install_dir.join(IMAGEROOT_LIST), top.join("\n") + "\n").map_err(|e| e.to_string())?;
+            extract::write_imageroot_list(&paths.install_dir, &top).map_err(|e| e.to_string())?;
             let mut env = read_env(&paths);
             let old = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
             let mut prev: Vec<(String, String)> = Vec::new();

@@ -107,15 +107,31 @@ fn images_are_pushed_indexed_and_run() {
     let err = cluster_agent::image::requirements(&server.labels).unwrap_err();
     assert!(err.contains("not a module image"), "{err}");
 
-    // The node unpacks the module image's imageroot/, and its digest is the registry's.
+    // The node unpacks the module image's imageroot/ in a private staging dir, and its
+    // digest is the registry's; then it is delivered where the module will live.
+    use node_agent::extract;
+    let staging = extract::staging_dir(&out.path().join("node-state")).unwrap();
+    let x = extract::imageroot(&format!("{}/ns8rs/hello:1.0.0", registry.host()), staging.path()).unwrap();
+    assert_eq!(x.digest, image.digest);
+    assert_eq!(x.tree, staging.path().join("imageroot"));
+    let names: Vec<String> = std::fs::read_dir(staging.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["imageroot"], "the image copy is gone");
+    assert_eq!(x.top, ["actions", "services"]);
     let dest = out.path().join("module-home/hello1");
-    let digest = node_agent::extract::imageroot(&format!("{}/ns8rs/hello:1.0.0", registry.host()), &dest).unwrap();
-    assert_eq!(digest, image.digest);
+    extract::deliver(&x, &dest).unwrap();
     let unit = std::fs::read_to_string(dest.join("services/hello-server.container")).unwrap();
     assert!(unit.contains("Image=${HELLO_SERVER_IMAGE}"), "{unit}");
-    let err = node_agent::extract::imageroot(&service, &out.path().join("other")).unwrap_err();
+    assert!(extract::deliver(&x, &dest).unwrap_err().to_string().contains("already exists"));
+    let other = extract::staging_dir(&out.path().join("node-state")).unwrap();
+    let err = extract::imageroot(&service, other.path()).unwrap_err().to_string();
     assert!(err.contains("no imageroot/"), "{err}");
-    assert!(node_agent::extract::imageroot(&service, &dest).unwrap_err().contains("already exists"));
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0, "a failure leaves the staging dir empty");
+    let err = extract::imageroot(&service, staging.path()).unwrap_err().to_string();
+    assert!(err.contains("is not empty"), "{err}");
 
     // A newer version joins the index, newest first.
     build(&registry, out.path(), Some("1.1.0"));
