@@ -69,7 +69,9 @@ fn answers_200(port: u16, path: &str) -> bool {
 /// Seconds from the install request until `path` answers 200, and the module id.
 fn install(c: &Cluster, image: &str, path: &str) -> Result<(f64, String)> {
     let start = Instant::now();
-    let data = serde_json::json!({"image": image, "node": 1}).to_string();
+    // What the benchmarked images ask for (hello: node:reader), accepted.
+    let data =
+        serde_json::json!({"image": image, "node": 1, "accept": {"authorizations": ["node:reader"]}}).to_string();
     let out = c.api_cli(&["run", "add-module", "--data", &data])?;
     let id = out["module_id"].as_str().context("add-module answered no module_id")?.to_owned();
     let port: u16 = c.redis_cli(&["HGET", &format!("module/{id}/environment"), "TCP_PORT"]).parse()?;

@@ -69,9 +69,19 @@ async fn repositories_and_list_modules() {
     let redis = &f.redis;
     let dirs = tempfile::tempdir().unwrap();
     let (a, b, d) = (dirs.path().join("a"), dirs.path().join("b"), dirs.path().join("d"));
-    write_index(&a, vec![package("reg/ns8rs/hello", &["1.0.0"]), package("reg/ns8rs/foo", &["0.2.0-beta", "0.1.0"])]);
     write_index(&b, vec![package("reg/ns8rs/hello", &["2.0.0", "1.0.0"])]);
     write_index(&d, vec![package("reg/ns8rs/bar", &["1.0.0"])]);
+    // An image whose labels ask for more than its own agent: list-modules says what.
+    let mut greedy = package("reg/ns8rs/greedy", &["1.0.0"]);
+    greedy["versions"][0]["labels"] = json!({
+        "org.nethserver.images": "reg/ns8rs/greedy-server:1.0.0",
+        "org.nethserver.rootfull": "1",
+        "org.nethserver.authorizations": "self:selfadm cluster:owner,reader node:portsadm",
+    });
+    let mut a_packages =
+        vec![package("reg/ns8rs/hello", &["1.0.0"]), package("reg/ns8rs/foo", &["0.2.0-beta", "0.1.0"])];
+    a_packages.push(greedy);
+    write_index(&a, a_packages);
     let (_httpd, port) = httpd(&b);
 
     let add = |name: &str, url: String, status: bool| json!({"name": name, "url": url, "status": status});
@@ -108,9 +118,14 @@ async fn repositories_and_list_modules() {
         sources(&r.output),
         [
             ("reg/ns8rs/foo".to_owned(), "a-local".to_owned(), vec!["0.1.0".to_owned()]),
+            ("reg/ns8rs/greedy".to_owned(), "a-local".to_owned(), vec!["1.0.0".to_owned()]),
             ("reg/ns8rs/hello".to_owned(), "b-http".to_owned(), vec!["2.0.0".to_owned(), "1.0.0".to_owned()]),
         ]
     );
+    let greedy = &r.output[1]["versions"][0];
+    assert_eq!(greedy["consent"], json!({"authorizations": ["cluster:reader", "node:portsadm"], "rootfull": true}));
+    assert_eq!(greedy["never_granted"], json!(["cluster:owner"]));
+    assert!(r.output[0]["versions"][0]["consent_error"].as_str().unwrap().contains("org.nethserver.images"));
 
     // Cached: a changed index shows after the cache is cleaned (or altered).
     write_index(&a, vec![package("reg/ns8rs/foo", &["0.3.0", "0.2.0-beta", "0.1.0"])]);

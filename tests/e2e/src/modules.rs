@@ -94,6 +94,9 @@ pub fn traces(c: &LocalCluster, id: &str) -> Vec<String> {
     if c.redis(&["EXISTS", &format!("roles/{agent}")]) == "1" {
         t.push(format!("grants held by {agent}"));
     }
+    if c.redis(&["EXISTS", &format!("cluster/authorizations/{agent}")]) == "1" {
+        t.push(format!("authorizations accepted for {agent}"));
+    }
     if c.path().join(format!("supervisor.d/50-module-{id}.json")).exists() {
         t.push("supervisor program file".into());
     }

@@ -53,7 +53,8 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
 
     // Port exhaustion: another owner holds the whole range.
     c.redis(&["HSET", "node/1/tcp_ports", "squatter", "20000-45000"]);
-    let err = run(&c, "add-module", "cluster", serde_json::json!({"image": v1, "node": 1})).unwrap_err();
+    let err = run(&c, "add-module", "cluster", serde_json::json!({"image": v1, "node": 1, "accept": hello_accept()}))
+        .unwrap_err();
     assert!(err.contains("exhausted") && err.contains("nothing of it was left behind"), "{err}");
     assert!(traces(&c, "hello1").is_empty(), "{:?}", traces(&c, "hello1"));
     c.redis(&["HDEL", "node/1/tcp_ports", "squatter"]);
@@ -63,9 +64,13 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     build_variant(&c, work.path(), "hello", "0.9.0", |d| {
         write_step(d, "create-module", "90fail", "#!/bin/sh\necho 'cannot configure: disk on fire' >&2\nexit 5\n");
     });
-    let err =
-        run(&c, "add-module", "cluster", serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.9.0"), "node": 1}))
-            .unwrap_err();
+    let err = run(
+        &c,
+        "add-module",
+        "cluster",
+        serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.9.0"), "node": 1, "accept": hello_accept()}),
+    )
+    .unwrap_err();
     assert!(err.contains("create-module failed (exit code 5): cannot configure: disk on fire"), "{err}");
     assert!(err.contains("nothing of it was left behind"), "{err}");
     assert!(traces(&c, "hello2").is_empty(), "{:?}\n{}", traces(&c, "hello2"), c.log());
@@ -78,7 +83,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     let installer = run_in_background(
         &c,
         "add-module",
-        serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.7.0"), "node": 1}),
+        serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.7.0"), "node": 1, "accept": hello_accept()}),
     );
     wait_until("the install to reach the agent", || c.redis(&["HEXISTS", "cluster/module_node", "hello3"]) == "1");
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -91,8 +96,16 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         traces(&c, "hello3").is_empty() && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "0"
     });
 
+    // Labels are requests: hello's node:reader is not granted unless accepted, and
+    // nothing is made meanwhile.
+    let before = picture(&c, "hello");
+    let err = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 1})).unwrap_err();
+    assert!(err.contains("accept_consent_required") && err.contains("node:reader"), "{err}");
+    assert_eq!(picture(&c, "hello"), before, "a refused install leaves nothing");
     // Install by name from the repository: the newest version, 1.0.0.
-    let out = run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 1})).unwrap();
+    let out =
+        run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 1, "accept": hello_accept()}))
+            .unwrap();
     let id = out["module_id"].as_str().unwrap().to_owned();
     assert_eq!(id, "hello4", "ids are never reused: {out}");
     assert_eq!(out["image_url"], v1.as_str());
@@ -144,7 +157,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         .map(|_| {
             let (redis, bin, image) = (c.redis_address(), c.path().join("bin/api-cli"), v1.clone());
             std::thread::spawn(move || {
-                let data = serde_json::json!({"image": image, "node": 1}).to_string();
+                let data = serde_json::json!({"image": image, "node": 1, "accept": hello_accept()}).to_string();
                 let out = Command::new(bin)
                     .args(["run", "add-module", "--data", &data])
                     .env("REDIS_ADDRESS", redis)
@@ -291,9 +304,14 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
             .replace(r#""org.nethserver.rootfull": "0""#, r#""org.nethserver.rootfull": "1""#);
         std::fs::write(&spec, text).unwrap();
     });
-    let out =
-        run(&c, "add-module", "cluster", serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.8.0"), "node": 1}))
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let rootful = format!("{reg}/ns8rs/hello:0.8.0");
+    let err =
+        run(&c, "add-module", "cluster", serde_json::json!({"image": rootful, "node": 1, "accept": hello_accept()}))
+            .unwrap_err();
+    assert!(err.contains("accept_consent_required") && err.contains("\"rootfull\":true"), "{err}");
+    let accept = serde_json::json!({"authorizations": ["node:reader"], "rootfull": true});
+    let out = run(&c, "add-module", "cluster", serde_json::json!({"image": rootful, "node": 1, "accept": accept}))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     let rid = out["module_id"].as_str().unwrap().to_owned();
     let rport = port_of(&c, &rid);
     assert!(page(rport, "/").contains("Hello"), "{}", c.log());
@@ -315,4 +333,43 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         .filter(|c| c.contains(&marker) || c.contains(&storage.display().to_string()))
         .collect();
     assert!(running.is_empty(), "{running:?}");
+
+    // An image asking to own the cluster, another module's owner role and to read the
+    // cluster: refused until accepted, installed with it, and never owner of the cluster.
+    build_variant(&c, work.path(), "hello", "0.6.0", |d| {
+        let spec = d.join("module.json");
+        let text = std::fs::read_to_string(&spec).unwrap().replace(
+            r#""org.nethserver.authorizations": "node:reader""#,
+            r#""org.nethserver.authorizations": "node:reader cluster:owner,reader hello@node:owner""#,
+        );
+        std::fs::write(&spec, text).unwrap();
+    });
+    let greedy = format!("{reg}/ns8rs/hello:0.6.0");
+    let before = picture(&c, "hello");
+    let partly = serde_json::json!({"authorizations": ["node:reader", "cluster:reader"]});
+    let err = run(&c, "add-module", "cluster", serde_json::json!({"image": greedy, "node": 1, "accept": partly}))
+        .unwrap_err();
+    assert!(err.contains("accept_consent_required") && err.contains("hello@node:owner"), "{err}");
+    assert!(!err.contains("cluster:owner"), "owner of the cluster is not even offered: {err}");
+    assert_eq!(picture(&c, "hello"), before);
+    let all =
+        serde_json::json!({"authorizations": ["node:reader", "cluster:reader", "hello@node:owner", "cluster:owner"]});
+    let out = run(&c, "add-module", "cluster", serde_json::json!({"image": greedy, "node": 1, "accept": all}))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    assert_eq!(out["not_granted"], serde_json::json!(["cluster:owner"]), "{out}");
+    let gid = out["module_id"].as_str().unwrap().to_owned();
+    assert_eq!(c.redis(&["HGET", &format!("roles/module/{gid}"), "cluster"]), "reader", "never owner of the cluster");
+    let listed = run(&c, "list-modules", "cluster", Value::Null).unwrap();
+    let hello = listed.as_array().unwrap().iter().find(|m| m["id"] == "hello").unwrap().clone();
+    assert_eq!(
+        hello["versions"][0]["consent"],
+        serde_json::json!({"authorizations": ["node:reader"], "rootfull": false})
+    );
+    run(&c, "remove-module", "cluster", serde_json::json!({"module_id": gid})).unwrap();
+    assert!(traces(&c, &gid).is_empty(), "{:?}", traces(&c, &gid));
+}
+
+/// What hello's labels ask for beyond its own agent, accepted.
+fn hello_accept() -> Value {
+    serde_json::json!({"authorizations": ["node:reader"]})
 }
