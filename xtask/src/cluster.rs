@@ -382,7 +382,7 @@ fn module_ids(root: &Path) -> Vec<String> {
 fn stop_modules(root: &Path) {
     let setup = node_setup(root);
     for id in module_ids(root) {
-        let Some(paths) = node_agent::modules::ModulePaths::find(&setup, &id) else { continue };
+        let Ok(Some(paths)) = node_agent::modules::ModulePaths::find(&setup, &id) else { continue };
         if let Err(e) = paths.module_service(&setup, &["down"]) {
             eprintln!("xtask: module {id}: {e}");
         }
@@ -407,8 +407,8 @@ fn node_setup(root: &Path) -> node_agent::modules::NodeSetup {
 fn remove_modules(root: &Path) -> Result<()> {
     let setup = node_setup(root);
     for id in module_ids(root) {
-        if let Some(paths) = node_agent::modules::ModulePaths::find(&setup, &id) {
-            if paths.user.is_none() {
+        if let Ok(Some(paths)) = node_agent::modules::ModulePaths::find(&setup, &id) {
+            if paths.rootful {
                 // Root's containers are not killed with a user: stop them first.
                 let _ = paths.module_service(&setup, &["down"]);
             }

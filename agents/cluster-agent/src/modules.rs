@@ -129,8 +129,39 @@ fn failed(e: impl std::fmt::Display) -> ActionError {
     ActionError::failed(e.to_string())
 }
 
+/// How long a sub-task's agent may go without a live Redis connection before the
+/// wait for it ends (a restart takes seconds; its queue keeps the task meanwhile).
+const SUBTASK_AGENT_GONE: Duration = Duration::from_secs(30);
+
+/// Asks `agent` to cancel the sub-task if the wait for it is dropped (its parent task
+/// was cancelled) before it ended.
+struct CancelOnDrop {
+    redis: Client,
+    agent: AgentId,
+    task: String,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut cancel = Task::new("cancel-task", json!({"task": self.task}));
+        cancel.id = uuid::Uuid::new_v4().to_string();
+        cancel.queue = keys::tasks(&self.agent);
+        let (redis, queue) = (self.redis.clone(), keys::tasks(&self.agent));
+        let json = serde_json::to_string(&cancel).expect("a Task always serializes");
+        tokio::spawn(async move {
+            let _: Result<i64, _> = redis.lpush(queue, json).await;
+        });
+    }
+}
+
 /// Run `action` on `agent` as a sub-task of the running task and return its output,
-/// or its error as text.
+/// or its error as text. The wait is bounded: it ends when the agent has no live
+/// connection for [`SUBTASK_AGENT_GONE`] (a task still queued is taken back first, so
+/// it never runs late); and cancellable: dropping it asks the agent to cancel.
 pub async fn subtask(
     tc: &TaskClient,
     ctx: &ActionContext,
@@ -139,7 +170,7 @@ pub async fn subtask(
     data: Value,
 ) -> Result<Value, String> {
     let mut task = Task {
-        id: String::new(),
+        id: uuid::Uuid::new_v4().to_string(),
         action: action.to_owned(),
         data,
         extra: json!({}),
@@ -148,7 +179,38 @@ pub async fn subtask(
         user: ctx.agent.to_string(),
         timestamp: None,
     };
-    let r = tc.run(agent, &mut task, |_| {}).await.map_err(|e| format!("{agent}/{action}: {e}"))?;
+    let mut guard = CancelOnDrop { redis: ctx.redis.clone(), agent: agent.clone(), task: task.id.clone(), armed: true };
+    let pushed = task.clone();
+    let watchdog = async {
+        let mut gone_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if bus::agent_is_alive(&ctx.redis, agent, 8).await.unwrap_or(true) {
+                gone_since = None;
+                continue;
+            }
+            let since = *gone_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SUBTASK_AGENT_GONE {
+                return since;
+            }
+        }
+    };
+    let r = tokio::select! {
+        r = tc.run(agent, &mut task, |_| {}) => r.map_err(|e| format!("{agent}/{action}: {e}"))?,
+        since = watchdog => {
+            guard.armed = false;
+            // Still queued: take it back, so that it does not run after this failure.
+            let json = serde_json::to_string(&pushed).expect("a Task always serializes, as TaskClient::push did");
+            let withdrawn: i64 = ctx.redis.lrem(keys::tasks(agent), 1, json).await.unwrap_or(0);
+            let fate = if withdrawn == 1 { "it was taken back from its queue, never run" } else { "it may still end later" };
+            return Err(format!(
+                "{agent} has not been running for {} s while {action} (task {}) waited for it: {fate}",
+                since.elapsed().as_secs(),
+                pushed.id
+            ));
+        }
+    };
+    guard.armed = false;
     if r.exit_code == 0 {
         return Ok(r.output);
     }
@@ -272,6 +334,36 @@ async fn apply_authorizations(
     Ok(made)
 }
 
+/// Take module `id` for `operation` (`install`, `update`, `removal`): one operation
+/// per module at a time. A second caller is refused with the task holding it.
+async fn lock(ctx: &ActionContext, id: &str, operation: &str) -> Result<(), ActionError> {
+    let entry = json!({"task": ctx.task_id, "operation": operation}).to_string();
+    let taken: bool = ctx.redis.hsetnx(keys::MODULE_LOCKS, id, entry).await?;
+    if taken {
+        return Ok(());
+    }
+    let holder: Option<String> = ctx.redis.hget(keys::MODULE_LOCKS, id).await?;
+    let holder: Value = holder.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+    Err(failed(format!(
+        "module {id} is busy with task {} (its {}): try again when it has ended",
+        holder["task"].as_str().unwrap_or("?"),
+        holder["operation"].as_str().unwrap_or("operation")
+    )))
+}
+
+/// Give module `id` back, if this task holds it.
+async fn unlock(ctx: &ActionContext, id: &str) {
+    let holder: Result<Option<String>, _> = ctx.redis.hget(keys::MODULE_LOCKS, id).await;
+    let mine = holder
+        .ok()
+        .flatten()
+        .and_then(|h| serde_json::from_str::<Value>(&h).ok())
+        .is_some_and(|h| h["task"] == ctx.task_id.as_str());
+    if mine {
+        let _: Result<i64, _> = ctx.redis.hdel(keys::MODULE_LOCKS, id).await;
+    }
+}
+
 /// Record in `journal` ([`INSTALLING`] or [`UPDATING`]) that work on module `id` has
 /// begun on `node`; [`recover`] finishes it if this agent dies before the entry goes.
 async fn journal(ctx: &ActionContext, journal: &str, id: &str, node: &AgentId) -> Result<(), bus::fred::error::Error> {
@@ -298,6 +390,15 @@ pub async fn recover(ctx: ActionContext, redis_cfg: RedisConfig) {
                 _ => tracing::error!("{key}: entry {id:?} = {entry:?} names no module and node: left alone"),
             }
         }
+    }
+    // Every lock was held by a task of the previous run, now closed; the work a crash
+    // cut short holds its module until it is finished, here or at a later start.
+    let _: Result<i64, _> = ctx.redis.del(keys::MODULE_LOCKS).await;
+    for (key, id, _, _) in &pending {
+        let entry: Option<String> = ctx.redis.hget(*key, id.as_str()).await.ok().flatten();
+        let task = entry.and_then(|e| serde_json::from_str::<Value>(&e).ok()).map(|e| e["task"].clone());
+        let held = json!({"task": task, "operation": "recovery after a restart"}).to_string();
+        let _: Result<i64, _> = ctx.redis.hset(keys::MODULE_LOCKS, (id.as_str(), held)).await;
     }
     if pending.is_empty() {
         return;
@@ -334,6 +435,7 @@ pub async fn recover(ctx: ActionContext, redis_cfg: RedisConfig) {
         match finished {
             Ok(what) => {
                 let _: Result<i64, _> = ctx.redis.hdel(key, &id).await;
+                let _: Result<i64, _> = ctx.redis.hdel(keys::MODULE_LOCKS, &id).await;
                 tracing::warn!("{key}: {id} was cut short by a restart of this agent: {what}");
             }
             Err(e) => {
@@ -432,15 +534,20 @@ pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Res
     protocol::validate_module_id(&id).map_err(|e| failed(format!("image name {:?}: {e}", img.name)))?;
     let agent = AgentId::module(&id).map_err(failed)?;
     let uuid = data["module_uuid"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    lock(&ctx, &id, "install").await?;
     journal(&ctx, INSTALLING, &id, &node).await?;
     let mut inst = Install { ctx: &ctx, tc: &tc, id: id.clone(), agent: agent.clone(), undo: vec![Undo::Keys] };
     let outcome = install(&mut inst, &node, node_id, &img, &req, &uuid).await;
     let result = match outcome {
-        Ok(v) => Ok(v),
+        Ok(v) => {
+            unlock(&ctx, &id).await;
+            Ok(v)
+        }
         Err(e) => {
             let problems = inst.rollback().await;
             if problems.is_empty() {
                 let _: Result<i64, _> = ctx.redis.hdel(INSTALLING, &id).await;
+                unlock(&ctx, &id).await;
             }
             let tail = if problems.is_empty() {
                 "; nothing of it was left behind".to_owned()
@@ -576,7 +683,14 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         return Err(ActionError::invalid("module_id", json!(id), "not_installed"));
     };
     let node = AgentId::Node(node_id);
-    let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
+    lock(&ctx, &id, "removal").await?;
+    let tc = match TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await {
+        Ok(tc) => tc,
+        Err(e) => {
+            unlock(&ctx, &id).await;
+            return Err(failed(e));
+        }
+    };
     let result = async {
         // Checked first: a removal that cannot reach the node must not begin.
         let node_alive = bus::agent_is_alive(&ctx.redis, &node, 30).await.map_err(failed)?;
@@ -627,6 +741,7 @@ pub async fn remove(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
     }
     .await;
     tc.quit().await;
+    unlock(&ctx, &id).await;
     result
 }
 
@@ -677,7 +792,24 @@ pub async fn update(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         check_roles(&ctx.redis, node, &req).await?;
         targets.push((id.to_owned(), agent, AgentId::Node(node)));
     }
-    let tc = TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await.map_err(failed)?;
+    // Every instance is taken before any is touched.
+    for (i, (id, _, _)) in targets.iter().enumerate() {
+        if let Err(e) = lock(&ctx, id, "update").await {
+            for (taken, _, _) in &targets[..i] {
+                unlock(&ctx, taken).await;
+            }
+            return Err(e);
+        }
+    }
+    let tc = match TaskClient::connect(&redis_cfg, &ctx.agent.to_string()).await {
+        Ok(tc) => tc,
+        Err(e) => {
+            for (id, _, _) in &targets {
+                unlock(&ctx, id).await;
+            }
+            return Err(failed(e));
+        }
+    };
     let mut done = Vec::new();
     let mut errors = Vec::new();
     for (i, (id, agent, node)) in targets.iter().enumerate() {
@@ -688,6 +820,12 @@ pub async fn update(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> 
         ctx.set_progress((((i + 1) * 100) / targets.len()).min(99) as u8);
     }
     tc.quit().await;
+    // An update whose rollback failed stays journaled for the next start to settle; the
+    // node's own lock still guards the module meanwhile, and a later update takes the
+    // journal entry over.
+    for (id, _, _) in &targets {
+        unlock(&ctx, id).await;
+    }
     if errors.is_empty() { Ok(json!({"image_url": url, "instances": done})) } else { Err(failed(errors.join("; "))) }
 }
 

@@ -835,6 +835,16 @@ pub fn read_imageroot_list(dir: &Path) -> Result<Vec<String>, ExtractError> {
     if text.len() as u64 > MAX_LIST_BYTES {
         return Err(fail(format!("is larger than {}", Size(MAX_LIST_BYTES))));
     }
+    parse_imageroot_list(&path, &text)
+}
+
+/// The names in the text of [`IMAGEROOT_LIST`] (read from `path`), each checked: one
+/// entry of the install dir, no `/`, `.` or `..`. Blank lines are ignored.
+pub fn parse_imageroot_list(path: &Path, text: &str) -> Result<Vec<String>, ExtractError> {
+    let fail = |why: String| ExtractError::List { path: path.to_owned(), why };
+    if text.len() as u64 > MAX_LIST_BYTES {
+        return Err(fail(format!("is larger than {}", Size(MAX_LIST_BYTES))));
+    }
     let mut names = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         check_list_name(line).map_err(fail)?;

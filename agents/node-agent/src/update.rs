@@ -2,20 +2,29 @@
 //! warns when an update step fails).
 //!
 //! `update-module` stops the module's services, takes a snapshot of its install dir
-//! (files and state) and of its Podman volumes beside the install dir, then
-//! swaps in the new image's `imageroot/` and environment. The cluster then runs the
-//! module's own `update-module` steps, and ends with `finish-update`: `commit` starts
-//! the enabled services and drops the snapshot; `rollback` (or a commit whose
-//! services do not start) puts the snapshot back and starts the previous version
-//! again. After a commit the images no container uses any more are removed. Only one update of a module runs at a time: the snapshot is the lock.
+//! (files and state) and of its Podman volumes, then swaps in the new image's
+//! `imageroot/` and environment. The cluster then runs the module's own
+//! `update-module` steps, and ends with `finish-update`: `commit` starts the enabled
+//! services and drops the snapshot; `rollback` (or a commit whose services do not
+//! start) puts the snapshot back and starts the previous version again. After a commit
+//! the images no container uses any more are removed.
+//!
+//! Every change to the module's tree is made by its own hands ([`Hands`]): a rootless
+//! module's snapshot lives in its home and is taken and put back by its uid, inside
+//! its user namespace (its containers' files keep their owners). The phase is
+//! recorded in the node's registry before each step, which is the lock (one
+//! operation per module) and what [`recover`] reads after a crash: the module ends on
+//! its old version or its new one, never half.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use agent_runtime::{ActionContext, ActionError};
 use serde_json::{Value, json};
 
 use crate::extract;
-use crate::modules::{ModulePaths, NodeSetup, chown_tree, cp_a, remove_path};
+use crate::hands::Hands;
+use crate::modules::{ModulePaths, NodeSetup, read_list, write_list};
+use crate::registry::{Operation, UpdatePhase};
 
 pub fn update_schema() -> Value {
     json!({
@@ -44,85 +53,152 @@ fn failed(e: impl std::fmt::Display) -> ActionError {
     ActionError::failed(e.to_string())
 }
 
-/// Beside the install dir, never in it: `~/` for a rootless module, the rootful base
-/// dir otherwise.
-fn work_dir(p: &ModulePaths) -> PathBuf {
-    p.install_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| p.base.clone())
-}
-
+/// Where the snapshot is: in a rootless module's home (its own to keep), beside a
+/// rootful module's root-only base dir.
 fn snapshot_dir(p: &ModulePaths) -> PathBuf {
-    work_dir(p).join(format!(".{}-update-snapshot", p.id))
+    if p.rootful {
+        p.base.parent().unwrap_or(&p.base).join(format!(".{}-update-snapshot", p.id))
+    } else {
+        p.base.join(".ns8rs-update-snapshot")
+    }
 }
 
 fn find(setup: &NodeSetup, data: &Value) -> Result<ModulePaths, ActionError> {
     let id = data["module_id"].as_str().unwrap_or_default();
     protocol::validate_module_id(id).map_err(|e| ActionError::invalid("module_id", json!(id), &e.to_string()))?;
-    ModulePaths::find(setup, id).ok_or_else(|| ActionError::invalid("module_id", json!(id), "not_on_this_node"))
+    ModulePaths::find(setup, id)
+        .map_err(failed)?
+        .ok_or_else(|| ActionError::invalid("module_id", json!(id), "not_on_this_node"))
 }
 
-fn read_env(p: &ModulePaths) -> Vec<(String, String)> {
-    std::fs::read_to_string(p.state_dir.join("environment")).map(|t| protocol::envfile::parse(&t)).unwrap_or_default()
+/// The module's `state/environment`, read by its own hands.
+fn read_env(p: &ModulePaths) -> Result<Vec<(String, String)>, String> {
+    let text = p.hands()?.read(&p.state_dir.join("environment")).map_err(|e| e.to_string())?;
+    Ok(protocol::envfile::parse(&text.unwrap_or_default()))
+}
+
+fn env_map(p: &ModulePaths) -> Value {
+    Value::Object(read_env(p).unwrap_or_default().into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+}
+
+/// Record the update's phase (the lock, and what a restart reads).
+fn phase(setup: &NodeSetup, p: &ModulePaths, task: &str, phase: UpdatePhase) -> Result<(), String> {
+    let op = Operation::Update { task: task.to_owned(), phase };
+    setup.registry().set_operation(&p.id, &op).map_err(|e| e.to_string())
+}
+
+fn done(setup: &NodeSetup, p: &ModulePaths) -> Result<(), String> {
+    setup.registry().clear_operation(&p.id).map_err(|e| e.to_string())
+}
+
+/// Copy the install dir and the volumes into the snapshot; `complete` marks it whole.
+fn take_snapshot(p: &ModulePaths, hands: Hands) -> Result<(), String> {
+    let snap = snapshot_dir(p);
+    let script = r#"set -e
+rm -rf -- "$1"; mkdir -p -- "$1/volumes"; chmod 700 -- "$1"
+cp -a -- "$2" "$1/install"
+if [ -d "$3" ]; then for v in "$3"/* ; do [ -e "$v" ] || continue; cp -a -- "$v" "$1/volumes/"; done; fi
+touch -- "$1/complete""#;
+    let vols = p.volumes_dir();
+    let args = [snap.as_os_str(), p.install_dir.as_os_str(), vols.as_os_str()];
+    hands.sh_unshared(&format!("taking the snapshot of {}", p.id), script, &args).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Put the snapshot back (install dir; the volumes it holds); the snapshot stays.
+fn put_back(p: &ModulePaths, hands: Hands) -> Result<(), String> {
+    let snap = snapshot_dir(p);
+    let script = r#"set -e
+[ -f "$1/complete" ] || { echo "no snapshot of the module to restore" >&2; exit 3; }
+rm -rf -- "$2"; cp -a -- "$1/install" "$2"
+mkdir -p -- "$3"
+for v in "$1"/volumes/* ; do [ -e "$v" ] || continue; n=${v##*/}; rm -rf -- "$3/$n"; cp -a -- "$v" "$3/$n"; done"#;
+    let vols = p.volumes_dir();
+    let args = [snap.as_os_str(), p.install_dir.as_os_str(), vols.as_os_str()];
+    hands
+        .sh_unshared(&format!("restoring the snapshot of {}", p.id), script, &args)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn has_snapshot(p: &ModulePaths, hands: Hands) -> Result<bool, String> {
+    let complete = snapshot_dir(p).join("complete");
+    let out = hands
+        .sh(
+            "checking the snapshot",
+            std::time::Duration::from_secs(30),
+            r#"[ -f "$1" ] && echo y || echo n"#,
+            &[complete.as_os_str()],
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(out.starts_with(b"y"))
+}
+
+fn drop_snapshot(p: &ModulePaths, hands: Hands) -> Result<(), String> {
+    // Volumes' files belong to the containers' sub-uids: removed inside the namespace.
+    let snap = snapshot_dir(p);
+    hands
+        .sh_unshared(&format!("removing the snapshot of {}", p.id), r#"rm -rf -- "$1""#, &[snap.as_os_str()])
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Value, ActionError> {
     let paths = find(&setup, &data)?;
     let image = data["image_url"].as_str().unwrap_or_default().to_owned();
     protocol::image::parse_reference(&image).map_err(|e| failed(format!("image_url: {e}")))?;
-    let snap = snapshot_dir(&paths);
-    if snap.exists() {
+    if let Some(op) = setup.registry().operation(&paths.id).map_err(failed)? {
         return Err(failed(format!(
-            "an update of {} is already in progress (or was interrupted: {} exists; finish-update rolls it back)",
+            "module {} is busy with task {} ({}); finish-update ends an update in progress",
             paths.id,
-            snap.display()
+            op.task(),
+            op.name()
         )));
     }
     let new_vars: Vec<(String, String)> = data["environment"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
         .unwrap_or_default();
-    let s = setup.clone();
+    let (s, task) = (setup.clone(), ctx.task_id.clone());
     tokio::task::spawn_blocking(move || -> Result<Value, String> {
+        let hands = paths.hands()?;
         // 1. The new files first, before anything of the module is touched, in a
         //    root-only staging dir: the module's home is the module's to change.
         let staging = extract::staging_dir(&s.state_dir).map_err(|e| e.to_string())?;
         let fresh = extract::imageroot(&image, staging.path()).map_err(|e| e.to_string())?;
         let digest = fresh.digest.clone();
         // What the old image put there; checked before anything is stopped.
-        let old_top = extract::read_imageroot_list(&paths.install_dir).map_err(|e| e.to_string())?;
+        let old_top = read_list(&paths)?;
         // 2. Services stopped, so the snapshot is consistent.
-        paths.module_service(&s, &["down"]).map_err(|e| format!("cannot stop the services: {e}"))?;
-        std::fs::create_dir(&snap).map_err(|e| format!("cannot create {}: {e}", snap.display()))?;
-        let taken = (|| {
-            cp_a(&paths.install_dir, &snap.join("install"))?;
-            std::fs::create_dir(snap.join("volumes")).map_err(|e| e.to_string())?;
-            for e in std::fs::read_dir(paths.volumes_dir()).into_iter().flatten().flatten() {
-                cp_a(&e.path(), &snap.join("volumes").join(e.file_name()))?;
-            }
-            Ok::<(), String>(())
-        })();
-        if let Err(e) = taken {
-            let _ = remove_path(&snap);
+        phase(&s, &paths, &task, UpdatePhase::Stopping)?;
+        crate::failpoint("update:stopping");
+        if let Err(e) = paths.module_service(&s, &["down"]) {
             let _ = paths.module_service(&s, &["up"]);
+            done(&s, &paths)?;
+            return Err(format!("cannot stop the services: {e}"));
+        }
+        phase(&s, &paths, &task, UpdatePhase::Snapshot)?;
+        crate::failpoint("update:snapshot");
+        if let Err(e) = take_snapshot(&paths, hands) {
+            let _ = drop_snapshot(&paths, hands);
+            let _ = paths.module_service(&s, &["up"]);
+            done(&s, &paths)?;
             return Err(format!("cannot snapshot the module before updating it: {e}"));
         }
         // 3. Swap: what the old imageroot put there goes, the new one comes; state/
         //    and the node's containers/ stay.
+        phase(&s, &paths, &task, UpdatePhase::Swap)?;
         let swapped = (|| {
-            for name in old_top.iter().filter(|n| *n != "state") {
-                let p = paths.install_dir.join(name);
-                if p.is_dir() {
-                    remove_path(&p)?
-                } else {
-                    let _ = std::fs::remove_file(&p);
-                }
+            // state/ is the module's, containers/ the node's: neither comes from the image.
+            let top: Vec<String> = fresh.top.iter().filter(|n| *n != "state" && *n != "containers").cloned().collect();
+            for name in old_top.iter().chain(&top).filter(|n| *n != "state" && *n != "containers") {
+                hands.remove(&paths.install_dir.join(name)).map_err(|e| e.to_string())?;
             }
-            let top: Vec<String> = fresh.top.iter().filter(|n| *n != "state").cloned().collect();
-            for name in &top {
-                remove_path(&paths.install_dir.join(name))?;
-                cp_a(&fresh.tree.join(name), &paths.install_dir.join(name))?;
-            }
-            extract::write_imageroot_list(&paths.install_dir, &top).map_err(|e| e.to_string())?;
-            let mut env = read_env(&paths);
+            // Half swapped: the old files gone, the new ones not there yet.
+            crate::failpoint("update:swap");
+            hands.deliver(&fresh.tree, &top, &paths.install_dir).map_err(|e| e.to_string())?;
+            write_list(&paths, &top)?;
+            let mut env = read_env(&paths)?;
             let old = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
             let mut prev: Vec<(String, String)> = Vec::new();
             for k in ["IMAGE_URL", "IMAGE_DIGEST"] {
@@ -141,17 +217,14 @@ pub async fn update(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
                 env.push((k, v));
             }
             let text = protocol::envfile::render(&env);
-            std::fs::write(paths.state_dir.join("environment"), text).map_err(|e| e.to_string())?;
-            if let Some(u) = &paths.user {
-                chown_tree(&paths.install_dir, u)?;
-            }
-            Ok::<(), String>(())
+            hands.write(&paths.state_dir.join("environment"), text.as_bytes(), 0o600).map_err(|e| e.to_string())
         })();
         if let Err(e) = swapped {
-            let restored = restore(&paths, &s);
+            let restored = rollback(&paths, &s, &task);
             return Err(format!("cannot swap in the new image: {e}; {}", describe(restored)));
         }
-        Ok(json!({"snapshot": snap, "image_digest": digest}))
+        phase(&s, &paths, &task, UpdatePhase::Swapped)?;
+        Ok(json!({"snapshot": snapshot_dir(&paths), "image_digest": digest}))
     })
     .await
     .map_err(failed)?
@@ -166,55 +239,62 @@ fn describe(restored: Result<(), String>) -> String {
     }
 }
 
-/// Put the snapshot back and start the services again.
-fn restore(paths: &ModulePaths, setup: &NodeSetup) -> Result<(), String> {
-    let snap = snapshot_dir(paths);
-    if !snap.join("install").is_dir() {
+/// Put the snapshot back, start the services again, drop the snapshot and the lock.
+fn rollback(paths: &ModulePaths, setup: &NodeSetup, task: &str) -> Result<(), String> {
+    let hands = paths.hands()?;
+    if !has_snapshot(paths, hands)? {
         return Err(format!("no snapshot of {} to restore", paths.id));
     }
+    phase(setup, paths, task, UpdatePhase::Rollback)?;
+    crate::failpoint("update:rollback");
     if let Err(e) = paths.module_service(setup, &["down"]) {
         tracing::warn!("module {}: stopping its services before the rollback: {e}", paths.id);
     }
-    remove_path(&paths.install_dir)?;
-    cp_a(&snap.join("install"), &paths.install_dir)?;
-    let vdir = paths.volumes_dir();
-    for e in std::fs::read_dir(&vdir).into_iter().flatten().flatten() {
-        if snap.join("volumes").join(e.file_name()).exists() {
-            remove_path(&e.path())?;
-        }
-    }
-    for e in std::fs::read_dir(snap.join("volumes")).map_err(|e| e.to_string())?.flatten() {
-        cp_a(&e.path(), &vdir.join(e.file_name()))?;
-    }
+    put_back(paths, hands)?;
     paths.module_service(setup, &["up"]).map_err(|e| format!("the previous version does not start: {e}"))?;
-    remove_path(&snap)
+    drop_snapshot(paths, hands)?;
+    done(setup, paths)
 }
 
-pub async fn finish(_ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Value, ActionError> {
-    let paths = find(&setup, &data)?;
-    let commit = data["outcome"] == "commit";
-    tokio::task::spawn_blocking(move || -> Result<Value, String> {
-        let snap = snapshot_dir(&paths);
-        if commit {
-            if !snap.exists() {
-                return Err(format!("no update of {} is in progress", paths.id));
+/// Start the new version; if it does not start, roll back.
+fn commit(paths: &ModulePaths, setup: &NodeSetup, task: &str) -> Result<Value, String> {
+    let hands = paths.hands()?;
+    phase(setup, paths, task, UpdatePhase::Commit)?;
+    crate::failpoint("update:commit");
+    match paths.module_service(setup, &["up"]) {
+        Ok(_) => {
+            drop_snapshot(paths, hands)?;
+            done(setup, paths)?;
+            // The previous version's images are no longer needed for a rollback.
+            if let Err(e) = paths.module_service(setup, &["prune"]) {
+                tracing::warn!("module {}: removing the previous images: {e}", paths.id);
             }
-            match paths.module_service(&setup, &["up"]) {
-                Ok(_) => {
-                    remove_path(&snap)?;
-                    // The previous version's images are no longer needed for a rollback.
-                    if let Err(e) = paths.module_service(&setup, &["prune"]) {
-                        tracing::warn!("module {}: removing the previous images: {e}", paths.id);
-                    }
-                    return Ok(json!({"rolled_back": false, "environment": env_map(&paths)}));
-                }
-                Err(e) => {
-                    let restored = restore(&paths, &setup);
-                    return Err(format!("the new version's services do not start: {e}; {}", describe(restored)));
-                }
-            }
+            Ok(json!({"rolled_back": false, "environment": env_map(paths)}))
         }
-        restore(&paths, &setup)?;
+        Err(e) => {
+            let restored = rollback(paths, setup, task);
+            Err(format!("the new version's services do not start: {e}; {}", describe(restored)))
+        }
+    }
+}
+
+pub async fn finish(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result<Value, ActionError> {
+    let paths = find(&setup, &data)?;
+    let commit_it = data["outcome"] == "commit";
+    let task = ctx.task_id.clone();
+    tokio::task::spawn_blocking(move || -> Result<Value, String> {
+        match setup.registry().operation(&paths.id).map_err(|e| e.to_string())? {
+            Some(Operation::Update { .. }) => {}
+            Some(op) => {
+                return Err(format!("module {} is busy with task {} ({})", paths.id, op.task(), op.name()));
+            }
+            None if commit_it => return Err(format!("no update of {} is in progress", paths.id)),
+            None => return Err(format!("no snapshot of {} to restore", paths.id)),
+        }
+        if commit_it {
+            return commit(&paths, &setup, &task);
+        }
+        rollback(&paths, &setup, &task)?;
         Ok(json!({"rolled_back": true, "environment": env_map(&paths)}))
     })
     .await
@@ -222,6 +302,46 @@ pub async fn finish(_ctx: ActionContext, data: Value, setup: NodeSetup) -> Resul
     .map_err(failed)
 }
 
-fn env_map(p: &ModulePaths) -> Value {
-    Value::Object(read_env(p).into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+/// At the node agent's start: the updates a crash cut short end on a version that
+/// runs. Before the swap: the module is started again as it was; during the swap or a
+/// rollback: the snapshot goes back; during a commit: the commit is done again (and
+/// rolled back if the new version does not start). A module swapped and waiting for
+/// the cluster's `finish-update` stays so.
+pub async fn recover(setup: &NodeSetup) {
+    let registry = setup.registry();
+    for id in registry.ids() {
+        let Ok(Some(Operation::Update { task, phase })) = registry.operation(&id) else { continue };
+        let paths = match ModulePaths::find(setup, &id) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!("module {id}: an update was cut short, and {e}");
+                continue;
+            }
+        };
+        let s = setup.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<&'static str, String> {
+            let hands = paths.hands()?;
+            match phase {
+                UpdatePhase::Swapped => Ok("left swapped, for the cluster's finish-update"),
+                UpdatePhase::Stopping | UpdatePhase::Snapshot => {
+                    drop_snapshot(&paths, hands)?;
+                    paths.module_service(&s, &["up"]).map_err(|e| format!("its services do not start: {e}"))?;
+                    done(&s, &paths)?;
+                    Ok("started again as it was (nothing had changed)")
+                }
+                UpdatePhase::Swap | UpdatePhase::Rollback => {
+                    rollback(&paths, &s, &task)?;
+                    Ok("rolled back to its previous version")
+                }
+                UpdatePhase::Commit => commit(&paths, &s, &task).map(|_| "committed"),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(what)) => tracing::warn!("module {id}: an update cut short by a restart: {what}"),
+            Ok(Err(e)) => tracing::error!("module {id}: finishing an update cut short by a restart failed: {e}"),
+            Err(e) => tracing::error!("module {id}: {e}"),
+        }
+    }
 }

@@ -40,6 +40,30 @@ pub fn lookup(name: &str, runtime_base: &Path) -> Option<ModuleUser> {
     })
 }
 
+/// The comment `useradd` gives a module's account: with the node's record, what
+/// makes an account a module's (and not a person's or the system's).
+fn account_comment(name: &str) -> String {
+    format!("ns8rs module {name}")
+}
+
+/// Whether the account `name` is one the node made for a module.
+pub fn is_module_account(name: &str) -> bool {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .is_some_and(|u| u.gecos.to_str().is_ok_and(|g| g == account_comment(name)))
+}
+
+/// `name`'s first subordinate id and count in `file` (`/etc/subuid`).
+fn subordinate_range(file: &Path, name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
 /// Whether `name` has a range in `file` (`/etc/subuid` or `/etc/subgid`).
 pub fn has_subordinate_range(file: &Path, name: &str) -> bool {
     std::fs::read_to_string(file).map(|t| t.lines().any(|l| l.split(':').next() == Some(name))).unwrap_or(false)
@@ -56,7 +80,7 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
     let home = home_base.join(name);
     run(Command::new("useradd")
         .args(["--create-home", "--shell", "/bin/bash", "--comment"])
-        .arg(format!("ns8rs module {name}"))
+        .arg(account_comment(name))
         .arg("--home-dir")
         .arg(&home)
         .arg(name))?;
@@ -89,13 +113,18 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
 /// The processes whose real uid is `uid`, zombies excepted (they are already dead,
 /// waiting for a parent that may not be the module's to reap them).
 pub fn live_processes(uid: u32) -> Vec<i32> {
+    live_processes_in(uid, 1)
+}
+
+/// Like [`live_processes`] for the uids `first..first + count`.
+fn live_processes_in(first: u32, count: u32) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
         let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("");
         let real_uid = field("Uid:").split_whitespace().next().and_then(|u| u.parse::<u32>().ok());
-        if real_uid == Some(uid) && !field("State:").starts_with('Z') {
+        if real_uid.is_some_and(|u| u >= first && u - first < count) && !field("State:").starts_with('Z') {
             pids.push(pid);
         }
     }
@@ -104,9 +133,23 @@ pub fn live_processes(uid: u32) -> Vec<i32> {
 
 /// SIGKILL every process of `uid` until none is left (at most about a second).
 pub fn kill_all(uid: u32) {
+    kill_all_in(uid, 1);
+}
+
+/// SIGKILL every process of the module's user and of its containers (the uids of its
+/// subordinate range), until none is left: nothing of it may change its files while
+/// root copies or removes them.
+pub fn kill_all_of(user: &ModuleUser) {
+    kill_all(user.uid);
+    if let Some((first, count)) = subordinate_range(Path::new("/etc/subuid"), &user.name) {
+        kill_all_in(first, count);
+    }
+}
+
+fn kill_all_in(first: u32, count: u32) {
     use nix::sys::signal::{Signal, kill};
     for _ in 0..50 {
-        let pids = live_processes(uid);
+        let pids = live_processes_in(first, count);
         if pids.is_empty() {
             return;
         }
@@ -123,7 +166,7 @@ pub fn kill_all(uid: u32) {
 pub fn remove(name: &str, runtime_base: &Path) -> Result<(), String> {
     let Some(user) = lookup(name, runtime_base) else { return Ok(()) };
     // Processes keep userdel from working and would outlive the module.
-    kill_all(user.uid);
+    kill_all_of(&user);
     if user.runtime_dir.exists() {
         std::fs::remove_dir_all(&user.runtime_dir)
             .map_err(|e| format!("cannot remove {}: {e}", user.runtime_dir.display()))?;

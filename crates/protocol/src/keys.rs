@@ -123,6 +123,10 @@ pub fn repository_cache(name: &str) -> String {
     format!("cluster/repository_cache/{name}")
 }
 
+/// Beyond NS8: hash `module id -> {"task", "operation"}` of the operations in
+/// progress (install, update, removal): one per module at a time.
+pub const MODULE_LOCKS: &str = "cluster/module_locks";
+
 /// Hash `module id -> node id`: the installed modules.
 pub const MODULE_NODE: &str = "cluster/module_node";
 

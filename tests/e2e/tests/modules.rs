@@ -234,7 +234,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     build_variant(&c, work.path(), "hello", "2.5.0", |d| {
         write_step(d, "update-module", "10slow", "#!/bin/sh\nsleep 60\n");
     });
-    let snapshot = PathBuf::from(format!("/home/{id}/.{id}-update-snapshot"));
+    let snapshot = PathBuf::from(format!("/home/{id}/.ns8rs-update-snapshot"));
     let updater = run_in_background(
         &c,
         "update-module",
