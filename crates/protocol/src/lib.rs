@@ -13,6 +13,7 @@ pub mod exit;
 mod id;
 pub mod image;
 pub mod keys;
+pub mod secrets;
 pub mod stepenv;
 pub mod task;
 pub mod time;
