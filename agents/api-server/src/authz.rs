@@ -19,14 +19,18 @@ use crate::token::Claims;
 
 /// KEYS: revoked token (or "" for a request without one), user profile, grants of the
 /// subject, cluster network.
-/// ARGV: agent id (or ""), "user" or "agent".
-/// Returns {status, networks, patterns...}: status 0 = revoked, 1 = user gone, 2 = ok.
+/// ARGV: agent id (or ""), "user" or "agent", the token's session generation (or ""
+/// for no check).
+/// Returns {status, networks, patterns...}: status 0 = revoked, 1 = user gone, 2 = ok,
+/// 3 = the session predates a password or 2FA change.
 pub const SESSION: &str = r"
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local nets
 if ARGV[2] == 'user' then
   if redis.call('EXISTS', KEYS[2]) == 0 then return {1} end
-  nets = redis.call('HGET', KEYS[2], 'allowed_networks') or ''
+  local p = redis.call('HMGET', KEYS[2], 'allowed_networks', 'token_generation')
+  if ARGV[3] ~= '' and (p[2] or '0') ~= ARGV[3] then return {3} end
+  nets = p[1] or ''
 else
   nets = redis.call('GET', KEYS[4]) or ''
 end
@@ -119,9 +123,10 @@ pub async fn lookup(
     redis: &Client,
     script: &Script,
     subject: &Subject,
-    jti: Option<&str>,
+    token: Option<&Claims>,
     agent: Option<&AgentId>,
 ) -> Result<(String, Vec<String>), ApiError> {
+    let jti = token.map(|c| c.jti.as_str());
     let (kind, user_key) = match subject {
         Subject::User(u) => ("user", keys::user(u)),
         Subject::Agent(_) => ("agent", String::from("-")),
@@ -133,10 +138,18 @@ pub async fn lookup(
         keys::CLUSTER_NETWORK.to_owned(),
     ];
     let agent_arg = agent.map(|a| a.to_string()).unwrap_or_default();
-    let reply: Vec<fred::types::Value> = script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into()]).await?;
+    let generation = token.map(|c| c.generation.to_string()).unwrap_or_default();
+    let reply: Vec<fred::types::Value> =
+        script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into(), generation]).await?;
     match reply.first().and_then(|v| v.as_i64()) {
         Some(0) => return Err(ApiError::unauthorized("the session token was revoked (logged out): log in again")),
         Some(1) => return Err(ApiError::unauthorized(format!("user {} no longer exists", subject.name()))),
+        Some(3) => {
+            return Err(ApiError::unauthorized(format!(
+                "the session ended when the password or two-factor settings of {} changed: log in again",
+                subject.name()
+            )));
+        }
         Some(2) => {}
         _ => return Err(ApiError::unauthorized("the session could not be checked")),
     }
@@ -161,7 +174,7 @@ pub async fn check(
     agent: Option<AgentId>,
 ) -> Result<Session, ApiError> {
     let subject = Subject::parse(&claims.id);
-    let (networks, patterns) = lookup(redis, script, &subject, Some(&claims.jti), agent.as_ref()).await?;
+    let (networks, patterns) = lookup(redis, script, &subject, Some(&claims), agent.as_ref()).await?;
     if !may_connect(&subject, &networks, source) {
         return Err(ApiError::forbidden(format!("{} may not connect from {source}", subject.name())));
     }

@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::keyfile;
+use crate::net::TrustedProxies;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address to listen on. Loopback by default: the edge proxy publishes the API.
@@ -34,4 +37,38 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (login: 16 KiB whatever this says).
     #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Proxies whose `X-Forwarded-For` is believed: comma-separated IP addresses and
+    /// CIDRs, e.g. the edge proxy's `127.0.0.1`. Empty: no forwarding header is ever
+    /// believed, and the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
+    pub trusted_proxies: TrustedProxies,
+    /// Key of the audit chain's HMAC (created, mode 0600, if missing). Default:
+    /// `audit-key` beside API_SECRET_FILE.
+    #[arg(long, env = "AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+    /// Where this server keeps the audit chain's head it last wrote (the record
+    /// number and hash), to see a truncated tail. Default: `audit-head` beside
+    /// API_SECRET_FILE.
+    #[arg(long, env = "AUDIT_HEAD_FILE")]
+    pub audit_head_file: Option<PathBuf>,
+    /// Key sealing the secrets stored in Redis (TOTP secrets; created, mode 0600, if
+    /// missing). Default: `data-key` beside API_SECRET_FILE.
+    #[arg(long, env = "DATA_KEY_FILE")]
+    pub data_key_file: Option<PathBuf>,
+}
+
+fn parse_proxies(s: &str) -> Result<TrustedProxies, String> {
+    s.parse()
+}
+
+impl ServeArgs {
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit_key_file.clone().unwrap_or_else(|| keyfile::beside(&self.secret_file, "audit-key"))
+    }
+    pub fn audit_head_path(&self) -> PathBuf {
+        self.audit_head_file.clone().unwrap_or_else(|| keyfile::beside(&self.secret_file, "audit-head"))
+    }
+    pub fn data_key_path(&self) -> PathBuf {
+        self.data_key_file.clone().unwrap_or_else(|| keyfile::beside(&self.secret_file, "data-key"))
+    }
 }

@@ -6,7 +6,9 @@
 pub mod audit;
 pub mod authz;
 pub mod config;
+pub mod crypt;
 pub mod error;
+pub mod keyfile;
 pub mod net;
 pub mod password;
 pub mod routes;
@@ -17,9 +19,7 @@ pub mod token;
 pub mod totp;
 pub mod ws;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,28 +46,13 @@ pub fn load_secret(file: &Path) -> Result<Vec<u8>> {
     {
         return Ok(s.into_bytes());
     }
-    match std::fs::read(file) {
-        Ok(k) if k.len() >= 32 => return Ok(k),
-        Ok(_) => anyhow::bail!("the key file {} is shorter than 32 bytes", file.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read the key file {}", file.display())),
-    }
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let key = password::generate(64).into_bytes();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("cannot create the key file {}", file.display()))?;
-    f.write_all(&key)?;
-    Ok(key)
+    Ok(keyfile::load_or_create(file, 32, false)?)
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let secret = load_secret(&args.secret_file)?;
+    let audit_key = keyfile::load_or_create(&args.audit_key_path(), 32, false)?;
+    let data_key = keyfile::load_or_create(&args.data_key_path(), crypt::KEY_LEN, true)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
         _ => None,
@@ -75,9 +60,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let redis_config = bus::RedisConfig::from_env(CLIENT_NAME)?;
     let redis = bus::connect_bounded_retrying(&redis_config, CLIENT_NAME, REDIS_TIMEOUT).await;
     let subscriber = bus::connect_subscriber_retrying(&redis_config, CLIENT_NAME, 4096).await;
+    let audit =
+        audit::Audit::new(redis.clone(), audit::AuditKey::new(audit_key), args.audit_head_path(), args.audit_maxlen)?;
     let state = Arc::new(AppState {
-        audit: audit::Audit::new(redis.clone(), args.audit_maxlen),
+        audit,
         redis,
+        trusted_proxies: args.trusted_proxies.clone(),
+        data_key: crypt::DataKey::new(&data_key),
         tokens: token::Tokens::new(&secret, args.token_lifetime, args.max_session),
         session_script: authz::session_script(),
         throttle: throttle::Throttle::new(),
@@ -86,6 +75,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         redis_config,
         hub: ws::Hub::new(),
         basic_cache: routes::login::BasicCache::new(),
+    });
+    // TOTP secrets stored in clear (before sealing, or from NS8) are sealed now; a
+    // failure leaves them to be sealed at their next use.
+    let sealing = state.clone();
+    tokio::spawn(async move {
+        match routes::twofa::seal_clear_secrets(&sealing).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("sealed {n} TOTP secret(s) stored in clear"),
+            Err(e) => tracing::warn!("TOTP secrets stored in clear are sealed at their next use: {}", e.message),
+        }
     });
     ws::Hub::start(&state, subscriber);
     let app = routes::router(state, args.body_limit).into_make_service_with_connect_info::<SocketAddr>();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use api_server::config::ServeArgs;
 use api_server::{CLIENT_NAME, authz, password, routes};
+use bus::fred::prelude::*;
 use clap::{Parser, Subcommand};
 use protocol::AgentId;
 
@@ -28,8 +29,17 @@ enum Command {
     /// Create an admin user in Redis (REDIS_ADDRESS, REDIS_USER, REDIS_PASSWORD).
     AddUser(AddUser),
     /// Set a user's password (a lost admin password), printing a generated one unless
-    /// --password-stdin.
+    /// --password-stdin. The user's sessions end.
     SetPassword(SetPassword),
+    #[command(name = "reset-2fa")]
+    /// Turn off a user's two-factor authentication (a lost device, or a data key that
+    /// was lost): its secret and recovery codes are removed and its sessions end.
+    Reset2fa(Reset2fa),
+}
+
+#[derive(clap::Args, Debug)]
+struct Reset2fa {
+    name: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,6 +78,7 @@ fn main() -> ExitCode {
         None => runtime.block_on(api_server::serve(cli.serve)),
         Some(Command::AddUser(a)) => runtime.block_on(add_user(a)),
         Some(Command::SetPassword(a)) => runtime.block_on(set_password(a)),
+        Some(Command::Reset2fa(a)) => runtime.block_on(reset_2fa(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,7 +108,7 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
     let (pw, generated) = new_password(a.password_stdin)?;
     let cfg = bus::RedisConfig::from_env_or_files(CLIENT_NAME, &credential_files())?;
     let redis = bus::connect(&cfg, CLIENT_NAME).await?;
-    let exists: bool = bus::fred::prelude::KeysInterface::exists(&redis, protocol::keys::user(&a.name)).await?;
+    let exists: bool = redis.exists(protocol::keys::user(&a.name)).await?;
     if exists {
         if a.if_missing {
             return Ok(());
@@ -136,13 +147,36 @@ async fn set_password(a: SetPassword) -> anyhow::Result<()> {
     let cfg = bus::RedisConfig::from_env_or_files(CLIENT_NAME, &credential_files())?;
     let redis = bus::connect(&cfg, CLIENT_NAME).await?;
     let key = protocol::keys::user(&a.name);
-    if !bus::fred::prelude::KeysInterface::exists::<bool, _>(&redis, &key).await? {
+    if !redis.exists::<bool, _>(&key).await? {
         anyhow::bail!("no user {}", a.name);
     }
     let to_hash = pw.clone();
     let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash)).await?;
-    bus::fred::prelude::HashesInterface::hset::<(), _, _>(&redis, &key, ("password_hash", hash)).await?;
+    // The new password and the end of the user's sessions, at once.
+    let tx = redis.multi();
+    let _: () = tx.hset(&key, ("password_hash", hash)).await?;
+    let _: () = tx.hincrby(&key, "token_generation", 1).await?;
+    let _: () = tx.exec(true).await?;
     show_once(&a.name, &pw, generated);
+    Ok(())
+}
+
+async fn reset_2fa(a: Reset2fa) -> anyhow::Result<()> {
+    if !authz::valid_user_name(&a.name) {
+        anyhow::bail!("{:?} is not a valid user name", a.name);
+    }
+    let cfg = bus::RedisConfig::from_env(CLIENT_NAME)?;
+    let redis = bus::connect(&cfg, CLIENT_NAME).await?;
+    let key = protocol::keys::user(&a.name);
+    if !redis.exists::<bool, _>(&key).await? {
+        anyhow::bail!("no user {}", a.name);
+    }
+    let tx = redis.multi();
+    let _: () = tx.hdel(&key, "2fa").await?;
+    let _: () = tx.del(protocol::keys::user_recovery_codes(&a.name)).await?;
+    let _: () = tx.hincrby(&key, "token_generation", 1).await?;
+    let _: () = tx.exec(true).await?;
+    eprintln!("two-factor authentication of {} is off; its sessions ended", a.name);
     Ok(())
 }
 

@@ -5,21 +5,61 @@ use std::net::{IpAddr, SocketAddr};
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
-/// The client's address: the peer, or, when the peer is a local reverse proxy (the
-/// edge Traefik), the last address it appended to `X-Forwarded-For`. Only loopback
-/// peers are trusted with that header, as NS8.
-pub fn client_addr(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+/// The proxies whose forwarding headers are believed (`TRUSTED_PROXIES`): addresses
+/// and networks. Empty, the default, believes no header from anyone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    /// A comma (or space) separated list of IP addresses and CIDRs.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for entry in s.split([',', ' ']).map(str::trim).filter(|e| !e.is_empty()) {
+            let net = parse_net(entry).ok_or_else(|| {
+                format!("{entry:?} is not an IP address or CIDR (expected e.g. 127.0.0.1,10.5.4.0/24)")
+            })?;
+            nets.push(net);
+        }
+        Ok(TrustedProxies(nets))
+    }
+}
+
+/// The client's address. The TCP peer, unless the peer is a trusted proxy: then the
+/// `X-Forwarded-For` list is read from the right (each proxy appends the address it
+/// was contacted by), skipping trusted proxies, and the first other address is the
+/// client. A hop that is not an IP address ends the walk as the unspecified address
+/// (0.0.0.0): an unknown source, allowed nowhere a network is required.
+/// `X-Real-IP` and `Forwarded` are never read.
+pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     let peer = canonical(peer.ip());
-    if !peer.is_loopback() {
+    if !trusted.contains(peer) {
         return peer;
     }
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|last| last.trim().parse::<IpAddr>().ok())
-        .map(canonical)
-        .unwrap_or(peer)
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().map(|s| s.split(',').collect::<Vec<_>>()).unwrap_or_else(|_| vec!["?"]))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>().map(canonical) else {
+            return IpAddr::from([0, 0, 0, 0]);
+        };
+        client = ip;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// `::ffff:1.2.3.4` is 1.2.3.4.
@@ -52,15 +92,54 @@ pub fn agent_may_connect(cluster_network: &str, ip: IpAddr) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn forwarded_only_from_loopback() {
+    fn headers(xff: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.9, 198.51.100.7".parse().unwrap());
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h.insert("x-real-ip", "203.0.113.99".parse().unwrap());
+        h.insert("forwarded", "for=203.0.113.98".parse().unwrap());
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_trusted_proxies() {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        assert_eq!(client_addr(local, &h), "198.51.100.7".parse::<IpAddr>().unwrap());
-        assert_eq!(client_addr(remote, &h), "192.0.2.1".parse::<IpAddr>().unwrap());
-        assert_eq!(client_addr(local, &HeaderMap::new()), "127.0.0.1".parse::<IpAddr>().unwrap());
+        let h = headers(&["203.0.113.9, 198.51.100.7"]);
+        // Nobody is trusted by default, loopback included.
+        let none = TrustedProxies::default();
+        assert_eq!(client_addr(local, &h, &none), ip("127.0.0.1"));
+        assert_eq!(client_addr(remote, &h, &none), ip("192.0.2.1"));
+        let lo: TrustedProxies = "127.0.0.1".parse().unwrap();
+        assert_eq!(client_addr(local, &h, &lo), ip("198.51.100.7"), "the hop the proxy appended");
+        assert_eq!(client_addr(remote, &h, &lo), ip("192.0.2.1"), "an untrusted peer's header is ignored");
+        assert_eq!(client_addr(local, &HeaderMap::new(), &lo), ip("127.0.0.1"));
+        // A chain of trusted proxies is walked through; the client cannot pose as one
+        // of them by writing the left part itself.
+        let chain: TrustedProxies = "127.0.0.1, 10.0.0.0/8".parse().unwrap();
+        let h = headers(&["127.0.0.1, 198.51.100.7", "10.1.1.1"]);
+        assert_eq!(client_addr(local, &h, &chain), ip("198.51.100.7"));
+        let h = headers(&["10.2.2.2, 10.1.1.1"]);
+        assert_eq!(client_addr(local, &h, &chain), ip("10.2.2.2"), "all hops trusted: the leftmost");
+        let h = headers(&["198.51.100.7, garbage"]);
+        assert_eq!(client_addr(local, &h, &lo), ip("0.0.0.0"), "a malformed hop is an unknown source");
+        let v6: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        assert_eq!(client_addr(v6, &headers(&["2001:db8::1"]), &lo), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn trusted_proxy_lists() {
+        assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
+        let t: TrustedProxies = " 127.0.0.1 ,::1, 10.5.4.0/24".parse().unwrap();
+        assert_eq!(t.0.len(), 3);
+        assert!(t.contains(ip("10.5.4.9")) && t.contains(ip("::1")) && !t.contains(ip("10.5.5.1")));
+        let e = "127.0.0.1,localhost".parse::<TrustedProxies>().unwrap_err();
+        assert!(e.contains("\"localhost\" is not an IP address or CIDR"), "{e}");
     }
 
     #[test]

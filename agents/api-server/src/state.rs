@@ -20,6 +20,10 @@ use crate::ws::Hub;
 
 pub struct AppState {
     pub redis: Client,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: crate::net::TrustedProxies,
+    /// Seals the secrets stored in Redis (TOTP secrets).
+    pub data_key: crate::crypt::DataKey,
     pub tokens: Tokens,
     pub session_script: Script,
     pub throttle: Throttle,
@@ -42,10 +46,10 @@ pub struct Caller {
     pub query: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+impl FromRequestParts<Shared> for Caller {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
         // The server always serves with connect info; without it, trust nothing.
         let peer = parts
             .extensions
@@ -53,23 +57,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .map(|c| c.0)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         Ok(Caller {
-            source: crate::net::client_addr(peer, &parts.headers),
+            source: crate::net::client_addr(peer, &parts.headers, &state.trusted_proxies),
             headers: parts.headers.clone(),
             query: parts.uri.query().map(str::to_owned),
         })
     }
 }
 
+/// Why a token in a URL is refused, for the clients that still send NS8's `?jwt=`.
+pub const NO_URL_TOKENS: &str = "tokens in URLs are not accepted (URLs end up in proxy and access logs): \
+     send \"Authorization: Bearer <token>\"; for /ws, a ticket from POST /api/ws-ticket or an authorize message";
+
 impl Caller {
-    /// The bearer token: `Authorization: Bearer ...`, or NS8's `?jwt=`.
+    /// The bearer token, from `Authorization: Bearer ...` only.
     pub fn bearer(&self) -> Option<String> {
-        if let Some(v) = self.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-            && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
-        let query = self.query.as_deref()?;
-        query.split('&').find_map(|kv| kv.strip_prefix("jwt=")).map(str::to_owned)
+        let v = self.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+        let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+        Some(t.trim().to_owned())
+    }
+
+    /// A query parameter, raw (tickets and tokens are URL-safe as they are).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.as_deref()?.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
     }
 }
 
@@ -78,6 +87,9 @@ impl AppState {
     pub async fn session(&self, caller: &Caller, agent: Option<AgentId>) -> Result<Session, ApiError> {
         let source = caller.source;
         let token = caller.bearer().ok_or_else(|| {
+            if caller.query_param("jwt").is_some() {
+                return ApiError::unauthorized(NO_URL_TOKENS);
+            }
             ApiError::unauthorized(
                 "authentication required: send \"Authorization: Bearer <token>\" (POST /api/login gives one)",
             )

@@ -24,6 +24,11 @@ pub struct Claims {
     /// Time of the login this session started with; refreshes keep it.
     pub orig_iat: u64,
     pub jti: String,
+    /// The user's `token_generation` when the session started: a password or 2FA
+    /// change moves it on, which voids every token issued before (0 for agents and for
+    /// tokens from before the field existed).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 pub struct Tokens {
@@ -56,8 +61,9 @@ impl Tokens {
         }
     }
 
-    /// A new token for `id`; `orig_iat` is the login time (now, for a fresh login).
-    pub fn issue(&self, id: &str, two_fa: bool, orig_iat: u64, now: u64) -> (String, Claims) {
+    /// A new token for `id` of session `generation`; `orig_iat` is the login time (now,
+    /// for a fresh login).
+    pub fn issue(&self, id: &str, two_fa: bool, generation: u64, orig_iat: u64, now: u64) -> (String, Claims) {
         let exp = (now + self.lifetime).min(orig_iat + self.max_session);
         let claims = Claims {
             id: id.to_owned(),
@@ -68,6 +74,7 @@ impl Tokens {
             iat: now,
             orig_iat,
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            generation,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding of plain claims");
@@ -96,14 +103,15 @@ mod tests {
     fn issue_verify_expire() {
         let t = Tokens::new(b"0123456789abcdef0123456789abcdef", 3600, 7200);
         let now = now();
-        let (token, claims) = t.issue("admin", true, now, now);
+        let (token, claims) = t.issue("admin", true, 3, now, now);
         let back = t.verify(&token).unwrap();
         assert_eq!(back, claims);
         assert_eq!(back.exp, now + 3600);
+        assert_eq!(back.generation, 3);
         // Refreshing late in the session is capped by the session's maximum age.
-        let (_, c) = t.issue("admin", true, now - 5000, now);
+        let (_, c) = t.issue("admin", true, 3, now - 5000, now);
         assert_eq!(c.exp, now - 5000 + 7200);
-        let (old, _) = t.issue("admin", false, now - 9000, now - 9000 + 100);
+        let (old, _) = t.issue("admin", false, 3, now - 9000, now - 9000 + 100);
         assert!(matches!(t.verify(&old), Err(TokenError::Expired)));
         let other = Tokens::new(b"another secret, another signature", 3600, 7200);
         assert!(matches!(other.verify(&token), Err(TokenError::Invalid)));

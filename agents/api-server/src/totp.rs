@@ -87,9 +87,9 @@ pub fn looks_like_recovery_code(code: &str) -> bool {
     code.len() == 11 && code.as_bytes()[5] == b'-'
 }
 
-/// What is stored of a recovery code. The codes are random and long enough that a
-/// fast hash cannot be brute-forced; argon2 would add nothing but delay.
-pub fn hash_recovery_code(code: &str) -> String {
+/// What was stored of a recovery code before the codes were hashed with a key
+/// ([`crate::crypt::DataKey::recovery_hash`]): still accepted, never written.
+pub fn legacy_recovery_hash(code: &str) -> String {
     let digest = Sha256::digest(code.trim().to_ascii_lowercase().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -129,7 +129,7 @@ mod tests {
         let codes = generate_recovery_codes();
         assert_eq!(codes.len(), RECOVERY_CODES);
         assert!(codes.iter().all(|c| looks_like_recovery_code(c)));
-        assert_eq!(hash_recovery_code(&codes[0]), hash_recovery_code(&codes[0].to_uppercase()));
-        assert_ne!(hash_recovery_code(&codes[0]), hash_recovery_code(&codes[1]));
+        assert_eq!(legacy_recovery_hash(&codes[0]), legacy_recovery_hash(&codes[0].to_uppercase()));
+        assert_ne!(legacy_recovery_hash(&codes[0]), legacy_recovery_hash(&codes[1]));
     }
 }

@@ -13,15 +13,20 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fred::prelude::*;
 use protocol::{AgentId, keys};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use crate::authz::{self, Session};
+use crate::error::{ApiError, ApiResult, ok};
 use crate::routes::tasks::context_owner;
-use crate::state::{AppState, Caller, Shared};
+use crate::state::{AppState, Caller, NO_URL_TOKENS, Shared};
+use crate::token::Claims;
 
 /// How long a session's roles are trusted before they are read again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -98,9 +103,62 @@ fn parse_progress_channel(channel: &str) -> Option<(AgentId, String, bool)> {
     Some((agent.parse().ok()?, id.to_owned(), log))
 }
 
+/// How long a `/ws` ticket can wait for its use.
+pub const TICKET_TTL_SECS: i64 = 30;
+
+fn ticket_key(ticket: &str) -> String {
+    let digest = Sha256::digest(ticket.as_bytes());
+    keys::ws_ticket(&digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// `POST /api/ws-ticket`: a one-time ticket opening `/ws?ticket=...` with the caller's
+/// session, so that no token travels in a URL. Any valid session may ask (the ticket
+/// gives nothing the token does not); it is used once, from the same address, within
+/// [`TICKET_TTL_SECS`].
+pub async fn ticket(State(s): State<Shared>, caller: Caller) -> ApiResult {
+    let session = s.session(&caller, None).await?;
+    let ticket = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let value = json!({"claims": session.claims, "source": session.source.to_string()}).to_string();
+    let _: Option<String> =
+        s.redis.set(ticket_key(&ticket), value, Some(Expiration::EX(TICKET_TTL_SECS)), None, false).await?;
+    Ok(ok(json!({"ticket": ticket, "expires_in": TICKET_TTL_SECS})))
+}
+
+/// Take a ticket (it cannot be used twice) and check the session it was issued for.
+async fn redeem(s: &AppState, ticket: &str, source: IpAddr) -> Result<Session, ApiError> {
+    let unknown = || {
+        ApiError::unauthorized(format!(
+            "unknown or already used /ws ticket: a ticket opens one socket, within {TICKET_TTL_SECS} s; get a new one from POST /api/ws-ticket"
+        ))
+    };
+    if ticket.len() > 128 {
+        return Err(unknown());
+    }
+    let stored: Option<String> = s.redis.getdel(ticket_key(ticket)).await?;
+    let stored: Value = stored.and_then(|v| serde_json::from_str(&v).ok()).ok_or_else(unknown)?;
+    if stored["source"].as_str() != Some(source.to_string().as_str()) {
+        return Err(ApiError::unauthorized("this /ws ticket was issued to another address: get one from here"));
+    }
+    let claims: Claims = serde_json::from_value(stored["claims"].clone()).map_err(|_| unknown())?;
+    if claims.exp <= crate::token::now() {
+        return Err(ApiError::unauthorized("the session token has expired: log in again"));
+    }
+    authz::check(&s.redis, &s.session_script, claims, source, None).await
+}
+
 pub async fn handler(ws: WebSocketUpgrade, State(s): State<Shared>, caller: Caller) -> Response {
     let source = caller.source;
-    ws.max_message_size(64 * 1024).on_upgrade(move |socket| session(s, socket, source))
+    if caller.query_param("jwt").is_some() {
+        return ApiError::unauthorized(NO_URL_TOKENS).into_response();
+    }
+    let ready = match caller.query_param("ticket") {
+        None => None,
+        Some(t) => match redeem(&s, t, source).await {
+            Ok(session) => Some(session),
+            Err(e) => return e.into_response(),
+        },
+    };
+    ws.max_message_size(64 * 1024).on_upgrade(move |socket| session(s, socket, source, ready))
 }
 
 fn message(kind: &str, payload: Value) -> Message {
@@ -127,8 +185,12 @@ async fn authorize(s: &Shared, socket: &mut WebSocket, source: IpAddr) -> Result
     }
 }
 
-async fn session(s: Shared, mut socket: WebSocket, source: IpAddr) {
-    let session = match authorize(&s, &mut socket, source).await {
+async fn session(s: Shared, mut socket: WebSocket, source: IpAddr, ready: Option<Session>) {
+    let authorized = match ready {
+        Some(session) => Ok(session),
+        None => authorize(&s, &mut socket, source).await,
+    };
+    let session = match authorized {
         Ok(session) => session,
         Err(reason) => {
             if !reason.is_empty() {

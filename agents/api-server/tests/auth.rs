@@ -90,39 +90,138 @@ fn bad_bodies_are_named_4xx_and_write_nothing() {
 }
 
 #[test]
-fn throttling_backs_off_per_user_and_address() {
+fn throttling_backs_off_then_a_success_clears_the_account_counter() {
     let api = Api::start(&[]);
     api.add_user("admin", PASSWORD, &["owner:cluster"]);
-    for i in 0..5 {
-        let r = api.login("admin", "wrong password!", None);
-        assert_eq!(r.status, 401, "attempt {i}: {r:?}");
-    }
-    // The sixth failure starts the back-off: even the right password waits now.
-    let r = api.login("admin", "wrong password!", None);
-    assert_eq!(r.status, 401, "{r:?}");
+    let checked = fail_until_throttled(|| api.login("admin", "wrong password!", None).status);
+    assert!(checked > api_server::throttle::FREE_PER_USER as usize, "back-off after the free failures: {checked}");
+    // Backed off: even the right password waits now (refused at once, so well within
+    // the wait the refusal just doubled).
     let r = api.login("admin", PASSWORD, None);
     assert_eq!(r.status, 429, "{r:?}");
     assert!(r.message().contains("too many failed logins"), "{r:?}");
     let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
-    assert!((1..=2).contains(&retry), "{retry}");
-    // Another user from another address is not affected.
-    api.add_user("bob", PASSWORD, &[]);
-    let other = api.request(
-        "POST",
-        "/api/login",
-        None,
-        Some(&json!({"username": "bob", "password": PASSWORD}).to_string()),
-        &[("X-Forwarded-For", "192.0.2.10")],
-    );
-    assert_eq!(other.status, 200, "{other:?}");
-    // After the wait, the right password works and clears the user's counter.
+    assert!((1..=16).contains(&retry), "{retry}");
+    // After the wait, the right password works and clears the account's counter.
     std::thread::sleep(std::time::Duration::from_millis(retry * 1000 + 100));
     let r = api.login("admin", PASSWORD, None);
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(api.redis.cli(&["EXISTS", "private/api/throttle/user/admin"]).unwrap(), "0");
+    assert_eq!(api.redis.cli(&["EXISTS", "private/api/throttle/at/127.0.0.1/admin"]).unwrap(), "0");
+    // Not the address's: a success there must not reset the budget for guessing.
+    assert_ne!(api.redis.cli(&["HGET", "private/api/throttle/addr/127.0.0.1", "failures"]).unwrap(), "0");
     let token = r.body["token"].as_str().unwrap().to_owned();
     let audits = api.audit(&token, "action=login-fail");
     assert!(audits.iter().any(|a| a["data"].as_str().unwrap().contains("throttled")), "{audits:?}");
+}
+
+/// Send attempts until one is refused with 429 (at most 30); returns how many were
+/// checked (401 or 403) before. Waiting for the refusal, rather than counting to the
+/// budget, keeps the test independent of how long each password check takes.
+fn fail_until_throttled(mut attempt: impl FnMut() -> u16) -> usize {
+    for checked in 0..30 {
+        match attempt() {
+            429 => return checked,
+            401 | 403 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    panic!("never throttled in 30 attempts");
+}
+
+/// A burst of guesses sent at once is counted attempt by attempt: only the free ones
+/// and the first over budget reach the password check.
+#[test]
+fn parallel_wrong_logins_are_all_counted() {
+    let api = Api::start(&[]);
+    api.add_user("admin", PASSWORD, &["owner:cluster"]);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let threads: Vec<_> =
+            (0..50).map(|_| scope.spawn(|| api.login("admin", "wrong password!", None).status)).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + refused, 50, "{statuses:?}");
+    assert!(
+        (1..=api_server::throttle::FREE_PER_USER as usize + 1).contains(&checked),
+        "{checked} passwords were checked: {statuses:?}"
+    );
+    for key in ["private/api/throttle/at/127.0.0.1/admin", "private/api/throttle/addr/127.0.0.1"] {
+        assert_eq!(api.redis.cli(&["HGET", key, "failures"]).unwrap(), "50", "{key}");
+    }
+    assert_eq!(api.login("admin", PASSWORD, None).status, 429, "the account is backed off from here");
+}
+
+/// One address guessing at `admin` backs off that address, not the account: admin
+/// still logs in from elsewhere. (The test client is the trusted proxy here.)
+#[test]
+fn one_address_cannot_lock_a_user_out_of_another() {
+    let api = Api::start(&[("TRUSTED_PROXIES", "127.0.0.1")]);
+    api.add_user("admin", PASSWORD, &["owner:cluster"]);
+    api.add_user("bob", PASSWORD, &[]);
+    let checked = fail_until_throttled(|| api.login_from("192.0.2.66", "admin", "wrong password!").status);
+    assert!(checked > api_server::throttle::FREE_PER_USER as usize, "{checked}");
+    let r = api.login_from("192.0.2.66", "admin", PASSWORD);
+    assert_eq!(r.status, 429, "{r:?}");
+    let r = api.login_from("198.51.100.20", "admin", PASSWORD);
+    assert_eq!(r.status, 200, "admin from another address: {r:?}");
+    // Guessing at many accounts from one address backs the address off for all.
+    let mut n = 0;
+    fail_until_throttled(|| {
+        n += 1;
+        api.login_from("192.0.2.66", &format!("user{n}"), "wrong password!").status
+    });
+    let r = api.login_from("192.0.2.66", "bob", PASSWORD);
+    assert_eq!(r.status, 429, "the address's own budget is spent: {r:?}");
+    assert_eq!(api.login_from("198.51.100.20", "bob", PASSWORD).status, 200);
+    // IPv6 addresses of one /64 are one source.
+    let mut i = 0;
+    fail_until_throttled(|| {
+        i += 1;
+        api.login_from(&format!("2001:db8:7:7::{i:x}"), "admin", "wrong password!").status
+    });
+    assert_eq!(api.login_from("2001:db8:7:7::ffff", "admin", PASSWORD).status, 429);
+    assert_eq!(api.login_from("2001:db8:7:8::1", "admin", PASSWORD).status, 200);
+}
+
+/// Without a trusted proxy configured, forwarding headers from any peer, loopback
+/// included, are ignored: they neither dodge the throttle nor pass `allowed_networks`.
+#[test]
+fn a_spoofed_forwarded_for_changes_nothing() {
+    let api = Api::start(&[]);
+    api.add_user("admin", PASSWORD, &["owner:cluster"]);
+    let admin = api.token("admin", PASSWORD);
+    let r = api.post(
+        "/api/users",
+        &admin,
+        &json!({"user": "carol", "password": PASSWORD, "allowed_networks": ["192.0.2.0/24"]}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let spoof = [("X-Forwarded-For", "192.0.2.5"), ("X-Real-IP", "192.0.2.5"), ("Forwarded", "for=192.0.2.5")];
+    let body = json!({"username": "carol", "password": PASSWORD}).to_string();
+    let r = api.request("POST", "/api/login", None, Some(&body), &spoof);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.message().contains("may not log in from your address"), "{r:?}");
+    // A fresh address per guess does not reset the count: it is the peer's.
+    let mut last = 0;
+    for i in 0..12 {
+        let wrong = json!({"username": "admin", "password": format!("guess {i}")}).to_string();
+        last = api
+            .request("POST", "/api/login", None, Some(&wrong), &[("X-Forwarded-For", &format!("203.0.113.{i}"))])
+            .status;
+    }
+    assert_eq!(last, 429);
+    let audits = api.audit(&admin, "action=login-fail");
+    assert!(!audits.is_empty());
+    assert!(audits.iter().all(|a| a["source"] == "127.0.0.1"), "{audits:?}");
+
+    // Trusted, the proxy's header is what counts (X-Real-IP and Forwarded never are).
+    let api = Api::start(&[("TRUSTED_PROXIES", "127.0.0.1")]);
+    api.add_user("carol", PASSWORD, &[]);
+    api.redis.cli(&["HSET", "user/carol", "allowed_networks", "192.0.2.0/24"]).unwrap();
+    assert_eq!(api.login_from("192.0.2.5", "carol", PASSWORD).status, 200);
+    let r = api.request("POST", "/api/login", None, Some(&body), &spoof[1..]);
+    assert_eq!(r.status, 401, "{r:?}");
 }
 
 #[test]

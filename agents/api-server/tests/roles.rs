@@ -86,7 +86,8 @@ fn a_role_allows_one_action_and_refuses_another() {
 
 #[test]
 fn a_module_identity_stays_within_its_grants_and_networks() {
-    let mut api = Api::start(&[]);
+    // The test client poses as the edge proxy to come from elsewhere.
+    let mut api = Api::start(&[("TRUSTED_PROXIES", "127.0.0.1")]);
     api.start_agent("cluster-agent", "cluster");
     api.add_user("admin", PASSWORD, &["owner:cluster"]);
     let pw = "9b1d1f0a-module-password";

@@ -36,8 +36,10 @@ fn enrol_login_with_codes_and_disable() {
     let wrong = api.post("/api/2FA", &token, &json!({"otp": "12345", "secret": secret}));
     assert_eq!(wrong.status, 400, "{wrong:?}");
     let code = totp::code_at(&secret, now()).unwrap();
-    let r = api.post("/api/2FA", &token, &json!({"otp": code, "secret": secret}));
+    let r = api.post("/api/2FA", &token, &json!({"otp": code, "secret": secret, "current_password": PASSWORD}));
     assert_eq!(r.status, 200, "{r:?}");
+    // Earlier sessions ended with the change; the answer carries a fresh token.
+    let token = r.data()["token"].as_str().unwrap().to_owned();
     let recovery: Vec<String> =
         r.data()["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
     assert_eq!(recovery.len(), totp::RECOVERY_CODES);
@@ -79,7 +81,8 @@ fn enrol_login_with_codes_and_disable() {
     assert_eq!(api.redis.cli(&["SCARD", "user/admin/2fa_recovery"]).unwrap(), "9");
 
     // Disable: the password alone works again, and everything was audited.
-    let r = api.request("DELETE", "/api/2FA", Some(&token), None, &[]);
+    let body = json!({"current_password": PASSWORD, "otp": recovery[5]}).to_string();
+    let r = api.request("DELETE", "/api/2FA", Some(&token), Some(&body), &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(api.redis.cli(&["EXISTS", "user/admin/2fa_recovery"]).unwrap(), "0");
     let token = api.token("admin", PASSWORD);

@@ -132,3 +132,101 @@ fn step_stderr_lines_stream_live_to_who_may_see_the_task() {
     let leaked = collect(&mut bob_ws, Duration::from_secs(1), |_| false);
     assert!(leaked.is_empty(), "bob saw {leaked:?}");
 }
+
+/// The result of opening `/ws` with `query`: the HTTP status of a refused handshake,
+/// or the socket.
+fn open(api: &Api, query: &str, headers: &[(&str, &str)]) -> Result<Socket, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("{}/ws{query}", api.url.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        let name: tungstenite::http::HeaderName = k.parse().unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    match tungstenite::connect(req) {
+        Ok((mut ws, _)) => {
+            if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            }
+            Ok(ws)
+        }
+        Err(tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("websocket connect: {e}"),
+    }
+}
+
+/// Whether the socket is authorized: it answers a request other than `authorize` with
+/// `error` (an unauthorized one, with `authorize-error`).
+fn authorized(ws: &mut Socket) -> bool {
+    ws.send(Message::text(json!({"action": "ping"}).to_string())).unwrap();
+    let seen = collect(ws, common::PATIENCE, |v| v["type"] == "error" || v["type"] == "authorize-error");
+    seen.iter().any(|m| m["type"] == "error")
+}
+
+fn ticket(api: &Api, token: &str, headers: &[(&str, &str)]) -> common::Reply {
+    api.request("POST", "/api/ws-ticket", Some(token), None, headers)
+}
+
+#[test]
+fn no_token_in_urls_and_one_time_tickets_for_ws() {
+    let api = Api::start(&[("TRUSTED_PROXIES", "127.0.0.1")]);
+    api.add_user("admin", PASSWORD, &["owner:cluster"]);
+    let token = api.token("admin", PASSWORD);
+
+    // NS8's ?jwt= is refused everywhere, with the way out.
+    let r = api.request("GET", &format!("/api/cluster/tasks?jwt={token}"), None, None, &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.message().contains("tokens in URLs are not accepted"), "{r:?}");
+    assert_eq!(open(&api, &format!("?jwt={token}"), &[]).err(), Some(401));
+
+    // The authorize message still works: it is not in a URL.
+    let mut ws = connect(&api, &token);
+    assert!(authorized(&mut ws));
+    // Without it, the socket is not authorized.
+    let mut ws = open(&api, "", &[]).unwrap();
+    assert!(!authorized(&mut ws));
+
+    // A ticket opens one socket, once.
+    let r = ticket(&api, &token, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = r.data()["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(r.data()["expires_in"], 30);
+    let stored = api.redis.cli(&["KEYS", "private/api/ws_ticket/*"]).unwrap();
+    assert_eq!(stored.lines().count(), 1);
+    assert!(!stored.contains(&t), "only a hash of the ticket is stored");
+    let ttl: i64 = api.redis.cli(&["TTL", stored.trim()]).unwrap().parse().unwrap();
+    assert!((1..=30).contains(&ttl), "{ttl}");
+    let mut ws = open(&api, &format!("?ticket={t}"), &[]).unwrap();
+    assert!(authorized(&mut ws), "the ticket authorized the socket");
+    assert_eq!(open(&api, &format!("?ticket={t}"), &[]).err(), Some(401), "a ticket is used once");
+    assert_eq!(open(&api, "?ticket=made-up", &[]).err(), Some(401));
+
+    // A ticket is bound to the address that asked for it.
+    let t = ticket(&api, &token, &[("X-Forwarded-For", "192.0.2.1")]).data()["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(open(&api, &format!("?ticket={t}"), &[("X-Forwarded-For", "192.0.2.2")]).err(), Some(401));
+
+    // And to its session: after a logout it opens nothing.
+    let t = ticket(&api, &token, &[]).data()["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(api.request("POST", "/api/logout", Some(&token), None, &[]).status, 200);
+    assert_eq!(open(&api, &format!("?ticket={t}"), &[]).err(), Some(401));
+}
+
+/// `POST /api/ws-ticket` is for any valid session, users and agents alike; anyone
+/// else is refused.
+#[test]
+fn ws_tickets_only_for_valid_sessions() {
+    let api = Api::start(&[]);
+    api.add_user("bob", PASSWORD, &[]);
+    api.add_user("carol", PASSWORD, &[]);
+    let bob = api.token("bob", PASSWORD);
+    assert_eq!(ticket(&api, &bob, &[]).status, 200, "no role is needed");
+    let r = api.request("POST", "/api/ws-ticket", None, None, &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(ticket(&api, "eyJhbGciOiJIUzI1NiJ9.e30.bm90IGEgc2lnbmF0dXJl", &[]).status, 401);
+    let carol = api.token("carol", PASSWORD);
+    api.redis.cli(&["HSET", "user/carol", "allowed_networks", "192.0.2.0/24"]).unwrap();
+    assert_eq!(ticket(&api, &carol, &[]).status, 403, "not from an allowed network");
+    assert_eq!(api.request("POST", "/api/logout", Some(&bob), None, &[]).status, 200);
+    assert_eq!(ticket(&api, &bob, &[]).status, 401, "revoked");
+    assert_eq!(api.redis.cli(&["KEYS", "private/api/ws_ticket/*"]).unwrap().lines().count(), 1);
+}

@@ -161,6 +161,42 @@ async fn step_environment_and_context() {
     assert!(!agent.log().contains("hunter2"), "no secret in the agent log");
 }
 
+/// Fields the input schema declares secret (`writeOnly`, `format: password`), whatever
+/// their names, are masked in the context and in validation errors; steps still get them.
+#[tokio::test]
+async fn schema_declared_secrets_stay_out_of_context_and_errors() {
+    let Fixture { redis, tree, agent, client, id } = start("module/sec1", &[]).await;
+    let schema = r#"{
+        "type": "object",
+        "properties": {
+            "login": {"type": "string", "writeOnly": true, "minLength": 12},
+            "remote": {"type": "object", "properties": {"word": {"type": "string", "format": "password"}}},
+            "name": {"type": "string"}
+        }
+    }"#;
+    tree.file("store", "validate-input.json", schema).unwrap();
+    tree.step("store", "10echo", "#!/bin/sh\ncat\n").unwrap();
+    let data = json!({"login": "login-value-in-clear", "remote": {"word": "word-in-clear"}, "name": "shown"});
+    let mut task = protocol::task::Task::new("store", data.clone());
+    let r = tokio::time::timeout(PATIENCE, client.run(&id, &mut task, |_| {})).await.unwrap().unwrap();
+    assert_eq!(r.exit_code, 0, "{r:?}\n{}", agent.log());
+    assert_eq!(r.output, data, "the step gets the data in clear");
+    let context = redis.cli(&["GET", &format!("task/module/sec1/{}/context", task.id)]).unwrap();
+    let context: serde_json::Value = serde_json::from_str(&context).unwrap();
+    assert_eq!(context["data"], json!({"login": "XXX", "remote": {"word": "XXX"}, "name": "shown"}));
+
+    // Too short: refused, and neither the errors nor the context repeat it.
+    let mut task = protocol::task::Task::new("store", json!({"login": "short-login"}));
+    let r = tokio::time::timeout(PATIENCE, client.run(&id, &mut task, |_| {})).await.unwrap().unwrap();
+    assert_eq!(r.exit_code, 10, "{r:?}");
+    assert!(r.output.to_string().contains("login_string_gte"), "{r:?}");
+    let context = redis.cli(&["GET", &format!("task/module/sec1/{}/context", task.id)]).unwrap();
+    for text in [r.output.to_string(), r.error.clone(), context, agent.log()] {
+        assert!(!text.contains("short-login"), "the secret leaked: {text}");
+        assert!(!text.contains("login-value-in-clear") && !text.contains("word-in-clear"), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn a_missing_environment_file_still_stores_the_result() {
     // NS8's agent loses the whole result in this case (its MULTI aborts).

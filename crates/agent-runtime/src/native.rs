@@ -69,6 +69,8 @@ type StartHook = Arc<dyn Fn(ActionContext) -> Pin<Box<dyn Future<Output = ()> + 
 pub struct NativeAction {
     pub(crate) handler: Handler,
     pub(crate) input: Option<Arc<jsonschema::Validator>>,
+    /// The input schema's JSON, for masking the fields it declares secret.
+    pub(crate) input_source: Option<Arc<crate::validate::SchemaSource>>,
     pub(crate) output: Option<Arc<jsonschema::Validator>>,
 }
 
@@ -103,9 +105,12 @@ impl NativeActions {
                 )
             })
         };
+        let input_source =
+            input_schema.clone().map(|schema| Arc::new(crate::validate::SchemaSource { schema, definitions: None }));
         let action = NativeAction {
             handler: Arc::new(move |ctx, data| Box::pin(f(ctx, data))),
             input: compile(input_schema, "input"),
+            input_source,
             output: compile(output_schema, "output"),
         };
         self.actions.insert(name.to_owned(), action);

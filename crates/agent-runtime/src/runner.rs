@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bus::fred::prelude::*;
 use protocol::comfd::Command as ComCommand;
-use protocol::task::{Progress, Task, TaskStatus, ValidationError, mask_secrets};
+use protocol::secrets::{mask_task, mask_validation_errors};
+use protocol::task::{Progress, Task, TaskStatus, ValidationError};
 use protocol::{AgentId, envfile, exit, keys, stepenv};
 use serde_json::Value;
 
@@ -18,7 +19,7 @@ use crate::native::{ActionContext, ActionError, NativeActions};
 use crate::progress::ProgressTracker;
 use crate::redis_ops;
 use crate::step::{CancelHandle, Reaper, Spawner, StepEvent, StepProcess, StepSpec, merge_env};
-use crate::validate::{SchemaCache, check};
+use crate::validate::{SchemaCache, SchemaSource, check};
 
 pub(crate) const LIST_ACTIONS: &str = "list-actions";
 pub(crate) const CANCEL_TASK: &str = "cancel-task";
@@ -166,12 +167,16 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
     let cancel = Arc::new(CancelHandle::default());
     sh.running.lock().expect("running poisoned").insert(task.id.clone(), cancel.clone());
 
-    let context = serde_json::to_string(&mask_secrets(&value)).unwrap_or_default();
     let native = sh.natives.get(&task.action).cloned();
     let immediate = native.is_some() || task.action == LIST_ACTIONS || task.action == CANCEL_TASK;
     // Steps are found before the task is announced: an action that has steps and no
     // input schema is `running` from the start, in the same command as `pending`.
     let plan = (!immediate).then(|| actions::plan(&sh.cfg.action_dirs, &task.action));
+    // The context hides what the input schema declares secret, besides secret names.
+    let source = input_source(&sh, native.as_ref(), plan.as_ref());
+    let masked =
+        mask_task(&value, source.as_ref().map(|s| &s.schema), source.as_ref().and_then(|s| s.definitions.as_ref()));
+    let context = serde_json::to_string(&masked).unwrap_or_default();
     let running_now = immediate || plan.as_ref().is_some_and(|p| !p.steps.is_empty() && p.input_schema.is_none());
     let statuses: &[TaskStatus] =
         if running_now { &[TaskStatus::Pending, TaskStatus::Running] } else { &[TaskStatus::Pending] };
@@ -191,6 +196,30 @@ pub(crate) async fn run_task(sh: Arc<Shared>, raw: String) {
     }
     finish(&sh, &task.id, &task.action, &raw, outcome).await;
     sh.release(&raw);
+}
+
+/// The input schema of the action, if it has one that loads (a broken one is reported
+/// when the task validates its input).
+fn input_source(
+    sh: &Shared,
+    native: Option<&crate::native::NativeAction>,
+    plan: Option<&actions::ActionPlan>,
+) -> Option<Arc<SchemaSource>> {
+    if let Some(n) = native {
+        return n.input_source.clone();
+    }
+    let path = plan?.input_schema.as_ref()?;
+    sh.schemas.get_with_source(path).ok().map(|(_, source)| source)
+}
+
+/// Validation errors echo the input: mask what is secret in them first.
+fn masked_errors(
+    mut errors: Vec<ValidationError>,
+    data: &Value,
+    source: Option<&SchemaSource>,
+) -> Vec<ValidationError> {
+    mask_validation_errors(&mut errors, data, source.map(|s| &s.schema), source.and_then(|s| s.definitions.as_ref()));
+    errors
 }
 
 async fn remove_inflight(sh: &Shared, raw: &str) {
@@ -283,10 +312,11 @@ fn cancel_task(sh: &Shared, data: &Value) -> Outcome {
 }
 
 async fn run_native(sh: &Shared, task: &Task, native: crate::native::NativeAction, cancel: &CancelHandle) -> Outcome {
+    let source = native.input_source.as_deref();
     if let Some(v) = &native.input {
         let errors = check(v, &task.data);
         if !errors.is_empty() {
-            return Outcome::validation_failed(&errors, "validate-input");
+            return Outcome::validation_failed(&masked_errors(errors, &task.data, source), "validate-input");
         }
     }
     let ctx = ActionContext {
@@ -316,7 +346,9 @@ async fn run_native(sh: &Shared, task: &Task, native: crate::native::NativeActio
             o.output = if value.is_null() { String::new() } else { value.to_string() };
             o
         }
-        Err(ActionError::Validation(errors)) => Outcome::validation_failed(&errors, &task.action),
+        Err(ActionError::Validation(errors)) => {
+            Outcome::validation_failed(&masked_errors(errors, &task.data, source), &task.action)
+        }
         Err(ActionError::Failed { exit_code, message }) => {
             let mut message = message;
             if !message.ends_with('\n') {
@@ -340,10 +372,11 @@ async fn run_script(
         return Outcome::aborted(exit::UNDEFINED_ACTION, format!("Action {} is not defined\n", task.action), "");
     }
     if let Some(path) = &plan.input_schema {
-        match sh.schemas.get(path) {
-            Ok(v) => {
+        match sh.schemas.get_with_source(path) {
+            Ok((v, source)) => {
                 let errors = check(&v, &task.data);
                 if !errors.is_empty() {
+                    let errors = masked_errors(errors, &task.data, Some(&source));
                     return Outcome::validation_failed(&errors, actions::VALIDATE_INPUT);
                 }
             }

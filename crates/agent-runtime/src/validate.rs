@@ -88,7 +88,15 @@ fn to_ns8(e: &jsonschema::ValidationError<'_>) -> ValidationError {
     }
 }
 
-type Entry = (Option<SystemTime>, Arc<Validator>);
+/// A schema's JSON and the definitions it may reference: what masking reads to find
+/// the fields the schema declares secret.
+#[derive(Debug, Default)]
+pub struct SchemaSource {
+    pub schema: Value,
+    pub definitions: Option<Value>,
+}
+
+type Entry = (Option<SystemTime>, Arc<Validator>, Arc<SchemaSource>);
 
 /// Compiled schemas of script actions, recompiled when the file changes (an update
 /// replaces action files while the agent runs).
@@ -105,15 +113,20 @@ impl SchemaCache {
     }
 
     pub fn get(&self, path: &Path) -> Result<Arc<Validator>, String> {
+        self.get_with_source(path).map(|(v, _)| v)
+    }
+
+    /// The compiled schema and its source.
+    pub fn get_with_source(&self, path: &Path) -> Result<(Arc<Validator>, Arc<SchemaSource>), String> {
         let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let defs_path = Some(self.definitions_path.as_path()).filter(|p| p.exists());
         // The stamp covers the definitions file too: a changed $ref target recompiles.
         let stamp = mtime(path).max(defs_path.and_then(mtime));
-        if let Some((s, v)) = self.entries.lock().expect("schema cache poisoned").get(path)
+        if let Some((s, v, src)) = self.entries.lock().expect("schema cache poisoned").get(path)
             && *s == stamp
             && stamp.is_some()
         {
-            return Ok(v.clone());
+            return Ok((v.clone(), src.clone()));
         }
         let read = |p: &Path| -> Result<Value, String> {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -122,8 +135,12 @@ impl SchemaCache {
         let schema = read(path)?;
         let defs = defs_path.map(read).transpose()?;
         let validator = Arc::new(compile(&schema, defs.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?);
-        self.entries.lock().expect("schema cache poisoned").insert(path.to_owned(), (stamp, validator.clone()));
-        Ok(validator)
+        let source = Arc::new(SchemaSource { schema, definitions: defs });
+        self.entries
+            .lock()
+            .expect("schema cache poisoned")
+            .insert(path.to_owned(), (stamp, validator.clone(), source.clone()));
+        Ok((validator, source))
     }
 }
 

@@ -146,7 +146,9 @@ pub fn ports_demand(protocol: &str) -> String {
 pub const CLUSTER_NETWORK: &str = "cluster/network";
 
 /// Hash: profile of an admin user (`display_name`, `email`, `allowed_networks`, `2fa`),
-/// plus, beyond NS8, `password_hash` (argon2id, PHC string).
+/// plus, beyond NS8, `password_hash` (argon2id, PHC string) and `token_generation`
+/// (sessions issued under another value are void). `2fa` is encrypted by the
+/// api-server (`enc1:...`); NS8's clear base32 is still read.
 pub fn user(name: &str) -> String {
     format!("user/{name}")
 }
@@ -184,11 +186,29 @@ pub fn revoked_token(jti: &str) -> String {
     format!("private/api/revoked/{jti}")
 }
 
-/// Beyond NS8: login failure counters (hash `failures`, `until`) of a source address or
-/// a user name.
-pub fn throttle(kind: &str, who: &str) -> String {
-    format!("private/api/throttle/{kind}/{who}")
+/// Beyond NS8: password attempt counters (hash `failures`, `until`) of a source
+/// address (`scope`: an IPv4 address or an IPv6 /64).
+pub fn throttle_address(scope: &str) -> String {
+    format!("private/api/throttle/addr/{scope}")
 }
+
+/// Beyond NS8: password attempt counters of one user name from one source address.
+/// The address comes first: whatever a user name holds, it cannot reach another
+/// address's counters.
+pub fn throttle_user_at(user: &str, scope: &str) -> String {
+    format!("private/api/throttle/at/{scope}/{user}")
+}
+
+/// Beyond NS8: a one-time `/ws` ticket, by the SHA-256 of its value (the value itself
+/// is never stored), holding the session it opens. Short-lived.
+pub fn ws_ticket(ticket_hash: &str) -> String {
+    format!("private/api/ws_ticket/{ticket_hash}")
+}
+
+/// Beyond NS8: the audit trail's trim anchor (hash `seq`, `prev`, `mac`): where the
+/// retained chain starts once older records were trimmed, authenticated by the
+/// api-server's audit key.
+pub const AUDIT_ANCHOR: &str = "private/audit_anchor";
 
 /// Beyond NS8: a TOTP code already accepted for `user`, so it cannot be replayed.
 pub fn otp_used(user: &str, code: &str) -> String {
@@ -262,7 +282,10 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         user_recovery_codes("admin"),
         grants("admin"),
         revoked_token("j1"),
-        throttle("addr", "10.0.0.1"),
+        throttle_address("10.0.0.1"),
+        throttle_user_at("admin", "10.0.0.1"),
+        ws_ticket("abc"),
+        AUDIT_ANCHOR.to_owned(),
         otp_used("admin", "123456"),
         AUDIT_STREAM.to_owned(),
     ] {

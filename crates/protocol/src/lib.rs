@@ -14,6 +14,7 @@ pub mod functions;
 mod id;
 pub mod image;
 pub mod keys;
+pub mod secrets;
 pub mod stepenv;
 pub mod task;
 pub mod time;

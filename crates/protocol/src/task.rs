@@ -1,7 +1,7 @@
 //! The task object, its progress messages and its stored result.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::{IdError, validate_task_id};
 
@@ -149,30 +149,8 @@ pub struct ValidationError {
     pub error: String,
 }
 
-const SECRET_SUFFIXES: [&str; 5] = ["password", "secret", "token", "key", "pass"];
-
-/// Replace the value of every object key that looks secret with `"XXX"`, recursively
-/// through objects and arrays, exactly like NS8 does for the stored context.
-pub fn mask_secrets(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let masked: Map<String, Value> = map
-                .iter()
-                .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    if SECRET_SUFFIXES.iter().any(|s| lower.ends_with(s)) {
-                        (k.clone(), Value::String("XXX".into()))
-                    } else {
-                        (k.clone(), mask_secrets(v))
-                    }
-                })
-                .collect();
-            Value::Object(masked)
-        }
-        Value::Array(items) => Value::Array(items.iter().map(mask_secrets).collect()),
-        other => other.clone(),
-    }
-}
+/// Masking by name, kept here for callers of the task module.
+pub use crate::secrets::mask_secrets;
 
 #[cfg(test)]
 mod tests {
@@ -243,23 +221,5 @@ mod tests {
         assert_eq!(decode_output(""), Value::Null);
         assert_eq!(decode_output("hello\n"), json!("hello\n"));
         assert_eq!(decode_output("[1]\n"), json!([1]));
-    }
-
-    #[test]
-    fn secrets_are_masked_everywhere() {
-        let task = json!({
-            "data": {"admin_password": "p", "name": "n", "nested": {"api_token": "t"},
-                     "list": [{"ldap_pass": "l", "keep": 1}], "SecretKey": "s"},
-            "extra": {"x_secret": "y"}
-        });
-        let masked = mask_secrets(&task);
-        assert_eq!(
-            masked,
-            json!({
-                "data": {"admin_password": "XXX", "name": "n", "nested": {"api_token": "XXX"},
-                         "list": [{"ldap_pass": "XXX", "keep": 1}], "SecretKey": "XXX"},
-                "extra": {"x_secret": "XXX"}
-            })
-        );
     }
 }

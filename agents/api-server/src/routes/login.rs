@@ -20,8 +20,11 @@ use super::{Params, bounded, json_response, parse_body};
 use crate::authz::{self, Subject};
 use crate::error::{ApiError, ApiResult, ok};
 use crate::state::{AppState, Caller, Shared};
+use crate::throttle::Settle;
 use crate::token::now;
 use crate::{password, totp};
+
+use super::twofa;
 
 #[derive(Deserialize)]
 struct LoginRequest {
@@ -37,14 +40,17 @@ const BAD_CREDENTIALS: &str = "wrong user name or password";
 /// What a successful password check learnt about the account.
 pub struct Account {
     pub subject: Subject,
-    /// TOTP secret when 2FA is enabled.
+    /// TOTP secret, in clear, when 2FA is enabled.
     pub totp_secret: Option<String>,
     pub networks: String,
+    /// The user's `token_generation` read with the password hash that was checked: a
+    /// token issued for this login belongs to it.
+    pub generation: u64,
 }
 
 /// Check a user name and password. Human users: argon2id against `user/<name>`; agent
 /// identities (`cluster`, `node/<N>`, `module/<id>`): their Redis ACL credentials.
-/// `Ok(None)` for wrong credentials.
+/// `Ok(None)` for wrong credentials. Throttling is the caller's.
 pub async fn verify_credentials(s: &AppState, username: &str, password: &str) -> Result<Option<Account>, ApiError> {
     let subject = Subject::parse(username);
     match &subject {
@@ -53,7 +59,7 @@ pub async fn verify_credentials(s: &AppState, username: &str, password: &str) ->
                 return Ok(None);
             }
             let network: Option<String> = s.redis.get(keys::CLUSTER_NETWORK).await?;
-            Ok(Some(Account { subject, totp_secret: None, networks: network.unwrap_or_default() }))
+            Ok(Some(Account { subject, totp_secret: None, networks: network.unwrap_or_default(), generation: 0 }))
         }
         Subject::User(name) => {
             let valid_name = authz::valid_user_name(name);
@@ -69,9 +75,13 @@ pub async fn verify_credentials(s: &AppState, username: &str, password: &str) ->
             if !matches || stored.is_none() {
                 return Ok(None);
             }
-            let totp_secret = profile.get("2fa").filter(|s| !s.is_empty()).cloned();
+            let totp_secret = match profile.get("2fa").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(stored) => Some(twofa::open_secret(s, name, stored).await?),
+            };
             let networks = profile.get("allowed_networks").cloned().unwrap_or_default();
-            Ok(Some(Account { subject, totp_secret, networks }))
+            let generation = profile.get("token_generation").and_then(|g| g.parse().ok()).unwrap_or(0);
+            Ok(Some(Account { subject, totp_secret, networks, generation }))
         }
     }
 }
@@ -82,7 +92,7 @@ fn may_connect(account: &Account, source: IpAddr) -> bool {
 
 /// Check a second factor: a TOTP code (each accepted once) or a recovery code
 /// (consumed). Returns a reason on failure.
-async fn check_second_factor(
+pub async fn check_second_factor(
     s: &AppState,
     user: &str,
     secret: &str,
@@ -90,7 +100,12 @@ async fn check_second_factor(
 ) -> Result<Result<(), &'static str>, ApiError> {
     let otp = otp.trim();
     if totp::looks_like_recovery_code(otp) {
-        let removed: i64 = s.redis.srem(keys::user_recovery_codes(user), totp::hash_recovery_code(otp)).await?;
+        let key = keys::user_recovery_codes(user);
+        let mut removed: i64 = s.redis.srem(&key, s.data_key.recovery_hash(user, otp)).await?;
+        if removed == 0 {
+            // Codes handed out before they were hashed with a key.
+            removed = s.redis.srem(&key, totp::legacy_recovery_hash(otp)).await?;
+        }
         return Ok(if removed == 1 { Ok(()) } else { Err("wrong OTP or recovery code") });
     }
     let Some(step) = totp::check(secret, otp, now()) else { return Ok(Err("wrong OTP or recovery code")) };
@@ -101,9 +116,20 @@ async fn check_second_factor(
     Ok(if fresh.is_some() { Ok(()) } else { Err("this OTP was already used: wait for the next one") })
 }
 
-fn token_response(token: &str, exp: u64) -> Response {
-    let expire = protocol::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(exp));
-    json_response(StatusCode::OK, json!({"code": 200, "expire": expire, "token": token}))
+pub fn token_response(token: &str, exp: u64) -> Response {
+    json_response(StatusCode::OK, json!({"code": 200, "expire": expire_text(exp), "token": token}))
+}
+
+pub fn expire_text(exp: u64) -> String {
+    protocol::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// 429 for an attempt the throttle refused.
+fn throttled(wait_ms: u64, message: &str) -> ApiError {
+    let secs = wait_ms.div_ceil(1000);
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{message}: try again in {secs} s"));
+    e.retry_after = Some(secs);
+    e
 }
 
 pub async fn login(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
@@ -114,24 +140,18 @@ pub async fn login(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiR
     if let Some(otp) = &req.otp {
         bounded("otp", otp, 32)?;
     }
-    let addr = source.to_string();
-    let wait = s.throttle.wait_ms(&s.redis, &addr, &req.username).await?;
+    // Counted before anything is checked: a burst in parallel is counted one by one.
+    let wait = s.throttle.attempt(&s.redis, source, &req.username).await?;
     if wait > 0 {
-        let secs = wait.div_ceil(1000);
         let mut entry = s.audit_entry(&req.username, source, "login-fail");
         entry.data = json!({"reason": "throttled"}).to_string();
         s.audit(entry).await;
-        let mut e =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins: try again in {secs} s"));
-        e.retry_after = Some(secs);
-        return Err(e);
+        return Err(throttled(wait, "too many failed logins"));
     }
     let fail = |reason: &'static str, message: &'static str| {
         let s = s.clone();
         let user = req.username.clone();
-        let addr = addr.clone();
         async move {
-            s.throttle.failed(&s.redis, &addr, &user).await?;
             let mut entry = s.audit_entry(&user, source, "login-fail");
             entry.data = json!({"reason": reason}).to_string();
             s.audit(entry).await;
@@ -151,7 +171,8 @@ pub async fn login(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiR
     let mut two_fa = false;
     if let Some(secret) = &account.totp_secret {
         let Some(otp) = req.otp.as_deref().filter(|o| !o.trim().is_empty()) else {
-            // Not a failure of the password: no throttle, but recorded.
+            // The password was right: not a guess, so not counted; but recorded.
+            s.throttle.settle(&s.redis, source, &req.username, Settle::Forgive).await?;
             let mut entry = s.audit_entry(&req.username, source, "login-fail");
             entry.data = json!({"reason": "OTP required"}).to_string();
             s.audit(entry).await;
@@ -164,14 +185,81 @@ pub async fn login(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiR
         }
         two_fa = true;
     }
-    s.throttle.succeeded(&s.redis, &req.username).await?;
+    s.throttle.settle(&s.redis, source, &req.username, Settle::Success).await?;
     let now = now();
-    let (token, claims) = s.tokens.issue(&account.subject.name(), two_fa, now, now);
+    let (token, claims) = s.tokens.issue(&account.subject.name(), two_fa, account.generation, now, now);
     let mut entry = s.audit_entry(&account.subject.name(), source, "login-ok");
     entry.data = json!({"2fa": two_fa}).to_string();
     s.audit(entry).await;
     tracing::info!(user = %account.subject.name(), %source, two_fa, "[AUTH] login-ok");
     Ok(token_response(&token, claims.exp))
+}
+
+/// Prove again who one is before a change to one's credentials (password, 2FA): the
+/// current password and, when 2FA is on, a current TOTP code or a recovery code
+/// (`otp_field` names the body field it came in). Throttled like a login.
+pub async fn reauthenticate(
+    s: &AppState,
+    source: IpAddr,
+    user: &str,
+    change: &str,
+    current_password: Option<&str>,
+    otp: Option<&str>,
+    otp_field: &str,
+) -> Result<Account, ApiError> {
+    let refuse = |reason: String| async move {
+        let mut entry = s.audit_entry(user, source, "reauth-fail");
+        entry.data = json!({"change": change, "reason": reason}).to_string();
+        s.audit(entry).await;
+        ApiError::forbidden(reason)
+    };
+    let Some(current) = current_password.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::bad_request(format!(
+            "field \"current_password\" missing: {change} needs the account's current password"
+        )));
+    };
+    let wait = s.throttle.attempt(&s.redis, source, user).await?;
+    if wait > 0 {
+        refuse("throttled".into()).await;
+        return Err(throttled(wait, "too many failed attempts"));
+    }
+    let Some(account) = verify_credentials(s, user, current).await? else {
+        return Err(refuse("field \"current_password\": wrong password".into()).await);
+    };
+    if let Some(secret) = &account.totp_secret {
+        let Some(code) = otp.map(str::trim).filter(|o| !o.is_empty()) else {
+            s.throttle.settle(&s.redis, source, user, Settle::Forgive).await?;
+            return Err(refuse(format!(
+                "field \"{otp_field}\" missing: two-factor authentication is enabled on this account; send a current code or a recovery code"
+            ))
+            .await);
+        };
+        if let Err(reason) = check_second_factor(s, user, secret, code).await? {
+            return Err(refuse(format!("field \"{otp_field}\": {reason}")).await);
+        }
+    }
+    s.throttle.settle(&s.redis, source, user, Settle::Success).await?;
+    Ok(account)
+}
+
+/// End every session of `user` issued so far: `tx` (the change itself, queued by the
+/// caller) is executed with a move of `token_generation`, atomically; returns the new
+/// generation.
+pub async fn end_sessions(s: &AppState, user: &str, tx: fred::clients::Transaction) -> Result<u64, ApiError> {
+    let _: () = tx.hincrby(keys::user(user), "token_generation", 1).await?;
+    let replies: Vec<fred::types::Value> = tx.exec(true).await?;
+    // HTTP Basic credentials verified under the old password are forgotten too.
+    s.basic_cache.clear();
+    replies.last().and_then(|v| v.as_u64()).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the cluster database (Redis) gave an unexpected answer")
+    })
+}
+
+/// A fresh token for the caller after `end_sessions` voided its own.
+pub fn fresh_session(s: &AppState, user: &str, two_fa: bool, generation: u64) -> serde_json::Value {
+    let now = now();
+    let (token, claims) = s.tokens.issue(user, two_fa, generation, now, now);
+    json!({"token": token, "expire": expire_text(claims.exp)})
 }
 
 /// Revoke the token: it is refused from now on, even before it expires.
@@ -202,7 +290,7 @@ pub async fn refresh(State(s): State<Shared>, caller: Caller) -> ApiResult {
     if now >= c.orig_iat + s.tokens.max_session {
         return Err(ApiError::unauthorized("the session is too old to be refreshed: log in again"));
     }
-    let (token, claims) = s.tokens.issue(&c.id, c.two_fa, c.orig_iat, now);
+    let (token, claims) = s.tokens.issue(&c.id, c.two_fa, c.generation, c.orig_iat, now);
     revoke(&s, &c.jti, c.exp).await?;
     Ok(token_response(&token, claims.exp))
 }
@@ -233,6 +321,10 @@ impl BasicCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, t| t.elapsed() < BASIC_CACHE_TTL);
         entries.contains_key(key)
+    }
+    /// Forget every entry: a password changed.
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
     fn insert(&self, key: [u8; 32]) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,17 +361,16 @@ pub async fn http_basic(State(s): State<Shared>, caller: Caller, Path(p): Path<P
     }
     let key = s.basic_cache.key(&user, &pass);
     if !s.basic_cache.hit(&key) {
-        let addr = source.to_string();
-        let wait = s.throttle.wait_ms(&s.redis, &addr, &user).await?;
+        let wait = s.throttle.attempt(&s.redis, source, &user).await?;
         if wait > 0 {
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed logins");
-            e.retry_after = Some(wait.div_ceil(1000));
-            return Err(e);
+            return Err(throttled(wait, "too many failed logins"));
         }
         match verify_credentials(&s, &user, &pass).await? {
-            Some(account) if may_connect(&account, source) => s.basic_cache.insert(key),
+            Some(account) if may_connect(&account, source) => {
+                s.throttle.settle(&s.redis, source, &user, Settle::Success).await?;
+                s.basic_cache.insert(key)
+            }
             _ => {
-                s.throttle.failed(&s.redis, &addr, &user).await?;
                 let mut entry = s.audit_entry(&user, source, "login-fail");
                 entry.data = json!({"reason": "bad credentials", "via": "http-basic"}).to_string();
                 s.audit(entry).await;

@@ -2,17 +2,19 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use protocol::keys;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bounded, parse_body};
+use super::{bounded, login, parse_body};
 use crate::authz::Session;
 use crate::error::{ApiError, ApiResult, ok};
-use crate::state::{Caller, Shared};
+use crate::state::{AppState, Caller, Shared};
 use crate::token::now;
-use crate::totp;
+use crate::{crypt, password, totp};
 
 async fn user_session(s: &Shared, caller: &Caller) -> Result<(Session, String), ApiError> {
     let session = s.session(caller, None).await?;
@@ -38,19 +40,79 @@ pub async fn qr_code(State(s): State<Shared>, caller: Caller) -> ApiResult {
     Ok(ok(json!({"url": url, "key": key, "svg": svg})))
 }
 
+/// Seal a clear secret in place, unless it changed meanwhile.
+const RESEAL: &str = r"
+if redis.call('HGET', KEYS[1], '2fa') == ARGV[1] then
+  redis.call('HSET', KEYS[1], '2fa', ARGV[2])
+  return 1
+end
+return 0";
+
+fn reseal_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::from_lua(RESEAL))
+}
+
+/// The clear TOTP secret of `user` from its stored form. A secret still stored in
+/// clear (from before sealing, or from NS8) is sealed now.
+pub async fn open_secret(s: &AppState, user: &str, stored: &str) -> Result<String, ApiError> {
+    match s.data_key.open(user, stored, &format!("2FA secret of {user}")) {
+        Ok((clear, was_clear)) => {
+            if was_clear {
+                let sealed = s.data_key.seal(user, &clear);
+                let _: i64 = reseal_script()
+                    .evalsha_with_reload(&s.redis, vec![keys::user(user)], vec![stored, &sealed])
+                    .await?;
+            }
+            Ok(clear)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; an administrator can run `api-server reset-2fa {user}`"),
+            ))
+        }
+    }
+}
+
+/// Seal every TOTP secret still stored in clear (run at start). Returns how many.
+pub async fn seal_clear_secrets(s: &AppState) -> Result<usize, ApiError> {
+    let mut sealed = 0;
+    for key in bus::scan(&s.redis, keys::USER_PATTERN, None).await? {
+        let Some(user) = key.strip_prefix("user/").filter(|n| !n.contains('/')) else { continue };
+        let stored: Option<String> = s.redis.hget(&key, "2fa").await?;
+        let Some(stored) = stored.filter(|v| !v.is_empty() && !v.starts_with(crypt::SEALED_PREFIX)) else {
+            continue;
+        };
+        open_secret(s, user, &stored).await?;
+        sealed += 1;
+    }
+    Ok(sealed)
+}
+
 #[derive(Deserialize)]
 struct Enable {
     otp: String,
     secret: String,
+    #[serde(default)]
+    current_password: Option<String>,
+    /// A code of the secret being replaced, when 2FA is already enabled.
+    #[serde(default)]
+    current_otp: Option<String>,
 }
 
-/// Store the secret once a code from it checks; answer the recovery codes, shown
-/// this once only (only their hashes are kept).
+/// Store the secret once a code from it checks and the caller proved who it is
+/// (current password, and a current code when replacing a secret); answer the recovery
+/// codes, shown this once only (only keyed hashes are kept), and a fresh token: every
+/// earlier session of the user ends.
 pub async fn enable(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
     let (session, user) = user_session(&s, &caller).await?;
     let req: Enable = parse_body(&body)?;
     bounded("otp", &req.otp, 32)?;
     bounded("secret", &req.secret, 128)?;
+    bounded("current_password", req.current_password.as_deref().unwrap_or(""), password::MAX_LENGTH)?;
+    bounded("current_otp", req.current_otp.as_deref().unwrap_or(""), 32)?;
     if !totp::valid_secret(&req.secret) {
         return Err(ApiError::bad_request(
             "field \"secret\": expected a base32 TOTP secret of at least 128 bits (GET /api/2FA/qr-code gives one)",
@@ -61,25 +123,66 @@ pub async fn enable(State(s): State<Shared>, caller: Caller, body: Bytes) -> Api
             "field \"otp\": the code does not match the secret (check the device's clock)",
         ));
     };
+    let account = login::reauthenticate(
+        &s,
+        session.source,
+        &user,
+        "enabling two-factor authentication",
+        req.current_password.as_deref(),
+        req.current_otp.as_deref(),
+        "current_otp",
+    )
+    .await?;
     let codes = totp::generate_recovery_codes();
-    let hashes: Vec<String> = codes.iter().map(|c| totp::hash_recovery_code(c)).collect();
+    let hashes: Vec<String> = codes.iter().map(|c| s.data_key.recovery_hash(&user, c)).collect();
     let tx = s.redis.multi();
-    let _: () = tx.hset(keys::user(&user), ("2fa", req.secret.as_str())).await?;
+    let _: () = tx.hset(keys::user(&user), ("2fa", s.data_key.seal(&user, &req.secret))).await?;
     let _: () = tx.del(keys::user_recovery_codes(&user)).await?;
     let _: () = tx.sadd(keys::user_recovery_codes(&user), hashes).await?;
     // The enrolment code counts as used: it cannot log in a second time.
     let _: () = tx.set(keys::otp_used(&user, &step.to_string()), "1", Some(Expiration::EX(120)), None, false).await?;
-    let _: () = tx.exec(true).await?;
-    s.audit(s.audit_entry(&user, session.source, "2fa-enable")).await;
-    Ok(ok(json!({"recovery_codes": codes})))
+    let generation = login::end_sessions(&s, &user, tx).await?;
+    let mut entry = s.audit_entry(&user, session.source, "2fa-enable");
+    entry.data = json!({"replaced": account.totp_secret.is_some()}).to_string();
+    s.audit(entry).await;
+    let mut data = login::fresh_session(&s, &user, true, generation);
+    data["recovery_codes"] = json!(codes);
+    Ok(ok(data))
 }
 
-pub async fn disable(State(s): State<Shared>, caller: Caller) -> ApiResult {
+#[derive(Deserialize)]
+struct Disable {
+    #[serde(default)]
+    current_password: Option<String>,
+    #[serde(default)]
+    otp: Option<String>,
+}
+
+/// Remove the caller's secret and recovery codes, once it gave its current password
+/// and a current code (or a recovery code); every earlier session ends and the answer
+/// carries a fresh token. Nothing changes when 2FA was not enabled.
+pub async fn disable(State(s): State<Shared>, caller: Caller, body: Bytes) -> ApiResult {
     let (session, user) = user_session(&s, &caller).await?;
+    let req: Disable = parse_body(&body)?;
+    bounded("current_password", req.current_password.as_deref().unwrap_or(""), password::MAX_LENGTH)?;
+    bounded("otp", req.otp.as_deref().unwrap_or(""), 32)?;
+    let account = login::reauthenticate(
+        &s,
+        session.source,
+        &user,
+        "disabling two-factor authentication",
+        req.current_password.as_deref(),
+        req.otp.as_deref(),
+        "otp",
+    )
+    .await?;
+    if account.totp_secret.is_none() {
+        return Ok(ok(json!(null)));
+    }
     let tx = s.redis.multi();
     let _: () = tx.hdel(keys::user(&user), "2fa").await?;
     let _: () = tx.del(keys::user_recovery_codes(&user)).await?;
-    let _: () = tx.exec(true).await?;
+    let generation = login::end_sessions(&s, &user, tx).await?;
     s.audit(s.audit_entry(&user, session.source, "2fa-disable")).await;
-    Ok(ok(json!(null)))
+    Ok(ok(login::fresh_session(&s, &user, false, generation)))
 }

@@ -15,7 +15,7 @@ use protocol::{AgentId, keys};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Params, bounded, parse_body};
+use super::{Params, bounded, login, parse_body};
 use crate::authz::{self, Session, Subject};
 use crate::error::{ApiError, ApiResult, envelope, ok};
 use crate::state::{AppState, Caller, Shared};
@@ -87,12 +87,20 @@ pub async fn create_user(
     profile: &[(&str, &str)],
 ) -> Result<bool, fred::error::Error> {
     let created: bool = redis.hsetnx(keys::user(name), "password_hash", hash).await?;
-    if created && !profile.is_empty() {
-        let _: () = redis
-            .hset(keys::user(name), profile.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
-            .await?;
+    if created {
+        // A new account's sessions start from a fresh generation: tokens of an earlier
+        // account of the same name stay void.
+        let mut fields: Vec<(String, String)> = profile.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        fields.push(("token_generation".into(), initial_generation().to_string()));
+        let _: () = redis.hset(keys::user(name), fields).await?;
     }
     Ok(created)
+}
+
+/// Milliseconds since the epoch: larger than any generation an account of the same
+/// name could have reached before.
+fn initial_generation() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1)
 }
 
 async fn hash_password(s: &AppState, pw: String) -> Result<String, ApiError> {
@@ -159,10 +167,14 @@ struct PasswordChange {
     #[serde(default)]
     current_password: Option<String>,
     new_password: String,
+    /// A current TOTP code or a recovery code, when the account has 2FA.
+    #[serde(default)]
+    otp: Option<String>,
 }
 
-/// Users change their own password with the current one; `alter-user` holders set
-/// anyone's.
+/// Users change their own password with the current one (and a current code when 2FA
+/// is on); `alter-user` holders set anyone else's. Either way every session of the
+/// user issued before ends; the user changing its own password gets a fresh token.
 pub async fn password(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>, body: Bytes) -> ApiResult {
     let session = cluster_session(&s, &caller).await?;
     let user = p.get("user").cloned().unwrap_or_default();
@@ -171,14 +183,23 @@ pub async fn password(State(s): State<Shared>, caller: Caller, Path(p): Path<Par
     }
     let req: PasswordChange = parse_body(&body)?;
     bounded("current_password", req.current_password.as_deref().unwrap_or(""), password::MAX_LENGTH)?;
+    bounded("otp", req.otp.as_deref().unwrap_or(""), 32)?;
     password::check_policy(&req.new_password)
         .map_err(|e| ApiError::bad_request(format!("field \"new_password\": {e}")))?;
     let own = session.subject.user_name() == Some(user.as_str());
+    let mut two_fa = false;
     if own {
-        let current = req.current_password.clone().unwrap_or_default();
-        if super::login::verify_credentials(&s, &user, &current).await?.is_none() {
-            return Err(ApiError::forbidden("field \"current_password\": wrong password"));
-        }
+        let account = login::reauthenticate(
+            &s,
+            session.source,
+            &user,
+            "changing the password",
+            req.current_password.as_deref(),
+            req.otp.as_deref(),
+            "otp",
+        )
+        .await?;
+        two_fa = account.totp_secret.is_some();
     } else {
         session.require("alter-user")?;
         let exists: bool = s.redis.exists(keys::user(&user)).await?;
@@ -187,11 +208,13 @@ pub async fn password(State(s): State<Shared>, caller: Caller, Path(p): Path<Par
         }
     }
     let hash = hash_password(&s, req.new_password).await?;
-    let _: () = s.redis.hset(keys::user(&user), ("password_hash", hash)).await?;
+    let tx = s.redis.multi();
+    let _: () = tx.hset(keys::user(&user), ("password_hash", hash)).await?;
+    let generation = login::end_sessions(&s, &user, tx).await?;
     let mut entry = s.audit_entry(&session.subject.name(), session.source, "change-password");
     entry.data = json!({"user": user}).to_string();
     s.audit(entry).await;
-    Ok(ok(json!(null)))
+    Ok(ok(if own { login::fresh_session(&s, &user, two_fa, generation) } else { json!(null) }))
 }
 
 use bus::grants::set_grant;

@@ -30,7 +30,27 @@ pub struct Api {
     pub server: AgentProcess,
     pub url: String,
     pub agents: Vec<(AgentTree, AgentProcess)>,
+    /// The server's environment, for a restart.
+    env: Vec<(String, String)>,
     http: ureq::Agent,
+}
+
+fn spawn_server(tree: &AgentTree, redis: &RedisServer, env: &[(String, String)]) -> (AgentProcess, String) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The log file is appended to across restarts: wait for this start's line.
+    let listening = |log: &str| log.lines().filter(|l| l.contains("listening on ")).count();
+    let before = std::fs::read_to_string(tree.log()).map(|l| listening(&l)).unwrap_or(0);
+    let server = AgentProcess::spawn_args(Path::new(BIN), &[], tree, redis, &env).expect("spawn api-server");
+    let url = wait_for("the api-server to listen", PATIENCE, || {
+        let log = server.log();
+        if listening(&log) <= before {
+            return None;
+        }
+        let line = log.lines().rev().find(|l| l.contains("listening on "))?;
+        Some(line.rsplit("listening on ").next()?.trim().to_owned())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    (server, url)
 }
 
 pub struct Reply {
@@ -81,19 +101,27 @@ impl Api {
         let secret = secret.to_str().unwrap();
         let mut all = vec![("LISTEN_ADDRESS", "127.0.0.1:0"), ("API_SECRET_FILE", secret)];
         all.extend_from_slice(env);
-        let server = AgentProcess::spawn_args(Path::new(BIN), &[], &tree, &redis, &all).expect("spawn api-server");
-        let url = wait_for("the api-server to listen", PATIENCE, || {
-            let log = server.log();
-            let line = log.lines().find(|l| l.contains("listening on "))?;
-            Some(line.rsplit("listening on ").next()?.trim().to_owned())
-        })
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+        let env: Vec<(String, String)> = all.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (server, url) = spawn_server(&tree, &redis, &env);
         let http =
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(PATIENCE)).build().into();
-        let api = Api { redis, tree, server, url, agents: Vec::new(), http };
+        let api = Api { redis, tree, server, url, agents: Vec::new(), env, http };
         // What the cluster agent does at its start; most tests need no running agent.
         api.define_builtin_roles("cluster");
         api
+    }
+
+    /// Stop the api-server and start it again with the same files and settings.
+    pub fn restart_server(&mut self) {
+        self.server.kill9();
+        let (server, url) = spawn_server(&self.tree, &self.redis, &self.env);
+        self.server = server;
+        self.url = url;
+    }
+
+    /// The server's log since its (re)start.
+    pub fn log(&self) -> String {
+        self.server.log()
     }
 
     pub fn define_builtin_roles(&self, agent: &str) {
@@ -168,6 +196,12 @@ impl Api {
 
     pub fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
         self.request("POST", path, Some(token), Some(&body.to_string()), &[])
+    }
+
+    /// Log in from `from`, as a trusted proxy would forward it (`X-Forwarded-For`).
+    pub fn login_from(&self, from: &str, user: &str, password: &str) -> Reply {
+        let body = serde_json::json!({"username": user, "password": password}).to_string();
+        self.request("POST", "/api/login", None, Some(&body), &[("X-Forwarded-For", from)])
     }
 
     pub fn login(&self, user: &str, password: &str, otp: Option<&str>) -> Reply {

@@ -1,0 +1,85 @@
+//! The api-server's key files: created with random content (mode 0600) at first
+//! start, refused when others may read them. They live next to the token signing key
+//! (`API_SECRET_FILE`'s directory) and never in Redis: a Redis dump or replica alone
+//! must not hold what protects Redis's own content.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read the key file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the key file {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("the key file {path} holds {len} bytes, {expected}: restore the right file, or remove it to start over")]
+    Length { path: PathBuf, len: usize, expected: String },
+    #[error("the key file {path} may be read by others (mode {mode:03o}): `chmod 600 {path}` (and check who read it)")]
+    Permissions { path: PathBuf, mode: u32 },
+}
+
+/// The key in `path`, at least `min_len` bytes (exactly `min_len` when `exact`), or a
+/// new random one of `min_len` bytes written there.
+pub fn load_or_create(path: &Path, min_len: usize, exact: bool) -> Result<Vec<u8>, KeyFileError> {
+    match std::fs::read(path) {
+        Ok(key) => {
+            let mode = std::fs::metadata(path)
+                .map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyFileError::Permissions { path: path.to_owned(), mode: mode & 0o777 });
+            }
+            let bad_len = if exact { key.len() != min_len } else { key.len() < min_len };
+            if bad_len {
+                let expected =
+                    if exact { format!("expected exactly {min_len}") } else { format!("expected at least {min_len}") };
+                return Err(KeyFileError::Length { path: path.to_owned(), len: key.len(), expected });
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, min_len),
+        Err(source) => Err(KeyFileError::Read { path: path.to_owned(), source }),
+    }
+}
+
+fn create(path: &Path, len: usize) -> Result<Vec<u8>, KeyFileError> {
+    let err = |source| KeyFileError::Create { path: path.to_owned(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let key: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+    // create_new: two processes starting at once never overwrite each other's key.
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
+    f.write_all(&key).and_then(|()| f.sync_all()).map_err(err)?;
+    Ok(key)
+}
+
+/// `name` in the directory of `anchor` (the token signing key file).
+pub fn beside(anchor: &Path, name: &str) -> PathBuf {
+    anchor.parent().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_private_then_read_back_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key");
+        let key = load_or_create(&path, 32, true).unwrap();
+        assert_eq!(key.len(), 32);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create(&path, 32, true).unwrap(), key);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create(&path, 32, true).unwrap_err().to_string();
+        assert!(e.contains("may be read by others (mode 644)") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, b"short").unwrap();
+        let e = load_or_create(&path, 32, true).unwrap_err().to_string();
+        assert!(e.contains("holds 5 bytes, expected exactly 32"), "{e}");
+        assert_eq!(beside(Path::new("/var/lib/x/secret"), "audit-key"), Path::new("/var/lib/x/audit-key"));
+    }
+}
