@@ -503,7 +503,26 @@ async fn cleanup(
     .map_err(|e| e.to_string())?;
     let preserved = if preserve {
         let (p, s) = (paths.clone(), setup.clone());
-        Some(tokio::task::spawn_blocking(move || preserve_data(&p, &s)).await.map_err(|e| e.to_string())??)
+        match tokio::task::spawn_blocking(move || preserve_data(&p, &s)).await.map_err(|e| e.to_string())? {
+            Ok(kept) => Some(kept),
+            Err(e) => {
+                // Nothing removed: the module runs again as it was (its agent brings its
+                // services up), and no removal is pending.
+                let again = launcher.start(&AgentSpec {
+                    module_id: &paths.id,
+                    user: paths.user.as_ref().map(|u| u.name.as_str()),
+                    binary: &setup.bin_dir.join("module-agent"),
+                    install_dir: &paths.install_dir,
+                    state_dir: &paths.state_dir,
+                    env_file: &setup.registry().credentials_file(&paths.id),
+                });
+                let _ = setup.registry().clear_operation(&paths.id);
+                return Err(match again {
+                    Ok(()) => format!("{e}; the module was started again"),
+                    Err(a) => format!("{e}; and starting the module again failed: {a}"),
+                });
+            }
+        }
     } else {
         None
     };
@@ -634,7 +653,13 @@ pub async fn remove(ctx: ActionContext, data: Value, setup: NodeSetup) -> Result
     let preserve = data["preserve_data"].as_bool().unwrap_or(false);
     let launcher = Launcher::detect().map_err(failed)?;
     let Some(paths) = ModulePaths::find(&setup, &id).map_err(failed)? else {
-        return Err(ActionError::invalid("module_id", json!(id), "not_a_module_of_this_node"));
+        // An account of that name that the node did not make is never touched.
+        if nix::unistd::User::from_name(&id).ok().flatten().is_some() || setup.rootful_base.join(&id).exists() {
+            return Err(ActionError::invalid("module_id", json!(id), "not_a_module_of_this_node"));
+        }
+        // Nothing of it here (a removal a restart finished already): forget its agent.
+        launcher.stop(&id).map_err(failed)?;
+        return Ok(json!({"removed": false, "preserved": null}));
     };
     let registry = setup.registry();
     if let Some(op) = registry.operation(&id).map_err(failed)?
