@@ -34,7 +34,7 @@ fn main() -> ExitCode {
 /// /etc/ns8rs/redis.acl with only the passwords' SHA-256. Existing passwords are never
 /// replaced.
 #[derive(Parser)]
-#[command(name = "node-agent install")]
+#[command(name = "node-agent install", bin_name = "node-agent install")]
 struct InstallArgs {
     /// The file system root to install under (for tests; `/` on a server).
     #[arg(long, default_value = "/")]
@@ -60,7 +60,7 @@ fn install_main(args: InstallArgs) -> ExitCode {
         return fail(EXIT_CONFIG, &"run as root: the credentials files must be root's");
     }
     if let Err(e) = bus::Address::parse(&args.redis_address) {
-        return fail(EXIT_CONFIG, &e);
+        return fail(EXIT_CONFIG, &format!("--redis-address: {e}"));
     }
     let opts =
         install::Options { root: args.root, node: args.node, redis_address: args.redis_address, force: args.force };
