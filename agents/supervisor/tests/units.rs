@@ -1,5 +1,5 @@
-//! Checks of `deploy/`: the systemd units pass `systemd-analyze verify`, and Redis
-//! starts with `deploy/redis.conf`. Each test is skipped, with a notice, where its
+//! Checks of `deploy/`: the systemd units pass `systemd-analyze verify`, read the files
+//! `node-agent install` writes, and Redis starts with `deploy/redis.conf`. Each test is skipped, with a notice, where its
 //! command is missing.
 
 use std::io::{BufRead, BufReader, Write};
@@ -108,6 +108,29 @@ fn systemd_units_verify() {
         }
         assert!(out.status.success() && bad.is_empty(), "{unit} does not verify:\n{stderr}");
     }
+}
+
+/// The units read the credentials where `node-agent install` writes them, and Redis's
+/// ACL file is the one it writes.
+#[test]
+fn units_read_what_node_agent_install_writes() {
+    let root = Path::new("/");
+    let files = node_agent::install::CoreFiles::under(&root.join(node_agent::install::AGENTS_BASE));
+    for (unit, file) in [
+        ("cluster-agent.service", &files.cluster),
+        ("node-agent.service", &files.node),
+        ("api-server.service", &files.api_server),
+    ] {
+        let text = std::fs::read_to_string(deploy_dir().join("systemd").join(unit)).unwrap();
+        // Required (no "-"): without its credentials a program would connect as nobody.
+        let line = format!("EnvironmentFile={}", file.display());
+        assert!(text.lines().any(|l| l == line), "{unit} has no {line}");
+    }
+    let conf = std::fs::read_to_string(deploy_dir().join("redis.conf")).unwrap();
+    let acl = format!("aclfile {}", root.join(node_agent::install::ACL_FILE).display());
+    assert!(conf.lines().any(|l| l == acl), "redis.conf has no {acl}");
+    let port = node_agent::install::REDIS_ADDRESS.rsplit(':').next().unwrap();
+    assert!(conf.lines().any(|l| l == format!("port {port}")), "redis.conf listens on {port}");
 }
 
 /// Kills the Redis server when the test ends, passed or not.
