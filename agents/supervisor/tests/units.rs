@@ -1,6 +1,6 @@
 //! Checks of `deploy/`: the systemd units pass `systemd-analyze verify`, read the files
-//! `node-agent install` writes, and Redis starts with `deploy/redis.conf`. Each test is skipped, with a notice, where its
-//! command is missing.
+//! `node-agent install` writes, and Redis starts with `deploy/redis.conf`. Each test is
+//! skipped, with a notice, where its command is missing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
