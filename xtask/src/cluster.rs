@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::{credentials, packages, run, workspace};
+use node_agent::install::{self, Identity};
+
+use crate::{packages, run, workspace};
 
 pub const BINARIES: &[&str] =
     &["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"];
@@ -108,10 +110,10 @@ fn program(
 
 /// `redis-cli` as the cluster agent's user (the password through the environment, never
 /// on a command line other users can read).
-fn redis_cli(port: u16, who: &credentials::Identity, args: &[&str]) -> Option<String> {
+fn redis_cli(port: u16, who: &Identity, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--user", &who.user])
-        .env("REDISCLI_AUTH", &who.password)
+        .env("REDISCLI_AUTH", who.password())
         .args(args)
         .output()
         .ok()?;
@@ -152,8 +154,8 @@ pub fn up(args: UpArgs) -> Result<()> {
         println!("The local cluster is already running (supervisor pid {pid}, root {}).", root.display());
         return Ok(());
     }
-    packages::ensure(&[packages::REDIS, packages::REGISTRY])?;
-    packages::ensure(&packages::PODMAN)?;
+    packages::ensure(packages::NODE)?;
+    packages::ensure(&[packages::REGISTRY])?;
     packages::ensure(crate::images::PACKAGES)?;
     if TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} on 127.0.0.1 is in use by another program: pick another with --redis-port");
@@ -180,20 +182,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
     };
 
-    for dir in [
-        "bin",
-        "redis/data",
-        "supervisor.d",
-        "log",
-        "cluster/actions",
-        "cluster/events",
-        "cluster/state",
-        "node/actions",
-        "node/events",
-        "node/state",
-        "api-server",
-        "registry/data",
-    ] {
+    for dir in ["bin", "redis/data", "supervisor.d", "log", "registry/data"] {
         std::fs::create_dir_all(root.join(dir))
             .with_context(|| format!("cannot create {}", root.join(dir).display()))?;
     }
@@ -205,12 +194,12 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let bin = |b: &str| root.join("bin").join(b).display().to_string();
 
-    // Every program's Redis user (a module's is made at its install) lives in this
-    // file, which Redis reads at its start; the cluster's `ACL SAVE` keeps it current.
+    // The agents' directories and every core program's Redis user, as on a production
+    // node (`node-agent install`) but under this root. A module's user is made at its
+    // install; the cluster's `ACL SAVE` keeps the file, which Redis reads at its start.
     let redis_address = format!("127.0.0.1:{port}");
     let acl = root.join("redis/users.acl");
-    let core = credentials::core(&root, &redis_address)?;
-    credentials::write_aclfile(&acl, &core)?;
+    let (core, _) = install::setup(&root, &acl, install::FIRST_NODE, &redis_address)?;
     // Snapshots, no append-only file: see deploy/redis.conf for why.
     write(
         &root.join("redis/redis.conf"),
@@ -422,7 +411,7 @@ fn remove_modules(root: &Path) -> Result<()> {
 
 /// Create the first admin (owner of the cluster and of node 1) if there is none yet;
 /// its generated password, which only the api-server's stdout ever shows.
-fn first_admin(api_server: &str, redis_address: &str, who: &credentials::Identity) -> Result<Option<String>> {
+fn first_admin(api_server: &str, redis_address: &str, who: &Identity) -> Result<Option<String>> {
     let out = Command::new(api_server)
         .args(["add-user", ADMIN, "--if-missing", "--grant", "owner:cluster", "--grant", "owner:node/1"])
         .env("REDIS_ADDRESS", redis_address)

@@ -95,10 +95,11 @@ fn debian_mirror() -> String {
 }
 
 /// A Debian root with `packages` installed, made with debootstrap and apt-get in a
-/// chroot (no daemon starts: policy-rc.d says no), then trimmed of apt's caches. It
-/// is kept as a tarball under `target/image-cache/`, keyed by suite and packages, so
-/// only the first build pays for the download.
-fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
+/// chroot (no daemon starts: policy-rc.d says no), then trimmed of apt's caches: the
+/// path of its tarball under `target/image-cache/`, keyed by suite and packages, so
+/// only the first build pays for the download. (The installer's test boots one with
+/// systemd.)
+pub fn debian_tarball(packages: &[String]) -> Result<PathBuf> {
     crate::packages::ensure(&[crate::packages::DEBOOTSTRAP])?;
     let mut key_pkgs = packages.to_vec();
     key_pkgs.sort();
@@ -107,7 +108,6 @@ fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
     let cache = workspace().join("target/image-cache");
     std::fs::create_dir_all(&cache)?;
     let tarball = cache.join(format!("{key}.tar"));
-    std::fs::create_dir_all(root)?;
     if !tarball.exists() {
         let work = tempfile::tempdir_in(&cache)?;
         let r = work.path().join("root");
@@ -144,12 +144,19 @@ fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
         crate::run(Command::new("tar").arg("-C").arg(&r).arg("-cf").arg(&partial).arg("."))?;
         std::fs::rename(&partial, &tarball)?;
     }
+    Ok(tarball)
+}
+
+/// [`debian_tarball`] unpacked in `root`.
+fn debian_rootfs(root: &Path, packages: &[String]) -> Result<()> {
+    let tarball = debian_tarball(packages)?;
+    std::fs::create_dir_all(root)?;
     crate::run(Command::new("tar").arg("-C").arg(root).arg("-xf").arg(&tarball))
 }
 
 pub const PACKAGES: &[packages::Package] = &[
     packages::Package { name: "buildah", provides: "buildah" },
-    packages::Package { name: "skopeo", provides: "skopeo" },
+    packages::SKOPEO,
     packages::Package { name: "busybox-static", provides: "busybox" },
 ];
 

@@ -4,12 +4,13 @@
 //!   agent and node 1's agent under the supervisor).
 //! * `test`: install what the tests need, then run the whole suite.
 //! * `bench`: the agent and api-server benchmarks (see docs/benchmarks.md).
+//! * `images`: the module images and the repository index; `debian-root`: a cached
+//!   Debian root tarball (for the installer's test).
 
 mod bench;
 mod bench_api;
 mod bench_modules;
 mod cluster;
-mod credentials;
 mod images;
 mod packages;
 mod resp;
@@ -39,6 +40,12 @@ enum Cmd {
     /// Build the module packages under modules/ into images, push them to a registry
     /// and write the repository index (repodata.json).
     Images(images::ImagesArgs),
+    /// Print the path of a Debian 12 root tarball with these packages (comma-separated),
+    /// made with debootstrap the first time and cached under target/image-cache/.
+    DebianRoot {
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+    },
     /// Install what the tests need, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -78,6 +85,10 @@ fn main() -> Result<()> {
         Cmd::Down(args) => cluster::down(args),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Images(args) => images::images(args),
+        Cmd::DebianRoot { packages } => {
+            println!("{}", images::debian_tarball(&packages)?.display());
+            Ok(())
+        }
         Cmd::Test { args } => {
             packages::ensure(TEST_PACKAGES)?;
             // The module image tests build and push with `cargo xtask images`.

@@ -25,6 +25,10 @@ pub const PODMAN: [Package; 4] = [
     Package { name: "slirp4netns", provides: "slirp4netns" },
     Package { name: "uidmap", provides: "newuidmap" },
 ];
+/// Module images' labels, read by the cluster agent.
+pub const SKOPEO: Package = Package { name: "skopeo", provides: "skopeo" };
+/// What a node runs on, here as on a server (`deploy/install.sh` installs them too).
+pub const NODE: &[Package] = &[REDIS, PODMAN[0], PODMAN[1], PODMAN[2], PODMAN[3], SKOPEO];
 
 fn has_command(cmd: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file())).unwrap_or(false)
@@ -119,5 +123,24 @@ pub fn ensure_schemathesis() -> Result<()> {
     match schemathesis_version(&exe) {
         Some(v) if v == SCHEMATHESIS_VERSION => Ok(()),
         other => bail!("{} reports version {other:?} after installing {SCHEMATHESIS_VERSION}", exe.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The production installer keeps its own list (it runs before any binary exists):
+    /// it must hold what a node needs here.
+    #[test]
+    fn the_installer_installs_what_a_node_runs_on() {
+        let script = crate::workspace().join("deploy/install.sh");
+        let out = Command::new("bash").arg(&script).arg("--packages").output().expect("run bash");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let listed: Vec<&str> = text.split_whitespace().collect();
+        for p in NODE {
+            assert!(listed.contains(&p.name), "{} does not install {} ({listed:?})", script.display(), p.name);
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! The node agent's native actions: host facts, Podman settings, ports, and the
-//! node's half of installing and removing modules. Later issues add the firewall.
+//! node's half of installing and removing modules; and `install`, the node's first
+//! setup (`node-agent install`). Later issues add the firewall.
 
 pub mod extract;
 pub mod hands;
 mod info;
+pub mod install;
 pub mod launcher;
 pub mod modules;
 pub mod podman;

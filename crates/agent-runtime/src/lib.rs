@@ -26,7 +26,7 @@ mod validate;
 
 pub use agent::{AgentError, run};
 pub use config::{AgentArgs, AgentConfig, ConfigError};
-pub use main_helper::AgentBinary;
+pub use main_helper::{AgentBinary, EXIT_CONFIG, EXIT_FAILURE};
 pub use native::{ActionContext, ActionError, NativeActions};
 
 /// Resolves on SIGTERM, SIGUSR1 (NS8's graceful stop) or SIGINT.
