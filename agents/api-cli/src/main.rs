@@ -202,12 +202,7 @@ fn task_input(args: &RunArgs) -> Result<(AgentId, Value, Value, String), Failure
 /// installed node keeps them (root-only files, so only root finds them): beside this
 /// binary's directory as `cargo xtask up` lays it out, then NS8's path.
 fn credential_files() -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    if let Some(root) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf())) {
-        files.push(root.join("cluster/state/agent.env"));
-    }
-    files.push("/var/lib/nethserver/cluster/state/agent.env".into());
-    files
+    bus::RedisConfig::installed_credentials("cluster/state/agent.env")
 }
 
 fn redis_config() -> Result<RedisConfig, Failure> {

@@ -131,12 +131,7 @@ async fn add_user(a: AddUser) -> anyhow::Result<()> {
 /// commands run from root's shell): where `cargo xtask up` keeps them, beside this
 /// binary's directory, then the installed node's path.
 fn credential_files() -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    if let Some(root) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf())) {
-        files.push(root.join("api-server/agent.env"));
-    }
-    files.push("/var/lib/nethserver/api-server/agent.env".into());
-    files
+    bus::RedisConfig::installed_credentials("api-server/agent.env")
 }
 
 async fn set_password(a: SetPassword) -> anyhow::Result<()> {

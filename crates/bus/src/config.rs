@@ -106,6 +106,19 @@ impl RedisConfig {
         Self::from_env(default_user)
     }
 
+    /// Where an installed node keeps the credentials file `rel` (e.g.
+    /// `cluster/state/agent.env`): beside this binary's directory as `cargo xtask up`
+    /// lays it out, then under NS8's `/var/lib/nethserver`. Root-only files: only root's
+    /// commands find them.
+    pub fn installed_credentials(rel: &str) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(root) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.parent()?.to_path_buf())) {
+            files.push(root.join(rel));
+        }
+        files.push(PathBuf::from("/var/lib/nethserver").join(rel));
+        files
+    }
+
     pub fn from_lookup(default_user: &str, get: impl Fn(&str) -> Option<String>) -> Result<Self, BusError> {
         let address = get(ENV_ADDRESS).filter(|s| !s.is_empty());
         let address = Address::parse(address.as_deref().unwrap_or(DEFAULT_ADDRESS))?;
