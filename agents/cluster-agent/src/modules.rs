@@ -27,9 +27,6 @@ use crate::image::{self, Consent, Requirements};
 /// How long the new agent has to connect before the install gives up.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn module_sequence(name: &str) -> String {
-    format!("cluster/module_sequence/{name}")
-}
 pub const MODULE_UUID: &str = "cluster/module_uuid";
 /// Installs in progress: module id -> `{"node": "node/N", "task": id}`. An entry
 /// outlives an install only when the cluster agent died during it; the next start
@@ -529,7 +526,7 @@ pub async fn add(ctx: ActionContext, data: Value, redis_cfg: RedisConfig) -> Res
     ctx.set_progress(10);
 
     // 2. The instance id; sequences only grow, so an id is never reused.
-    let seq: u64 = ctx.redis.incr(module_sequence(&img.name)).await?;
+    let seq: u64 = ctx.redis.incr(keys::module_sequence(&img.name)).await?;
     let id = format!("{}{seq}", img.name);
     protocol::validate_module_id(&id).map_err(|e| failed(format!("image name {:?}: {e}", img.name)))?;
     let agent = AgentId::module(&id).map_err(failed)?;

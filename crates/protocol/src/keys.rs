@@ -127,6 +127,12 @@ pub fn repository_cache(name: &str) -> String {
 /// progress (install, update, removal): one per module at a time.
 pub const MODULE_LOCKS: &str = "cluster/module_locks";
 
+/// Counter of the instances of image `name` made so far: the next id is `<name><n+1>`,
+/// so an id is never reused.
+pub fn module_sequence(name: &str) -> String {
+    format!("cluster/module_sequence/{name}")
+}
+
 /// Hash `module id -> node id`: the installed modules.
 pub const MODULE_NODE: &str = "cluster/module_node";
 

@@ -55,6 +55,35 @@ pub struct LocalCluster {
     pub up_output: String,
     /// The modules `up` builds into the repository.
     pub modules: Vec<String>,
+    /// Module ids of this cluster start after this number (see `module_id`).
+    pub id_base: u64,
+}
+
+/// A base for a test cluster's module ids: Unix user names are machine-wide, and a
+/// cluster left running by `cargo xtask up` (or a crashed test) may hold `hello1`.
+/// Each cluster takes a block of 1000 numbers that no account's trailing number is in.
+fn pick_id_base() -> u64 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static TAKEN: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let used: HashSet<u64> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter_map(|name| {
+            let digits = name.trim_start_matches(|c: char| !c.is_ascii_digit());
+            digits.parse::<u64>().ok()
+        })
+        .map(|n| n / 1000)
+        .collect();
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let taken = taken.get_or_insert_with(HashSet::new);
+    // Start somewhere that depends on the process, so two test processes rarely race.
+    let start = u64::from(std::process::id()) % 900 + 1;
+    let block = (0..900).map(|i| (start + i) % 900 + 1).find(|b| !used.contains(b) && !taken.contains(b));
+    let block = block.expect("a free block of module ids");
+    taken.insert(block);
+    block * 1000
 }
 
 impl LocalCluster {
@@ -86,6 +115,7 @@ impl LocalCluster {
             registry_port: free_port(),
             up_output: String::new(),
             modules: modules.iter().map(|m| m.to_string()).collect(),
+            id_base: pick_id_base(),
         };
         let args = c.up_args();
         let out = c.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -98,7 +128,23 @@ impl LocalCluster {
             );
         }
         c.up_output = String::from_utf8_lossy(&out.stdout).into_owned();
+        for m in c.modules.clone() {
+            c.reserve_ids(&m);
+        }
         c
+    }
+
+    /// Make this cluster's instances of image `name` take ids above `id_base`; done
+    /// for the repository's modules at start, and needed before installing any other.
+    pub fn reserve_ids(&self, name: &str) {
+        let key = protocol::keys::module_sequence(name);
+        self.redis(&["SET", &key, &self.id_base.to_string(), "NX"]);
+    }
+
+    /// The id of this cluster's `n`th instance of image `name` (1 for the first).
+    pub fn module_id(&self, name: &str, n: u64) -> String {
+        self.reserve_ids(name);
+        format!("{name}{}", self.id_base + n)
     }
 
     pub fn path(&self) -> &Path {

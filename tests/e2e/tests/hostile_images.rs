@@ -295,11 +295,11 @@ fn hostile_images_are_refused_and_leave_the_host_untouched() {
     ];
     for Case { name, layers, layer, entry, why } in cases {
         let (url, digests) = push(&c, work.path(), name, &layers);
+        let id = c.module_id(name, 1);
         let err = run(&c, "add-module", "cluster", json!({"image": url, "node": 1})).unwrap_err();
         let expected = format!("layer {layer} ({}): entry {entry}: {why}", digests[layer - 1]);
         assert!(err.contains(&expected), "{name}: {err}\nexpected: {expected}\n{}", c.log());
         assert!(err.contains("nothing of it was left behind"), "{name}: {err}");
-        let id = format!("{name}1");
         assert!(traces(&c, &id).is_empty(), "{name}: {:?}", traces(&c, &id));
         assert_eq!(sentinels(target.path()), before, "{name} changed files outside the module");
         assert!(staging_left(&c).is_empty(), "{name}: {:?}", staging_left(&c));
@@ -325,10 +325,11 @@ fn hostile_images_are_refused_and_leave_the_host_untouched() {
             vec![sym("imageroot/conf/link", "fresh")],
         ],
     );
+    let expected = c.module_id("benign-layers", 1);
     let out = run(&c, "add-module", "cluster", json!({"image": url, "node": 1}))
         .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     let id = out["module_id"].as_str().unwrap().to_owned();
-    assert_eq!(id, "benign-layers1");
+    assert_eq!(id, expected);
     let home = PathBuf::from(format!("/home/{id}/.config"));
     assert_eq!(std::fs::read_to_string(home.join(".imageroot.lst")).unwrap(), "actions\nbin\nconf\n");
     assert_eq!(std::fs::read_link(home.join("bin/run")).unwrap(), Path::new("../actions/hello/10run"));

@@ -56,7 +56,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     let err = run(&c, "add-module", "cluster", serde_json::json!({"image": v1, "node": 1, "accept": hello_accept()}))
         .unwrap_err();
     assert!(err.contains("exhausted") && err.contains("nothing of it was left behind"), "{err}");
-    assert!(traces(&c, "hello1").is_empty(), "{:?}", traces(&c, "hello1"));
+    assert!(traces(&c, &c.module_id("hello", 1)).is_empty(), "{:?}", traces(&c, &c.module_id("hello", 1)));
     c.redis(&["HDEL", "node/1/tcp_ports", "squatter"]);
 
     // A module whose create-module fails: the user, files, ports, ACL user and keys
@@ -73,7 +73,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     .unwrap_err();
     assert!(err.contains("create-module failed (exit code 5): cannot configure: disk on fire"), "{err}");
     assert!(err.contains("nothing of it was left behind"), "{err}");
-    assert!(traces(&c, "hello2").is_empty(), "{:?}\n{}", traces(&c, "hello2"), c.log());
+    assert!(traces(&c, &c.module_id("hello", 2)).is_empty(), "{:?}\n{}", traces(&c, &c.module_id("hello", 2)), c.log());
 
     // The cluster agent dies in the middle of an install (the module's create-module
     // is running): at its restart the install is undone, as its failure would be.
@@ -85,15 +85,16 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         "add-module",
         serde_json::json!({"image": format!("{reg}/ns8rs/hello:0.7.0"), "node": 1, "accept": hello_accept()}),
     );
-    wait_until("the install to reach the agent", || c.redis(&["HEXISTS", "cluster/module_node", "hello3"]) == "1");
+    let hello3 = c.module_id("hello", 3);
+    wait_until("the install to reach the agent", || c.redis(&["HEXISTS", "cluster/module_node", &hello3]) == "1");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(user_exists("hello3") && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "1");
+    assert!(user_exists(&hello3) && c.redis(&["HEXISTS", "cluster/installing", &hello3]) == "1");
     c.kill9("cluster-agent");
     let out = installer.join().unwrap();
     assert!(!out.status.success(), "the interrupted install reports failure");
     assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 12"), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the interrupted install to be undone", || {
-        traces(&c, "hello3").is_empty() && c.redis(&["HEXISTS", "cluster/installing", "hello3"]) == "0"
+        traces(&c, &hello3).is_empty() && c.redis(&["HEXISTS", "cluster/installing", &hello3]) == "0"
     });
 
     // Labels are requests: hello's node:reader is not granted unless accepted, and
@@ -107,7 +108,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
         run(&c, "add-module", "cluster", serde_json::json!({"image": "hello", "node": 1, "accept": hello_accept()}))
             .unwrap();
     let id = out["module_id"].as_str().unwrap().to_owned();
-    assert_eq!(id, "hello4", "ids are never reused: {out}");
+    assert_eq!(id, c.module_id("hello", 4), "ids are never reused: {out}");
     assert_eq!(out["image_url"], v1.as_str());
     let port = port_of(&c, &id);
     assert!((20000..=45000).contains(&port), "{port}");
