@@ -27,6 +27,11 @@ impl ActionError {
         ActionError::Failed { exit_code: exit::GENERIC, message: message.into() }
     }
 
+    /// A refusal of a typed action's contract, about `value` of its field.
+    pub fn refuse<R: protocol::actions::Refusal>(refusal: R, value: Value) -> Self {
+        ActionError::Validation(vec![refusal.to_validation(value)])
+    }
+
     pub fn invalid(parameter: &str, value: Value, error: &str) -> Self {
         ActionError::Validation(vec![ValidationError {
             field: parameter.to_owned(),
@@ -59,6 +64,19 @@ impl ActionContext {
     pub fn set_progress(&self, percent: u8) {
         crate::redis_ops::progress(&self.redis, &self.agent, &self.task_id, TaskStatus::Running, percent.min(100));
     }
+}
+
+/// The request of a typed action. The schema has passed it already, so a failure here
+/// is a schema weaker than the type: reported as a validation error of the input.
+fn decode<T: serde::de::DeserializeOwned>(action: &str, data: Value) -> Result<T, ActionError> {
+    serde_json::from_value(data.clone()).map_err(|e| {
+        ActionError::Validation(vec![ValidationError {
+            field: String::new(),
+            parameter: String::new(),
+            value: data,
+            error: format!("{action}: the input does not match the action's type: {e}"),
+        }])
+    })
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, ActionError>> + Send>>;
@@ -133,6 +151,44 @@ impl NativeActions {
         Fut: Future<Output = Result<Value, ActionError>> + Send + 'static,
     {
         self.add(name, input_schema, output_schema, move |ctx, data| f(ctx, data, state.clone()))
+    }
+
+    /// Register the handler of contract `A` (`protocol::actions`): its input and output
+    /// schemas are derived from the request and reply types, and the handler gets the
+    /// request decoded, so the code and what `list-actions` shows cannot disagree.
+    pub fn typed<A, F, Fut>(self, f: F) -> Self
+    where
+        A: protocol::actions::Action,
+        F: Fn(ActionContext, A::Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<A::Reply, ActionError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            A::NAME,
+            Some(protocol::actions::schema_of::<A::Request>()),
+            Some(protocol::actions::schema_of::<A::Reply>()),
+            move |ctx, data| {
+                let f = f.clone();
+                async move {
+                    let request = decode::<A::Request>(A::NAME, data)?;
+                    let reply = f(ctx, request).await?;
+                    serde_json::to_value(reply)
+                        .map_err(|e| ActionError::failed(format!("{}: cannot encode the reply: {e}", A::NAME)))
+                }
+            },
+        )
+    }
+
+    /// [`typed`](Self::typed) with a piece of the agent's configuration, cloned into
+    /// each call.
+    pub fn typed_with<A, S, F, Fut>(self, state: S, f: F) -> Self
+    where
+        A: protocol::actions::Action,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(ActionContext, A::Request, S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<A::Reply, ActionError>> + Send + 'static,
+    {
+        self.typed::<A, _, _>(move |ctx, req| f(ctx, req, state.clone()))
     }
 
     /// Run `f` once at start, after the tasks a crash interrupted are closed and before

@@ -7,6 +7,7 @@
 //! agents, the api-server and the tests cannot drift apart on a key name.
 
 pub mod acl;
+pub mod actions;
 pub mod comfd;
 pub mod envfile;
 pub mod exit;
