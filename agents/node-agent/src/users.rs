@@ -107,11 +107,7 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
         .arg(&home)
         .arg(name)
         .run()
-        .map_err(|e| match e.exit_code() {
-            // Taken between the check above and useradd's own: still not ours.
-            Some(USERADD_NAME_IN_USE) => UserError::Exists(name.to_owned()),
-            _ => UserError::Cmd(e),
-        })?;
+        .map_err(|e| useradd_failed(name, e))?;
     let finish = || -> Result<ModuleUser, UserError> {
         let user = lookup(name, runtime_base).ok_or_else(|| UserError::Missing(name.to_owned()))?;
         for file in ["/etc/subuid", "/etc/subgid"] {
@@ -133,6 +129,14 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
     finish().inspect_err(|_| {
         let _ = remove(name, runtime_base);
     })
+}
+
+/// A name taken between the check and useradd's own is still not ours to take.
+fn useradd_failed(name: &str, e: CmdError) -> UserError {
+    match e.exit_code() {
+        Some(USERADD_NAME_IN_USE) => UserError::Exists(name.to_owned()),
+        _ => UserError::Cmd(e),
+    }
 }
 
 /// The processes whose real uid is `uid`, zombies excepted (they are already dead,
@@ -208,4 +212,19 @@ pub fn remove(name: &str, runtime_base: &Path) -> Result<(), UserError> {
         std::fs::remove_dir_all(&user.home).map_err(io("remove", &user.home))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn useradd_losing_the_race_for_the_name_is_an_existing_account() {
+        let in_use = Cmd::new("sh").args(["-c", "echo \"useradd: user 'web1' already exists\" >&2; exit 9"]);
+        let e = useradd_failed("web1", in_use.run().unwrap_err());
+        assert!(matches!(&e, UserError::Exists(n) if n == "web1"), "{e:?}");
+        assert_eq!(e.to_string(), "a Unix user named web1 already exists: refusing to take it over");
+        let other = useradd_failed("web1", Cmd::new("sh").args(["-c", "exit 1"]).run().unwrap_err());
+        assert!(matches!(other, UserError::Cmd(_)), "{other:?}");
+    }
 }
