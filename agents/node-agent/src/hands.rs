@@ -183,7 +183,8 @@ if [ -e "$1" ]; then printf y; exec head -c "$2" -- "$1"; else printf n; fi"#;
             .arg(dest);
         // Root packs (the tree is its own staging dir); a failure names whose side it was.
         pack.pipe_to(&unpack).map(|_| ()).map_err(|source| {
-            let packing = matches!(&source, CmdError::Failed { argv, .. } | CmdError::Spawn { argv, .. } if *argv == pack.argv());
+            let packing =
+                matches!(&source, CmdError::Failed { argv, .. } | CmdError::Spawn { argv, .. } if *argv == pack.argv());
             let who = if packing { "root".to_owned() } else { self.who() };
             HandsError::Cmd { what, who, source }
         })

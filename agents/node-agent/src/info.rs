@@ -52,11 +52,8 @@ pub fn collect(state_dir: &Path) -> Result<Value, InfoError> {
         .to_string_lossy()
         .into_owned();
     let os = std::fs::read_to_string("/etc/os-release").map(|t| os_release(&t)).unwrap_or(Value::Null);
-    let uptime: f64 = read("/proc/uptime")?
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or(InfoError::Uptime)?;
+    let uptime: f64 =
+        read("/proc/uptime")?.split_whitespace().next().and_then(|s| s.parse().ok()).ok_or(InfoError::Uptime)?;
     let memory = meminfo(&read("/proc/meminfo")?);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // The disk that holds the agent's state is the one applications fill.

@@ -153,8 +153,11 @@ fn ensure_tun(path: &Path) -> Result<Option<String>, PodmanError> {
     if mode & 0o666 == 0o666 {
         return Ok(None);
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|source| PodmanError::TunMode { path: path.to_owned(), mode, source })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|source| PodmanError::TunMode {
+        path: path.to_owned(),
+        mode,
+        source,
+    })?;
     let what =
         format!("{} had mode {mode:o}; set to 666 (the kernel's default) for rootless containers", path.display());
     tracing::warn!("{what}");

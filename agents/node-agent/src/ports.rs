@@ -75,10 +75,7 @@ pub async fn allocate(ctx: ActionContext, req: AllocatePortsRequest) -> Result<A
     }
 }
 
-pub async fn deallocate(
-    ctx: ActionContext,
-    req: DeallocatePortsRequest,
-) -> Result<DeallocatePortsReply, ActionError> {
+pub async fn deallocate(ctx: ActionContext, req: DeallocatePortsRequest) -> Result<DeallocatePortsReply, ActionError> {
     let module = req.module_id;
     check_owner(&ctx, &module)?;
     let removed: i64 = ctx.redis.hdel(keys::node_ports(node_id(&ctx), req.protocol.as_str()), &module).await?;

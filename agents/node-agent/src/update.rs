@@ -176,7 +176,9 @@ fn has_snapshot(p: &ModulePaths, hands: Hands) -> Result<bool, HandsError> {
 fn drop_snapshot(p: &ModulePaths, hands: Hands) -> Result<(), HandsError> {
     // Volumes' files belong to the containers' sub-uids: removed inside the namespace.
     let snap = snapshot_dir(p);
-    hands.sh_unshared(&format!("removing the snapshot of {}", p.id), r#"rm -rf -- "$1""#, &[snap.as_os_str()]).map(|_| ())
+    hands
+        .sh_unshared(&format!("removing the snapshot of {}", p.id), r#"rm -rf -- "$1""#, &[snap.as_os_str()])
+        .map(|_| ())
 }
 
 /// `node/update-module`: the new files in place, the old ones in a snapshot.

@@ -123,7 +123,11 @@ pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<Modul
             Some(nix::unistd::Uid::from_raw(user.uid)),
             Some(nix::unistd::Gid::from_raw(user.gid)),
         )
-        .map_err(|source| UserError::Chown { path: user.runtime_dir.clone(), name: name.to_owned(), source })?;
+        .map_err(|source| UserError::Chown {
+            path: user.runtime_dir.clone(),
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(user)
     };
     finish().inspect_err(|_| {

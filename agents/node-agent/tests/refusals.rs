@@ -78,7 +78,8 @@ async fn the_inputs_schemas_come_from_the_contracts() {
     let r = node.run("list-actions", serde_json::Value::Null).await;
     assert_eq!(r.exit_code, 0, "{r:?}");
     let text = r.output.to_string();
-    for name in ["add-module", "remove-module", "update-module", "finish-update", "allocate-ports", "deallocate-ports"] {
+    for name in ["add-module", "remove-module", "update-module", "finish-update", "allocate-ports", "deallocate-ports"]
+    {
         assert!(text.contains(name), "{name} in {text}");
     }
     // The limits the hand-written schemas had, now derived from the types.

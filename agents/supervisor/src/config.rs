@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-pub use protocol::supervisor::Restart;
 use protocol::supervisor::Program as ProgramFile;
+pub use protocol::supervisor::Restart;
 
 /// Why a program file is not used; the messages don't name the file (the caller does).
 #[derive(Debug, thiserror::Error)]

@@ -263,7 +263,10 @@ mod tests {
         assert_eq!(err.exit_code(), Some(3));
         assert_eq!(err.stderr(), "disk on fire");
         let text = err.to_string();
-        assert!(text.starts_with("sh -c \"echo out; echo 'disk on fire' >&2; exit 3\" failed (exit status: 3)"), "{text}");
+        assert!(
+            text.starts_with("sh -c \"echo out; echo 'disk on fire' >&2; exit 3\" failed (exit status: 3)"),
+            "{text}"
+        );
         assert!(text.ends_with(": disk on fire"), "{text}");
     }
 
@@ -319,7 +322,9 @@ mod tests {
     fn nix_is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0"))
+            })
             .unwrap_or(false)
     }
 

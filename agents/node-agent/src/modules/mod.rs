@@ -13,11 +13,10 @@
 //! Failure is atomic: whatever `add-module` made before failing is removed before it
 //! answers, and `remove-module` leaves nothing of the module on the node.
 //!
-//! * [`setup`]: where this node keeps modules;
-//! * [`paths`]: where one module's files are, and who may touch them;
-//! * [`add`]: `add-module`;
-//! * [`remove`]: `remove-module`, and the removals a crash cut short;
-//! * [`adopt`]: modules an earlier node agent made before it kept a registry.
+//! One file per job: [`setup`] says where this node keeps modules, [`paths`] where one
+//! module's files are and who may touch them, [`add`] is `add-module`, [`remove`] is
+//! `remove-module` and the removals a crash cut short, [`adopt`] takes in the modules
+//! an earlier node agent made before it kept a registry.
 
 pub mod add;
 pub mod adopt;
