@@ -35,12 +35,14 @@ pub struct Program {
     /// never in the program file.
     #[serde(default)]
     pub env_files: Vec<String>,
+    /// Its working directory; none: the supervisor's.
     pub cwd: Option<PathBuf>,
     /// Gets stdout and stderr appended; none: the supervisor's stderr.
     pub log: Option<PathBuf>,
     #[serde(default)]
     pub restart: Restart,
-    /// The account it runs as; none: root.
+    /// The account it runs as (its groups, `HOME`, `USER`, `LOGNAME`); none: the
+    /// supervisor's.
     pub user: Option<String>,
     /// `TERM`, `SIGTERM` or `sigterm`; none: SIGTERM.
     pub stop_signal: Option<String>,

@@ -66,7 +66,8 @@ pub async fn add(ctx: ActionContext, req: AddModuleRequest, setup: NodeSetup) ->
             blocking::run(move || users::create(&name, &home, &runtime).map_err(ModuleError::from)).await?
         };
         record.uid = Some(user.uid);
-        registry.save(&record)?;
+        let (r, rec) = (registry.clone(), record.clone());
+        blocking::run(move || r.save(&rec).map_err(ModuleError::from)).await?;
         Ok::<_, ModuleError>(ModulePaths::rootless(user))
     }
     .await;
@@ -144,11 +145,12 @@ async fn install(
     set("IMAGE_DIGEST", digest);
     // NS8 uses a UUIDv4 too: 122 random bits.
     let password = uuid::Uuid::new_v4().simple().to_string();
-    setup.registry().write_credentials(&paths.id, &protocol::envfile::render(&paths.agent_env(setup, &password)))?;
+    let credentials = protocol::envfile::render(&paths.agent_env(setup, &password));
 
-    let p = paths.clone();
+    let (p, s) = (paths.clone(), setup.clone());
     let conf = setup.state_dir.join(podman::CONTAINERS_CONF);
     blocking::run(move || -> Result<(), ModuleError> {
+        s.registry().write_credentials(&p.id, &credentials)?;
         // What Podman needs on this host, where rootless Podman reads it. Probed at
         // each install: cheap, and a host change (runc installed, a new kernel) is
         // picked up.
