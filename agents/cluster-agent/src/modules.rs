@@ -425,7 +425,7 @@ pub async fn recover(ctx: ActionContext, redis_cfg: RedisConfig) {
                     .map(|_| "rolled back to its previous version")
                     .map_err(|e| e.to_string()),
                 // No snapshot: the crash came before the node took one, or after the commit.
-                Err(e) if e.contains("no snapshot") => Ok("nothing to roll back"),
+                Err(e) if e.contains("module_id_no_update_in_progress") => Ok("nothing to roll back"),
                 Err(e) => Err(e),
             }
         };

@@ -36,14 +36,17 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use serde_json::Value;
 
-use crate::modules::IMAGEROOT_LIST;
+use hostcmd::Cmd;
+
+/// Names of what the image's `imageroot/` put at the top of the install dir, so an
+/// update can replace exactly those.
+pub const IMAGEROOT_LIST: &str = ".imageroot.lst";
 
 /// File data the layers may hold together (in and out of `imageroot/`).
 pub const MAX_BYTES: u64 = 1 << 30;
@@ -65,6 +68,8 @@ pub enum ExtractError {
     Staging { path: PathBuf, why: String },
     #[error("cannot pull {image}: {reason}")]
     Pull { image: String, reason: String },
+    #[error("cannot pull {image}: {source}")]
+    Skopeo { image: String, source: hostcmd::CmdError },
     #[error("image {image}: bad manifest: {why}")]
     Manifest { image: String, why: String },
     #[error("layer {index} ({digest}): {why}")]
@@ -263,7 +268,7 @@ pub fn deliver(x: &Extracted, dest: &Path) -> Result<(), ExtractError> {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
     }
-    crate::modules::cp_a(&x.tree, dest).map_err(fail)
+    crate::files::cp_a(&x.tree, dest).map_err(|e| fail(e.to_string()))
 }
 
 fn check_staging(staging: &Path) -> Result<(), ExtractError> {
@@ -293,16 +298,14 @@ fn pull(image: &str, work: &Path) -> Result<String, ExtractError> {
     let fail = |reason: String| ExtractError::Pull { image: image.to_owned(), reason };
     std::fs::create_dir(work).map_err(|e| ExtractError::io(work, e))?;
     let digest_file = work.join("digest");
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["copy", "--quiet", "--preserve-digests", "--command-timeout", "300s", "--digestfile"]).arg(&digest_file);
+    let mut cmd = Cmd::new("skopeo")
+        .args(["copy", "--quiet", "--preserve-digests", "--command-timeout", "300s", "--digestfile"])
+        .arg(&digest_file);
     if protocol::image::on_loopback_registry(image) {
-        cmd.arg("--src-tls-verify=false");
+        cmd = cmd.arg("--src-tls-verify=false");
     }
-    cmd.arg(format!("docker://{image}")).arg(format!("dir:{}", work.join("image").display()));
-    let out = cmd.output().map_err(|e| fail(format!("cannot run skopeo: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(format!("skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
+    cmd = cmd.arg(format!("docker://{image}")).arg(format!("dir:{}", work.join("image").display()));
+    cmd.run().map_err(|e| ExtractError::Skopeo { image: image.to_owned(), source: e })?;
     let digest = std::fs::read_to_string(&digest_file).map_err(|e| fail(format!("skopeo wrote no digest: {e}")))?;
     Ok(digest.trim().to_owned())
 }

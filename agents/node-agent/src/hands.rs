@@ -15,11 +15,10 @@
 //! module's tree cannot hang the node agent.
 
 use std::ffi::OsStr;
-use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use hostcmd::{Cmd, CmdError};
 
 use crate::users::ModuleUser;
 
@@ -29,15 +28,34 @@ const SHORT: Duration = Duration::from_secs(60);
 const LONG: Duration = Duration::from_secs(3600);
 /// What a read returns at most: the files read are the module's small text files.
 const MAX_READ: usize = 1 << 20;
+/// `timeout`'s exit status when the limit was reached.
+const TIMED_OUT: i32 = 124;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandsError {
-    #[error("cannot run {what} as {who}: {source}")]
-    Spawn { what: String, who: String, source: std::io::Error },
-    #[error("{what} as {who} failed ({status}): {stderr}")]
-    Failed { what: String, who: String, status: String, stderr: String },
+    /// The command did not start, or ended unsuccessfully.
+    #[error("{what} as {who} {}", outcome(.source))]
+    Cmd { what: String, who: String, source: CmdError },
     #[error("{what} as {who} answered more than {MAX_READ} bytes")]
     TooLarge { what: String, who: String },
+    #[error("{what} as {who} failed (no answer)")]
+    NoAnswer { what: String, who: String },
+}
+
+/// How a command of these hands ended, for a message: its status and the last lines of
+/// its stderr (the command line is a fixed script: it says nothing to a reader).
+fn outcome(e: &CmdError) -> String {
+    match e {
+        CmdError::Failed { status, stderr, .. } => {
+            let status = match status.code() {
+                Some(TIMED_OUT) => "timed out".to_owned(),
+                _ => status.to_string(),
+            };
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            format!("failed ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join(" / "))
+        }
+        other => format!("could not run: {other}"),
+    }
 }
 
 /// Who works on a module's files.
@@ -58,54 +76,30 @@ impl Hands<'_> {
     }
 
     /// `timeout <limit> <program> <args>` as these hands, with a clean environment.
-    fn command(&self, limit: Duration, program: &str) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["--kill-after=5", &format!("{}", limit.as_secs()), program])
+    fn command(&self, limit: Duration, program: &str) -> Cmd {
+        let cmd = Cmd::new("timeout")
+            .args(["--kill-after=5", &format!("{}", limit.as_secs()), program])
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LANG", "C.UTF-8")
             .current_dir("/");
-        if let Hands::Module(u) = self {
-            cmd.env("HOME", &u.home)
+        match self {
+            Hands::Root => cmd,
+            Hands::Module(u) => cmd
+                .env("HOME", &u.home)
                 .env("USER", &u.name)
                 .env("LOGNAME", &u.name)
                 .env("XDG_RUNTIME_DIR", &u.runtime_dir)
-                .uid(u.uid)
-                .gid(u.gid);
+                .uid_gid(u.uid, u.gid),
         }
-        cmd
     }
 
-    fn finish(&self, what: &str, mut cmd: Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, HandsError> {
-        let who = self.who();
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child =
-            cmd.spawn().map_err(|source| HandsError::Spawn { what: what.to_owned(), who: who.clone(), source })?;
-        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A command that stops reading early is judged by its exit status below.
-            let _ = pipe.write_all(data);
-        }
-        let out = child.wait_with_output().map_err(|source| HandsError::Spawn {
-            what: what.to_owned(),
-            who: who.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-            let status = match out.status.code() {
-                Some(124) => "timed out".to_owned(),
-                _ => out.status.to_string(),
-            };
-            return Err(HandsError::Failed {
-                what: what.to_owned(),
-                who,
-                status,
-                stderr: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
-            });
-        }
+    fn finish(&self, what: &str, cmd: Cmd, stdin: Option<&[u8]>) -> Result<Vec<u8>, HandsError> {
+        let cmd = match stdin {
+            Some(data) => cmd.stdin(data),
+            None => cmd,
+        };
+        let out = cmd.run().map_err(|source| HandsError::Cmd { what: what.to_owned(), who: self.who(), source })?;
         Ok(out.stdout)
     }
 
@@ -118,8 +112,7 @@ impl Hands<'_> {
         args: &[&OsStr],
         stdin: Option<&[u8]>,
     ) -> Result<Vec<u8>, HandsError> {
-        let mut cmd = self.command(limit, "/bin/sh");
-        cmd.arg("-c").arg(script).arg("sh").args(args);
+        let cmd = self.command(limit, "/bin/sh").arg("-c").arg(script).arg("sh").args(args);
         self.finish(what, cmd, stdin)
     }
 
@@ -129,8 +122,7 @@ impl Hands<'_> {
         match self {
             Hands::Root => self.sh(what, LONG, script, args, None),
             Hands::Module(_) => {
-                let mut cmd = self.command(LONG, "podman");
-                cmd.args(["unshare", "/bin/sh", "-c", script, "sh"]).args(args);
+                let cmd = self.command(LONG, "podman").args(["unshare", "/bin/sh", "-c", script, "sh"]).args(args);
                 self.finish(what, cmd, None)
             }
         }
@@ -157,7 +149,7 @@ if [ -e "$1" ]; then printf y; exec head -c "$2" -- "$1"; else printf n; fi"#;
             Some((b'n', _)) => Ok(None),
             Some((b'y', body)) if body.len() <= MAX_READ => Ok(Some(String::from_utf8_lossy(body).into_owned())),
             Some((b'y', _)) => Err(HandsError::TooLarge { what, who: self.who() }),
-            _ => Err(HandsError::Failed { what, who: self.who(), status: "no answer".into(), stderr: String::new() }),
+            _ => Err(HandsError::NoAnswer { what, who: self.who() }),
         }
     }
 
@@ -182,44 +174,20 @@ if [ -e "$1" ]; then printf y; exec head -c "$2" -- "$1"; else printf n; fi"#;
         if names.is_empty() {
             return self.mkdir(dest, 0o755);
         }
-        let mut pack = Command::new("tar");
-        pack.arg("-c")
-            .arg("-C")
-            .arg(tree)
-            .args(["-f", "-", "--"])
-            .args(names)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut packer =
-            pack.spawn().map_err(|source| HandsError::Spawn { what: what.clone(), who: "root".into(), source })?;
-        let stream = packer.stdout.take().expect("piped");
-        let mut unpack = self.command(LONG, "/bin/sh");
-        unpack
+        let pack = Cmd::new("tar").arg("-c").arg("-C").arg(tree).args(["-f", "-", "--"]).args(names);
+        let unpack = self
+            .command(LONG, "/bin/sh")
             .arg("-c")
             .arg(r#"mkdir -p -- "$1" && exec tar -x -p --no-same-owner -C "$1" -f -"#)
             .arg("sh")
-            .arg(dest)
-            .stdin(Stdio::from(stream))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let unpacked = unpack.spawn().and_then(|c| c.wait_with_output()).map_err(|source| HandsError::Spawn {
-            what: what.clone(),
-            who: self.who(),
-            source,
-        });
-        let packed = packer.wait_with_output();
-        let out = unpacked?;
-        let pack_ok = packed.as_ref().is_ok_and(|p| p.status.success());
-        if !out.status.success() || !pack_ok {
-            let pack_err = packed.map(|p| String::from_utf8_lossy(&p.stderr).trim().to_owned()).unwrap_or_default();
-            return Err(HandsError::Failed {
-                what,
-                who: self.who(),
-                status: format!("unpacking: {}", out.status),
-                stderr: format!("{} {pack_err}", String::from_utf8_lossy(&out.stderr).trim()).trim().to_owned(),
-            });
-        }
-        Ok(())
+            .arg(dest);
+        // Root packs (the tree is its own staging dir); a failure names whose side it was.
+        pack.pipe_to(&unpack).map(|_| ()).map_err(|source| {
+            let packing =
+                matches!(&source, CmdError::Failed { argv, .. } | CmdError::Spawn { argv, .. } if *argv == pack.argv());
+            let who = if packing { "root".to_owned() } else { self.who() };
+            HandsError::Cmd { what, who, source }
+        })
     }
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<(), HandsError> {

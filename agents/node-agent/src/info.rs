@@ -1,12 +1,24 @@
 //! `get-info`: what the node is and how much room it has. NS8 answers
 //! `{hostname, vpn_port}`; this is a superset a sysadmin can act on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-fn read(path: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+#[derive(Debug, thiserror::Error)]
+pub enum InfoError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: &'static str, source: std::io::Error },
+    #[error("cannot parse /proc/uptime")]
+    Uptime,
+    #[error("{call}: {source}")]
+    Sys { call: &'static str, source: nix::errno::Errno },
+    #[error("statvfs {}: {source}", path.display())]
+    Statvfs { path: PathBuf, source: nix::errno::Errno },
+}
+
+fn read(path: &'static str) -> Result<String, InfoError> {
+    std::fs::read_to_string(path).map_err(|source| InfoError::Read { path, source })
 }
 
 /// `KEY=value` or `KEY="value"` lines of /etc/os-release.
@@ -32,19 +44,21 @@ fn meminfo(text: &str) -> Value {
     json!({"total_bytes": kib("MemTotal"), "available_bytes": kib("MemAvailable")})
 }
 
-pub fn collect(state_dir: &Path) -> Result<Value, String> {
-    let uname = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?;
-    let hostname = nix::unistd::gethostname().map_err(|e| format!("gethostname: {e}"))?.to_string_lossy().into_owned();
+/// Blocking (statvfs, /proc): run it off the agent's thread.
+pub fn collect(state_dir: &Path) -> Result<Value, InfoError> {
+    let uname = nix::sys::utsname::uname().map_err(|source| InfoError::Sys { call: "uname", source })?;
+    let hostname = nix::unistd::gethostname()
+        .map_err(|source| InfoError::Sys { call: "gethostname", source })?
+        .to_string_lossy()
+        .into_owned();
     let os = std::fs::read_to_string("/etc/os-release").map(|t| os_release(&t)).unwrap_or(Value::Null);
-    let uptime: f64 = read("/proc/uptime")?
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or("cannot parse /proc/uptime")?;
+    let uptime: f64 =
+        read("/proc/uptime")?.split_whitespace().next().and_then(|s| s.parse().ok()).ok_or(InfoError::Uptime)?;
     let memory = meminfo(&read("/proc/meminfo")?);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // The disk that holds the agent's state is the one applications fill.
-    let vfs = nix::sys::statvfs::statvfs(state_dir).map_err(|e| format!("statvfs {}: {e}", state_dir.display()))?;
+    let vfs = nix::sys::statvfs::statvfs(state_dir)
+        .map_err(|source| InfoError::Statvfs { path: state_dir.to_owned(), source })?;
     let frag = vfs.fragment_size() as u64;
     let disk = json!({
         "path": state_dir.display().to_string(),

@@ -3,9 +3,33 @@
 //! The node picks the one that works here; nothing else differs between the two.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use serde_json::json;
+use hostcmd::{Cmd, CmdError};
+use protocol::supervisor::{Program, Restart};
+
+/// Why a module agent was not started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LauncherError {
+    #[error("{ENV_SUPERVISOR_DIR} is set but {ENV_SUPERVISOR_PIDFILE} is not")]
+    NoPidfile,
+    #[error(
+        "cannot start module agents: systemd is not running and {ENV_SUPERVISOR_DIR} is not set \
+         (run the node agent under the supervisor, see agents/supervisor/README.md)"
+    )]
+    NoLauncher,
+    #[error("cannot {doing} {}: {source}", path.display())]
+    Io { doing: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{} holds no pid", .0.display())]
+    NoPid(PathBuf),
+    #[error("cannot signal the supervisor (pid {pid}): {source}")]
+    Signal { pid: i32, source: nix::errno::Errno },
+    #[error(transparent)]
+    Systemctl(#[from] CmdError),
+}
+
+fn io<'a>(doing: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LauncherError + 'a {
+    move |source| LauncherError::Io { doing, path: path.to_owned(), source }
+}
 
 /// How module agents are run on this node.
 #[derive(Clone, Debug)]
@@ -34,20 +58,16 @@ pub const ENV_SUPERVISOR_LOG_DIR: &str = "SUPERVISOR_LOG_DIR";
 
 impl Launcher {
     /// The supervisor when the node agent was told of one, else systemd when it runs.
-    pub fn detect() -> Result<Self, String> {
+    pub fn detect() -> Result<Self, LauncherError> {
         let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         if let Some(dir) = var(ENV_SUPERVISOR_DIR) {
-            let pidfile = var(ENV_SUPERVISOR_PIDFILE)
-                .ok_or_else(|| format!("{ENV_SUPERVISOR_DIR} is set but {ENV_SUPERVISOR_PIDFILE} is not"))?;
+            let pidfile = var(ENV_SUPERVISOR_PIDFILE).ok_or(LauncherError::NoPidfile)?;
             return Ok(Launcher::Supervisor { dir, pidfile, log_dir: var(ENV_SUPERVISOR_LOG_DIR) });
         }
         if Path::new("/run/systemd/system").is_dir() {
             return Ok(Launcher::Systemd);
         }
-        Err(format!(
-            "cannot start module agents: systemd is not running and {ENV_SUPERVISOR_DIR} is not set \
-             (run the node agent under the supervisor, see agents/supervisor/README.md)"
-        ))
+        Err(LauncherError::NoLauncher)
     }
 
     fn program_file(dir: &Path, id: &str) -> PathBuf {
@@ -56,14 +76,15 @@ impl Launcher {
         dir.join(format!("50-module-{id}.json"))
     }
 
-    fn reload(pidfile: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(pidfile).map_err(|e| format!("cannot read {}: {e}", pidfile.display()))?;
-        let pid: i32 = text.trim().parse().map_err(|_| format!("{} holds no pid", pidfile.display()))?;
+    fn reload(pidfile: &Path) -> Result<(), LauncherError> {
+        let text = std::fs::read_to_string(pidfile).map_err(io("read", pidfile))?;
+        let pid: i32 = text.trim().parse().map_err(|_| LauncherError::NoPid(pidfile.to_owned()))?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP)
-            .map_err(|e| format!("cannot signal the supervisor (pid {pid}): {e}"))
+            .map_err(|source| LauncherError::Signal { pid, source })
     }
 
-    pub fn start(&self, spec: &AgentSpec) -> Result<(), String> {
+    /// Start the module's agent (and at every boot). Blocking: files, `systemctl`.
+    pub fn start(&self, spec: &AgentSpec) -> Result<(), LauncherError> {
         match self {
             Launcher::Systemd => {
                 let unit = format!("module-agent@{}.service", spec.module_id);
@@ -71,51 +92,57 @@ impl Launcher {
                     // The template runs /home/%i as user %i; a rootful module is root
                     // with its own directories.
                     let dir = Path::new(SYSTEMD_DIR).join(format!("{unit}.d"));
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                    std::fs::write(dir.join("rootful.conf"), rootful_dropin(spec))
-                        .map_err(|e| format!("cannot write the drop-in of {unit}: {e}"))?;
+                    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                    let dropin = dir.join("rootful.conf");
+                    std::fs::write(&dropin, rootful_dropin(spec)).map_err(io("write", &dropin))?;
                     systemctl(&["daemon-reload"])?;
                 }
                 systemctl(&["enable", "--now", &unit])
             }
             Launcher::Supervisor { dir, pidfile, log_dir } => {
-                let program = json!({
-                    "name": format!("module-agent-{}", spec.module_id),
-                    "command": [spec.binary, "--agentid", format!("module/{}", spec.module_id)],
-                    "env": {
-                        "AGENT_INSTALL_DIR": spec.install_dir,
-                        "AGENT_STATE_DIR": spec.state_dir,
-                    },
-                    "env_files": [spec.env_file],
-                    "cwd": spec.state_dir,
-                    "log": log_dir.as_ref().map(|d| d.join(format!("module-{}.log", spec.module_id))),
-                    "user": spec.user,
-                    "restart": "always",
-                    "stop_timeout_secs": 30,
-                });
+                let s = |p: &Path| p.display().to_string();
+                let program = Program {
+                    name: format!("module-agent-{}", spec.module_id),
+                    command: vec![s(spec.binary), "--agentid".into(), format!("module/{}", spec.module_id)],
+                    env: [("AGENT_INSTALL_DIR", spec.install_dir), ("AGENT_STATE_DIR", spec.state_dir)]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), s(v)))
+                        .collect(),
+                    env_files: vec![s(spec.env_file)],
+                    cwd: Some(spec.state_dir.to_owned()),
+                    log: log_dir.as_ref().map(|d| d.join(format!("module-{}.log", spec.module_id))),
+                    user: spec.user.map(str::to_owned),
+                    restart: Restart::Always,
+                    stop_signal: None,
+                    stop_timeout_secs: Some(30),
+                };
                 let path = Self::program_file(dir, spec.module_id);
                 let tmp = dir.join(format!(".module-{}.json.new", spec.module_id));
-                std::fs::write(&tmp, serde_json::to_string_pretty(&program).expect("json"))
-                    .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-                std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                let text = serde_json::to_string_pretty(&program).expect("a program file serializes");
+                std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+                std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
                 Self::reload(pidfile)
             }
         }
     }
 
     /// Stop the agent and forget it; stopping one that is not known is not an error.
-    pub fn stop(&self, module_id: &str) -> Result<(), String> {
+    /// Blocking: files, `systemctl`.
+    pub fn stop(&self, module_id: &str) -> Result<(), LauncherError> {
         match self {
             Launcher::Systemd => {
                 let unit = format!("module-agent@{module_id}.service");
-                systemctl(&["disable", "--now", &unit])
-                    .or_else(|e| if e.contains("not loaded") { Ok(()) } else { Err(e) })
+                match systemctl(&["disable", "--now", &unit]) {
+                    Err(LauncherError::Systemctl(e)) if e.stderr().contains("not loaded") => Ok(()),
+                    r => r,
+                }
             }
             Launcher::Supervisor { dir, pidfile, .. } => {
-                match std::fs::remove_file(Self::program_file(dir, module_id)) {
+                let file = Self::program_file(dir, module_id);
+                match std::fs::remove_file(&file) {
                     Ok(()) => Self::reload(pidfile),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(format!("cannot remove the program file of {module_id}: {e}")),
+                    Err(e) => Err(io("remove", &file)(e)),
                 }
             }
         }
@@ -139,18 +166,16 @@ pub fn rootful_dropin(spec: &AgentSpec) -> String {
     )
 }
 
-fn systemctl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("systemctl").args(args).output().map_err(|e| format!("cannot run systemctl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("systemctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
+fn systemctl(args: &[&str]) -> Result<(), LauncherError> {
+    Cmd::new("systemctl").args(args).run()?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::process::Command;
 
     #[test]
     fn supervisor_program_files_come_and_go_with_a_reload_each() {
@@ -186,7 +211,10 @@ mod tests {
         // Stopping an unknown module is not an error and sends nothing.
         l.stop("web3").unwrap();
         std::fs::write(dir.path().join("supervisor.pid"), "not a pid").unwrap();
-        assert!(l.start(&spec).unwrap_err().contains("holds no pid"));
+        assert!(l.start(&spec).unwrap_err().to_string().contains("holds no pid"));
+        // What the supervisor reads back is what was meant.
+        let p: Program = serde_json::from_value(p).unwrap();
+        assert_eq!((p.restart, p.stop_timeout_secs), (Restart::Always, Some(30)));
     }
 
     #[test]

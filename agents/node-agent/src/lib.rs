@@ -2,7 +2,10 @@
 //! node's half of installing and removing modules; and `install`, the node's first
 //! setup (`node-agent install`). Later issues add the firewall.
 
+mod blocking;
+pub mod error;
 pub mod extract;
+pub mod files;
 pub mod hands;
 mod info;
 pub mod install;
@@ -14,23 +17,17 @@ pub mod registry;
 pub mod update;
 pub mod users;
 
-use agent_runtime::{AgentConfig, NativeActions};
+use agent_runtime::{ActionError, NativeActions};
+use protocol::actions::node;
 use serde_json::json;
 
-/// For the crash tests: when `NS8RS_FAILPOINT` names this point, log that it was
-/// reached and wait there (a blocking thread) for the test to kill the agent. Unset in
-/// production; nothing else reads it.
-pub(crate) fn failpoint(name: &str) {
-    if std::env::var("NS8RS_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::warn!("failpoint {name} reached: waiting to be killed");
-        std::thread::sleep(std::time::Duration::from_secs(600));
-    }
+pub use podman::CONTAINERS_CONF;
+
+fn failed(e: impl std::fmt::Display) -> ActionError {
+    ActionError::failed(e.to_string())
 }
 
-/// Where `configure-podman` writes the node's containers.conf.
-pub const CONTAINERS_CONF: &str = "containers.conf";
-
-pub fn natives(cfg: &AgentConfig) -> NativeActions {
+pub fn natives(cfg: &agent_runtime::AgentConfig) -> NativeActions {
     let conf = cfg.state_dir.join(CONTAINERS_CONF);
     let setup = modules::NodeSetup::from_env(&cfg.state_dir);
     let recovery = setup.clone();
@@ -42,26 +39,28 @@ pub fn natives(cfg: &AgentConfig) -> NativeActions {
                 if let protocol::AgentId::Node(n) = ctx.agent {
                     use bus::fred::prelude::HashesInterface;
                     match ctx.redis.hgetall::<Vec<(String, String)>, _>(protocol::keys::MODULE_NODE).await {
-                        Ok(placed) => modules::adopt_unrecorded(&setup, n, placed).await,
+                        Ok(placed) => modules::adopt::adopt_unrecorded(&setup, n, placed).await,
                         Err(e) => tracing::error!("cannot read {}: {e}", protocol::keys::MODULE_NODE),
                     }
                 }
                 update::recover(&setup).await;
-                modules::recover_removals(&setup).await;
+                modules::remove::recover_removals(&setup).await;
             }
         })
-        .add_with("add-module", Some(modules::add_schema()), None, setup.clone(), modules::add)
-        .add_with("remove-module", Some(modules::remove_schema()), None, setup.clone(), modules::remove)
-        .add_with("update-module", Some(update::update_schema()), None, setup.clone(), update::update)
-        .add_with("finish-update", Some(update::finish_schema()), None, setup, update::finish)
-        .add("allocate-ports", Some(ports::allocate_schema()), None, ports::allocate)
-        .add("deallocate-ports", Some(ports::deallocate_schema()), None, ports::deallocate)
+        .typed_with::<node::AddModule, _, _, _>(setup.clone(), modules::add::add)
+        .typed_with::<node::RemoveModule, _, _, _>(setup.clone(), modules::remove::remove)
+        .typed_with::<node::UpdateModule, _, _, _>(setup.clone(), update::update)
+        .typed_with::<node::FinishUpdate, _, _, _>(setup, update::finish)
+        .typed::<node::AllocatePorts, _, _>(ports::allocate)
+        .typed::<node::DeallocatePorts, _, _>(ports::deallocate)
         .add_with(
             "configure-podman",
             None,
             Some(json!({"type": "object", "required": ["path", "cgroups", "runtime", "default_ulimits"]})),
             conf,
-            |_, _, conf| async move { podman::configure(&conf).map_err(agent_runtime::ActionError::failed) },
+            |_, _, conf| async move {
+                tokio::task::spawn_blocking(move || podman::configure(&conf)).await.map_err(failed)?.map_err(failed)
+            },
         )
         .add_with(
             "get-info",
@@ -71,6 +70,8 @@ pub fn natives(cfg: &AgentConfig) -> NativeActions {
                 "required": ["hostname", "os", "kernel", "cpus", "memory", "disk", "uptime_seconds"],
             })),
             cfg.state_dir.clone(),
-            |_, _, dir| async move { info::collect(&dir).map_err(agent_runtime::ActionError::failed) },
+            |_, _, dir| async move {
+                tokio::task::spawn_blocking(move || info::collect(&dir)).await.map_err(failed)?.map_err(failed)
+            },
         )
 }

@@ -13,7 +13,28 @@
 
 use std::path::Path;
 
+use std::path::PathBuf;
+
 use serde_json::{Value, json};
+
+/// Why this host cannot run the modules' containers as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    #[error(
+        "cgroups are hybrid (v1 controllers plus a v2 unified mount), which crun refuses, \
+         and runc is not installed: install the runc package"
+    )]
+    NoRunc,
+    #[error("{} is missing: rootless containers need it for their network (modprobe tun)", .0.display())]
+    NoTun(PathBuf),
+    #[error("{} has mode {mode:o}, which rootless containers cannot use, and: {source}", path.display())]
+    TunMode { path: PathBuf, mode: u32, source: std::io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Where `configure-podman` writes the node's containers.conf, in its state dir.
+pub const CONTAINERS_CONF: &str = "containers.conf";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cgroups {
@@ -88,13 +109,11 @@ fn on_path(cmd: &str) -> bool {
 }
 
 /// The settings this host needs, or why containers cannot run here.
-pub fn settings(f: &HostFacts) -> Result<Settings, String> {
+pub fn settings(f: &HostFacts) -> Result<Settings, PodmanError> {
     let mut s = Settings::default();
     if f.cgroups == Cgroups::Hybrid {
         if !f.runc {
-            return Err("cgroups are hybrid (v1 controllers plus a v2 unified mount), which crun refuses, \
-                        and runc is not installed: install the runc package"
-                .into());
+            return Err(PodmanError::NoRunc);
         }
         s.runtime = Some("runc");
     }
@@ -125,20 +144,20 @@ const TUN: &str = "/dev/net/tun";
 /// Make the TUN device usable by every user, as the kernel creates it (0666): some
 /// container hosts give it 0600, and then no rootless container gets a network.
 /// Returns what was changed, if anything.
-fn ensure_tun(path: &Path) -> Result<Option<String>, String> {
+fn ensure_tun(path: &Path) -> Result<Option<String>, PodmanError> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else {
-        return Err(format!(
-            "{} is missing: rootless containers need it for their network (modprobe tun)",
-            path.display()
-        ));
+        return Err(PodmanError::NoTun(path.to_owned()));
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o666 == 0o666 {
         return Ok(None);
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| format!("{} has mode {mode:o}, which rootless containers cannot use, and: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|source| PodmanError::TunMode {
+        path: path.to_owned(),
+        mode,
+        source,
+    })?;
     let what =
         format!("{} had mode {mode:o}; set to 666 (the kernel's default) for rootless containers", path.display());
     tracing::warn!("{what}");
@@ -146,16 +165,17 @@ fn ensure_tun(path: &Path) -> Result<Option<String>, String> {
 }
 
 /// Probe the host, write `path` (atomically, only when it changes), fix what rootless
-/// containers need from the host, and describe what was found and done.
-pub fn configure(path: &Path) -> Result<Value, String> {
+/// containers need from the host, and describe what was found and done. Blocking
+/// (files, /proc, statfs): run it off the agent's thread.
+pub fn configure(path: &Path) -> Result<Value, PodmanError> {
     let tun = ensure_tun(Path::new(TUN))?;
     let facts = probe();
     let s = settings(&facts)?;
     let text = containers_conf(&s);
     if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
         let tmp = path.with_extension("conf.new");
-        std::fs::write(&tmp, &text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&tmp, &text).map_err(|source| PodmanError::Write { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, path).map_err(|source| PodmanError::Write { path: path.to_owned(), source })?;
     }
     Ok(json!({
         "path": path,
@@ -191,7 +211,7 @@ mod tests {
         assert!(conf.contains("[engine]\nruntime = \"runc\"\n"), "{conf}");
         assert!(conf.contains("default_ulimits = [\"nofile=20000:20000\", \"nproc=4194304:4194304\"]"), "{conf}");
         let no_runc = HostFacts { runc: false, ..facts(Cgroups::Hybrid, true) };
-        assert!(settings(&no_runc).unwrap_err().contains("install the runc package"));
+        assert!(settings(&no_runc).unwrap_err().to_string().contains("install the runc package"));
     }
 
     #[test]
@@ -204,7 +224,7 @@ mod tests {
         assert!(ensure_tun(&f).unwrap().unwrap().contains("had mode 600"));
         assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o666);
         assert_eq!(ensure_tun(&f).unwrap(), None);
-        assert!(ensure_tun(&dir.path().join("none")).unwrap_err().contains("modprobe tun"));
+        assert!(ensure_tun(&dir.path().join("none")).unwrap_err().to_string().contains("modprobe tun"));
     }
 
     #[test]

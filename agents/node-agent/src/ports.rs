@@ -9,38 +9,14 @@
 
 use agent_runtime::{ActionContext, ActionError};
 use bus::fred::prelude::*;
+use protocol::actions::node::{AllocatePortsReply, AllocatePortsRequest, DeallocatePortsReply, DeallocatePortsRequest};
 use protocol::{AgentId, keys};
-use serde_json::{Value, json};
 
 pub const FIRST_PORT: u16 = 20000;
 pub const LAST_PORT: u16 = 45000;
 /// NS8's exit codes: a module asking for another module's ports, or beyond its demand.
 pub const EXIT_NOT_OWN: i32 = 32;
 pub const EXIT_OVER_DEMAND: i32 = 33;
-
-pub fn allocate_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["ports", "module_id", "protocol"],
-        "properties": {
-            "ports": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "module_id": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"},
-            "protocol": {"enum": ["tcp", "udp"]},
-            "keep_existing": {"type": "boolean"}
-        }
-    })
-}
-
-pub fn deallocate_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["module_id", "protocol"],
-        "properties": {
-            "module_id": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"},
-            "protocol": {"enum": ["tcp", "udp"]}
-        }
-    })
-}
 
 fn fail(exit_code: i32, message: String) -> ActionError {
     ActionError::Failed { exit_code, message }
@@ -64,16 +40,14 @@ fn node_id(ctx: &ActionContext) -> u32 {
     }
 }
 
-pub async fn allocate(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
-    let module = data["module_id"].as_str().unwrap_or_default().to_owned();
-    let protocol = data["protocol"].as_str().unwrap_or("tcp");
-    let count = data["ports"].as_u64().unwrap_or(1);
-    let keep = data["keep_existing"].as_bool().unwrap_or(false);
+pub async fn allocate(ctx: ActionContext, req: AllocatePortsRequest) -> Result<AllocatePortsReply, ActionError> {
+    let AllocatePortsRequest { module_id: module, protocol, ports: count, keep_existing: keep } = req;
+    let protocol = protocol.as_str();
     check_owner(&ctx, &module)?;
     if ctx.user.starts_with("module/") {
         // A module asks for itself: never beyond the demand its image declared.
         let demand: Option<String> = ctx.redis.hget(keys::ports_demand(protocol), &module).await?;
-        let demand: u64 = demand.and_then(|d| d.parse().ok()).unwrap_or(0);
+        let demand: u16 = demand.and_then(|d| d.parse().ok()).unwrap_or(0);
         if count > demand {
             return Err(fail(
                 EXIT_OVER_DEMAND,
@@ -91,8 +65,9 @@ pub async fn allocate(ctx: ActionContext, data: Value) -> Result<Value, ActionEr
     ];
     let reply: Vec<i64> =
         bus::functions::fcall(&ctx.redis, protocol::functions::PORTS_ALLOCATE, vec![key], args).await?;
+    let port = |p: i64| u16::try_from(p).map_err(|_| ActionError::failed(format!("the ports function answered {p}")));
     match reply.as_slice() {
-        [start, end] => Ok(json!([start, end])),
+        [start, end] => Ok(AllocatePortsReply(port(*start)?, port(*end)?)),
         _ => Err(ActionError::failed(format!(
             "no free range of {count} {protocol} ports between {FIRST_PORT} and {LAST_PORT} for module {module}: \
              the node's ports are exhausted"
@@ -100,10 +75,9 @@ pub async fn allocate(ctx: ActionContext, data: Value) -> Result<Value, ActionEr
     }
 }
 
-pub async fn deallocate(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
-    let module = data["module_id"].as_str().unwrap_or_default().to_owned();
-    let protocol = data["protocol"].as_str().unwrap_or("tcp");
+pub async fn deallocate(ctx: ActionContext, req: DeallocatePortsRequest) -> Result<DeallocatePortsReply, ActionError> {
+    let module = req.module_id;
     check_owner(&ctx, &module)?;
-    let removed: i64 = ctx.redis.hdel(keys::node_ports(node_id(&ctx), protocol), &module).await?;
-    Ok(json!({"released": removed == 1}))
+    let removed: i64 = ctx.redis.hdel(keys::node_ports(node_id(&ctx), req.protocol.as_str()), &module).await?;
+    Ok(DeallocatePortsReply { released: removed == 1 })
 }

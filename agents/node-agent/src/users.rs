@@ -8,7 +8,37 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use hostcmd::{Cmd, CmdError};
+
+/// `useradd`'s exit status when the name is taken (shadow-utils' E_NAME_IN_USE).
+const USERADD_NAME_IN_USE: i32 = 9;
+
+/// Why a module's account was not made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error(transparent)]
+    Id(#[from] protocol::IdError),
+    /// Never taken over: the cluster may take the next module id.
+    #[error("a Unix user named {0} already exists: refusing to take it over")]
+    Exists(String),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error("user {0} missing right after useradd")]
+    Missing(String),
+    #[error(
+        "useradd gave {name} no range in {file}: rootless containers need one (check SUB_UID_COUNT in /etc/login.defs)"
+    )]
+    NoSubordinateRange { name: String, file: &'static str },
+    #[error("cannot {doing} {}: {source}", path.display())]
+    Io { doing: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cannot give {} to {name}: {source}", path.display())]
+    Chown { path: PathBuf, name: String, source: nix::errno::Errno },
+}
+
+fn io<'a>(doing: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> UserError + 'a {
+    move |source| UserError::Io { doing, path: path.to_owned(), source }
+}
 
 /// What a module's agent and services run with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,14 +48,6 @@ pub struct ModuleUser {
     pub gid: u32,
     pub home: PathBuf,
     pub runtime_dir: PathBuf,
-}
-
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The account `name`, if it exists.
@@ -72,42 +94,53 @@ pub fn has_subordinate_range(file: &Path, name: &str) -> bool {
 /// Create the user of module `name` with its home under `home_base` and its runtime
 /// directory under `runtime_base` (`/run/user` on a server). An existing account is an
 /// error, left untouched; a failure half-way removes what was made.
-pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<ModuleUser, String> {
-    protocol::validate_module_id(name).map_err(|e| e.to_string())?;
+pub fn create(name: &str, home_base: &Path, runtime_base: &Path) -> Result<ModuleUser, UserError> {
+    protocol::validate_module_id(name)?;
     if nix::unistd::User::from_name(name).ok().flatten().is_some() {
-        return Err(format!("a Unix user named {name} already exists: refusing to take it over"));
+        return Err(UserError::Exists(name.to_owned()));
     }
     let home = home_base.join(name);
-    run(Command::new("useradd")
+    Cmd::new("useradd")
         .args(["--create-home", "--shell", "/bin/bash", "--comment"])
         .arg(account_comment(name))
         .arg("--home-dir")
         .arg(&home)
-        .arg(name))?;
-    let finish = || -> Result<ModuleUser, String> {
-        let user = lookup(name, runtime_base).ok_or_else(|| format!("user {name} missing right after useradd"))?;
+        .arg(name)
+        .run()
+        .map_err(|e| useradd_failed(name, e))?;
+    let finish = || -> Result<ModuleUser, UserError> {
+        let user = lookup(name, runtime_base).ok_or_else(|| UserError::Missing(name.to_owned()))?;
         for file in ["/etc/subuid", "/etc/subgid"] {
             if !has_subordinate_range(Path::new(file), name) {
-                return Err(format!(
-                    "useradd gave {name} no range in {file}: rootless containers need one (check SUB_UID_COUNT in /etc/login.defs)"
-                ));
+                return Err(UserError::NoSubordinateRange { name: name.to_owned(), file });
             }
         }
-        std::fs::create_dir_all(&user.runtime_dir)
-            .map_err(|e| format!("cannot create {}: {e}", user.runtime_dir.display()))?;
+        std::fs::create_dir_all(&user.runtime_dir).map_err(io("create", &user.runtime_dir))?;
         std::fs::set_permissions(&user.runtime_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", user.runtime_dir.display()))?;
+            .map_err(io("set the mode of", &user.runtime_dir))?;
         nix::unistd::chown(
             &user.runtime_dir,
             Some(nix::unistd::Uid::from_raw(user.uid)),
             Some(nix::unistd::Gid::from_raw(user.gid)),
         )
-        .map_err(|e| format!("cannot give {} to {name}: {e}", user.runtime_dir.display()))?;
+        .map_err(|source| UserError::Chown {
+            path: user.runtime_dir.clone(),
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(user)
     };
     finish().inspect_err(|_| {
         let _ = remove(name, runtime_base);
     })
+}
+
+/// A name taken between the check and useradd's own is still not ours to take.
+fn useradd_failed(name: &str, e: CmdError) -> UserError {
+    match e.exit_code() {
+        Some(USERADD_NAME_IN_USE) => UserError::Exists(name.to_owned()),
+        _ => UserError::Cmd(e),
+    }
 }
 
 /// The processes whose real uid is `uid`, zombies excepted (they are already dead,
@@ -163,22 +196,39 @@ fn kill_all_in(first: u32, count: u32) {
 /// Stop every process of the user, then remove the account, its home, its mail spool,
 /// its subordinate ranges (userdel does) and its runtime directory. Removing a user
 /// that does not exist is not an error.
-pub fn remove(name: &str, runtime_base: &Path) -> Result<(), String> {
+pub fn remove(name: &str, runtime_base: &Path) -> Result<(), UserError> {
     let Some(user) = lookup(name, runtime_base) else { return Ok(()) };
     // Processes keep userdel from working and would outlive the module.
     kill_all_of(&user);
     if user.runtime_dir.exists() {
-        std::fs::remove_dir_all(&user.runtime_dir)
-            .map_err(|e| format!("cannot remove {}: {e}", user.runtime_dir.display()))?;
+        std::fs::remove_dir_all(&user.runtime_dir).map_err(io("remove", &user.runtime_dir))?;
     }
-    run(Command::new("userdel").args(["--remove"]).arg(name))
-        .or_else(|e| if e.contains("mail spool") { Ok(String::new()) } else { Err(e) })?;
+    match Cmd::new("userdel").arg("--remove").arg(name).run() {
+        // No mail spool to remove is not a failure to remove the user.
+        Err(e) if !e.stderr().contains("mail spool") => return Err(e.into()),
+        _ => {}
+    }
     // One more sweep, by uid: a process that was still switching to the user during the
     // first one is the user's now.
     kill_all(user.uid);
     // userdel leaves a home outside the standard base alone when it is not the user's.
     if user.home.exists() {
-        std::fs::remove_dir_all(&user.home).map_err(|e| format!("cannot remove {}: {e}", user.home.display()))?;
+        std::fs::remove_dir_all(&user.home).map_err(io("remove", &user.home))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn useradd_losing_the_race_for_the_name_is_an_existing_account() {
+        let in_use = Cmd::new("sh").args(["-c", "echo \"useradd: user 'web1' already exists\" >&2; exit 9"]);
+        let e = useradd_failed("web1", in_use.run().unwrap_err());
+        assert!(matches!(&e, UserError::Exists(n) if n == "web1"), "{e:?}");
+        assert_eq!(e.to_string(), "a Unix user named web1 already exists: refusing to take it over");
+        let other = useradd_failed("web1", Cmd::new("sh").args(["-c", "exit 1"]).run().unwrap_err());
+        assert!(matches!(other, UserError::Cmd(_)), "{other:?}");
+    }
 }

@@ -46,7 +46,8 @@ fn create_run_a_rootless_container_and_remove() {
     assert!(users::has_subordinate_range(Path::new("/etc/subuid"), &name));
     assert!(users::has_subordinate_range(Path::new("/etc/subgid"), &name));
     let err = users::create(&name, &homes, &runtime).unwrap_err();
-    assert!(err.contains("already exists"), "{err}");
+    assert!(matches!(err, users::UserError::Exists(_)), "{err:?}");
+    assert!(err.to_string().contains("already exists"), "{err}");
     assert!(u.home.exists(), "a refused create leaves the existing user alone");
 
     // Rootless Podman as that user, with the settings the node computes for this host.

@@ -6,35 +6,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Deserialize;
+use protocol::supervisor::Program as ProgramFile;
+pub use protocol::supervisor::Restart;
 
-/// When to start a program again after it exits.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Restart {
-    #[default]
-    Always,
-    OnFailure,
-    Never,
-}
-
-/// A program file as written on disk.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProgramFile {
-    name: String,
-    command: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    env_files: Vec<String>,
-    cwd: Option<PathBuf>,
-    log: Option<PathBuf>,
-    #[serde(default)]
-    restart: Restart,
-    user: Option<String>,
-    stop_signal: Option<String>,
-    stop_timeout_secs: Option<u64>,
+/// Why a program file is not used; the messages don't name the file (the caller does).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read it: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("\"name\" is empty")]
+    EmptyName,
+    #[error("\"command\" is empty")]
+    EmptyCommand,
+    #[error("unknown \"stop_signal\" {0:?}")]
+    UnknownSignal(String),
 }
 
 /// A validated program. Equality decides whether a reload restarts it.
@@ -68,17 +55,17 @@ fn parse_signal(s: &str) -> Option<Signal> {
 
 impl Program {
     /// Parse and check the content of a program file; errors don't name the file.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let f: ProgramFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let f: ProgramFile = serde_json::from_str(text)?;
         if f.name.trim().is_empty() {
-            return Err("\"name\" is empty".into());
+            return Err(ConfigError::EmptyName);
         }
         if f.command.first().is_none_or(|c| c.is_empty()) {
-            return Err("\"command\" is empty".into());
+            return Err(ConfigError::EmptyCommand);
         }
         let stop_signal = match f.stop_signal {
             None => Signal::SIGTERM,
-            Some(s) => parse_signal(&s).ok_or_else(|| format!("unknown \"stop_signal\" {s:?}"))?,
+            Some(s) => parse_signal(&s).ok_or(ConfigError::UnknownSignal(s))?,
         };
         Ok(Program {
             name: f.name,
@@ -121,7 +108,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<BTreeMap<String, Entry>> {
     let mut names = HashSet::new();
     let mut out = BTreeMap::new();
     for (file, path) in files {
-        let parsed = std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| Program::parse(&t));
+        let parsed = std::fs::read_to_string(&path).map_err(ConfigError::from).and_then(|t| Program::parse(&t));
         let entry = match parsed {
             Ok(p) if !names.insert(p.name.clone()) => {
                 tracing::error!(
@@ -179,15 +166,15 @@ mod tests {
 
     #[test]
     fn rejections() {
-        let e = Program::parse(r#"{"name": "a", "command": ["/bin/true"], "colour": "red"}"#).unwrap_err();
+        let e = Program::parse(r#"{"name": "a", "command": ["/bin/true"], "colour": "red"}"#).unwrap_err().to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
-        let e = Program::parse(r#"{"name": "a", "command": []}"#).unwrap_err();
+        let e = Program::parse(r#"{"name": "a", "command": []}"#).unwrap_err().to_string();
         assert!(e.contains("command"), "{e}");
-        let e = Program::parse(r#"{"command": ["/bin/true"]}"#).unwrap_err();
+        let e = Program::parse(r#"{"command": ["/bin/true"]}"#).unwrap_err().to_string();
         assert!(e.contains("name"), "{e}");
-        let e = Program::parse(r#"{"name": "a", "command": ["x"], "restart": "sometimes"}"#).unwrap_err();
+        let e = Program::parse(r#"{"name": "a", "command": ["x"], "restart": "sometimes"}"#).unwrap_err().to_string();
         assert!(e.contains("sometimes"), "{e}");
-        let e = Program::parse(r#"{"name": "a", "command": ["x"], "stop_signal": "FOO"}"#).unwrap_err();
+        let e = Program::parse(r#"{"name": "a", "command": ["x"], "stop_signal": "FOO"}"#).unwrap_err().to_string();
         assert!(e.contains("FOO"), "{e}");
     }
 }

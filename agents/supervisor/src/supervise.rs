@@ -228,8 +228,9 @@ fn describe(status: ExitStatus) -> String {
 
 /// Start the program in its own process group; logs the pid.
 fn spawn(p: &Program) -> io::Result<(Child, Pid)> {
-    let mut cmd = std::process::Command::new(&p.command[0]);
-    cmd.args(&p.command[1..]).stdin(Stdio::null()).process_group(0);
+    // The one seam for host programs; this one is long-running, so supervised here.
+    let mut cmd = hostcmd::Cmd::new(&p.command[0]).args(&p.command[1..]).to_std();
+    cmd.stdin(Stdio::null()).process_group(0);
     if let Some(user) = &p.user {
         run_as(&mut cmd, user)?;
     }

@@ -21,6 +21,8 @@ pub struct Cmd {
     clear_env: bool,
     cwd: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
+    /// The uid and gid it runs as (supplementary groups dropped), when not the caller's.
+    ids: Option<(u32, u32)>,
 }
 
 /// Why a command did not succeed.
@@ -68,6 +70,7 @@ impl Cmd {
             clear_env: false,
             cwd: None,
             stdin: None,
+            ids: None,
         }
     }
 
@@ -112,6 +115,12 @@ impl Cmd {
         self
     }
 
+    /// Run as `uid`:`gid` (the caller must be root): a module's own hands.
+    pub fn uid_gid(mut self, uid: u32, gid: u32) -> Self {
+        self.ids = Some((uid, gid));
+        self
+    }
+
     /// The command line, for messages.
     pub fn argv(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
@@ -144,6 +153,10 @@ impl Cmd {
         if let Some(d) = &self.cwd {
             c.current_dir(d);
         }
+        if let Some((uid, gid)) = self.ids {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(gid);
+        }
         c
     }
 
@@ -175,6 +188,38 @@ impl Cmd {
     /// [`run`](Self::run), and its stdout as text.
     pub fn stdout(&self) -> Result<String, CmdError> {
         self.run().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Run `self` with its stdout streamed into `next`'s stdin (`self | next`), both to
+    /// their end; `next`'s output when both succeed, else the failure of the consumer
+    /// (its cause is usually the producer's, named in the producer's own error then).
+    pub fn pipe_to(&self, next: &Cmd) -> Result<Output, CmdError> {
+        let mut producer = self.to_std();
+        producer.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut first = producer.spawn().map_err(|source| CmdError::Spawn { argv: self.argv(), source })?;
+        let stream = first.stdout.take().expect("stdout was piped");
+        let mut consumer = next.to_std();
+        consumer.stdin(Stdio::from(stream)).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The producer's stderr is drained meanwhile, so a chatty producer cannot block.
+        let first = std::thread::spawn(move || first.wait_with_output());
+        let second = consumer.spawn().and_then(|c| c.wait_with_output());
+        let first = first
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the thread waiting for it panicked")))
+            .map_err(|source| CmdError::Spawn { argv: self.argv(), source })?;
+        let second = second.map_err(|source| CmdError::Spawn { argv: next.argv(), source })?;
+        let failed = |cmd: &Cmd, out: &Output| CmdError::Failed {
+            argv: cmd.argv(),
+            status: out.status,
+            stderr: tail(&out.stderr),
+        };
+        if !first.status.success() {
+            return Err(failed(self, &first));
+        }
+        if !second.status.success() {
+            return Err(failed(next, &second));
+        }
+        Ok(second)
     }
 
     /// [`output`](Self::output) on tokio's blocking pool.
@@ -218,7 +263,10 @@ mod tests {
         assert_eq!(err.exit_code(), Some(3));
         assert_eq!(err.stderr(), "disk on fire");
         let text = err.to_string();
-        assert!(text.starts_with("sh -c \"echo out; echo 'disk on fire' >&2; exit 3\" failed (exit status: 3)"), "{text}");
+        assert!(
+            text.starts_with("sh -c \"echo out; echo 'disk on fire' >&2; exit 3\" failed (exit status: 3)"),
+            "{text}"
+        );
         assert!(text.ends_with(": disk on fire"), "{text}");
     }
 
@@ -250,6 +298,34 @@ mod tests {
         let long = "x".repeat(STDERR_TAIL * 3) + "the cause";
         let t = tail(long.as_bytes());
         assert!(t.starts_with("...") && t.ends_with("the cause") && t.len() == STDERR_TAIL + 3, "{}", t.len());
+    }
+
+    #[test]
+    fn a_pipe_streams_and_names_the_side_that_failed() {
+        let out = Cmd::new("printf").arg("a\\nb\\n").pipe_to(&Cmd::new("wc").arg("-l")).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+        let err = Cmd::new("sh").args(["-c", "echo gone >&2; exit 4"]).pipe_to(&Cmd::new("cat")).unwrap_err();
+        assert_eq!((err.exit_code(), err.stderr()), (Some(4), "gone"));
+        let err = Cmd::new("true").pipe_to(&Cmd::new("sh").args(["-c", "exit 5"])).unwrap_err();
+        assert_eq!(err.exit_code(), Some(5));
+    }
+
+    #[test]
+    fn uid_gid_switch_the_account() {
+        if !nix_is_root() {
+            return;
+        }
+        let out = Cmd::new("id").arg("-u").uid_gid(65534, 65534).stdout().unwrap();
+        assert_eq!(out.trim(), "65534");
+    }
+
+    fn nix_is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0"))
+            })
+            .unwrap_or(false)
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -3,8 +3,9 @@
 //! Everything that crosses Redis or the step boundary is defined here: agent ids,
 //! every key and channel name ([`keys`]), the task JSON ([`task`]), progress and
 //! results, the fd-3 command channel ([`comfd`]), the `state/environment` file
-//! ([`envfile`]) and exit codes ([`exit`]). Keeping it in one I/O-free crate means the
-//! agents, the api-server and the tests cannot drift apart on a key name.
+//! ([`envfile`]), exit codes ([`exit`]), and the supervisor's program file
+//! ([`supervisor`]). Keeping it in one I/O-free crate means the agents, the api-server
+//! and the tests cannot drift apart on a key name.
 
 pub mod acl;
 pub mod actions;
@@ -17,6 +18,7 @@ pub mod image;
 pub mod keys;
 pub mod secrets;
 pub mod stepenv;
+pub mod supervisor;
 pub mod task;
 pub mod time;
 

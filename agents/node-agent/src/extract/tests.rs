@@ -548,7 +548,10 @@ fn staging_must_be_private_and_empty_and_is_left_empty() {
     assert!(err.to_string().ends_with("is not a directory"), "{err}");
     // A failed pull leaves the staging dir as it was.
     let err = imageroot("127.0.0.1:1/test/x:1", &staging).unwrap_err();
-    assert!(err.to_string().starts_with("cannot pull 127.0.0.1:1/test/x:1: skopeo copy failed"), "{err}");
+    // skopeo's command line, status and stderr (the registry is not there).
+    let text = err.to_string();
+    assert!(text.starts_with("cannot pull 127.0.0.1:1/test/x:1: skopeo copy "), "{text}");
+    assert!(text.contains("failed (exit status: 1)") && text.contains("connection refused"), "{text}");
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     let made = staging_dir(&dir.path().join("state")).unwrap();
     assert_eq!(made.path().symlink_metadata().unwrap().mode() & 0o7777, 0o700);
