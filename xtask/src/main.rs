@@ -14,6 +14,7 @@ mod cluster;
 mod images;
 mod packages;
 mod resp;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +47,9 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         packages: Vec<String>,
     },
+    /// Check the tidy rules (xtask/src/tidy/mod.rs): key names only in protocol, typed
+    /// errors, the code map, host commands through hostcmd, no import cycles.
+    Tidy,
     /// Install what the tests need, then run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -89,6 +93,7 @@ fn main() -> Result<()> {
             println!("{}", images::debian_tarball(&packages)?.display());
             Ok(())
         }
+        Cmd::Tidy => tidy::run(&workspace()),
         Cmd::Test { args } => {
             packages::ensure(TEST_PACKAGES)?;
             // The module image tests build and push with `cargo xtask images`.
