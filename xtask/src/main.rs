@@ -8,8 +8,6 @@
 //!   Debian root tarball (for the installer's test).
 
 mod bench;
-mod bench_api;
-mod bench_modules;
 mod cluster;
 mod images;
 mod packages;
@@ -57,6 +55,11 @@ enum Cmd {
         args: Vec<String>,
     },
 }
+
+/// Where the local cluster lives unless told: outside any home directory, because
+/// module agents run as their own users and must reach its `bin/`. Here, not in
+/// `cluster`, because `images` writes the repository under it too.
+pub const DEFAULT_ROOT: &str = "/var/lib/ns8rs";
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace() -> PathBuf {
