@@ -91,7 +91,8 @@ pub fn lex(text: &str) -> Vec<Token> {
         } else if c == b'\'' {
             // A char literal ('a', '\n', '\u{..}') or a lifetime ('a, 'static).
             if b.get(i + 1) == Some(&b'\\') {
-                let mut j = i + 2;
+                // Past the escaped character, which may be a quote: '\''.
+                let mut j = i + 3;
                 while j < b.len() && b[j] != b'\'' {
                     j += 1;
                 }
@@ -237,8 +238,8 @@ fn cfg_test_attr(t: &[Token], i: usize) -> Option<usize> {
     (test && !negated).then_some(end)
 }
 
-/// The end of the item starting at `i` (after its attribute): its first `;` outside
-/// brackets, or the `}` closing its first brace.
+/// The end of the item starting at `i` (after its attribute): its first `;` (or `,`,
+/// for a field or an argument) outside brackets, or the `}` closing its first brace.
 fn item_end(t: &[Token], i: usize) -> usize {
     let mut depth = 0i32;
     let mut k = i;
@@ -255,7 +256,7 @@ fn item_end(t: &[Token], i: usize) -> usize {
             if depth <= 0 && tok.is_punct("}") {
                 return k + 1;
             }
-        } else if depth == 0 && tok.is_punct(";") {
+        } else if depth == 0 && (tok.is_punct(";") || tok.is_punct(",")) {
             return k + 1;
         }
         k += 1;

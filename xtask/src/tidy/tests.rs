@@ -189,3 +189,42 @@ fn the_allowlist_must_be_exact() {
     assert!(parse_allowlist("no-such-rule a.rs 1").is_err());
     assert!(parse_allowlist("command-new a.rs").is_err());
 }
+
+/// The lexer on every file of this workspace: brackets balance, so no string, char,
+/// lifetime or comment was misread (a misread one swallows or leaks brackets).
+#[test]
+fn the_lexer_reads_every_file_of_the_workspace() {
+    let root = crate::workspace();
+    let mut files = Vec::new();
+    for dir in ["crates", "agents", "tests", "xtask"] {
+        collect_rs(&root.join(dir), &mut files).unwrap();
+    }
+    assert!(files.len() > 50, "{} files", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let tokens = source::lex(&text);
+        for (open, close) in [("(", ")"), ("[", "]"), ("{", "}")] {
+            let n = |p: &str| tokens.iter().filter(|t| t.is_punct(p)).count();
+            assert_eq!(n(open), n(close), "{}: {open}{close} do not balance", f.display());
+        }
+    }
+}
+
+#[test]
+fn test_items_are_dropped() {
+    let s = source::parse(
+        "struct S {\n    a: u8,\n    #[cfg(test)]\n    b: u8,\n    c: u8,\n}\n#[cfg(test)]\nmod tests;\n\
+         #[cfg(not(test))]\nfn kept() { let c = '\\''; let l: &'static str = \"x\"; }\n",
+    );
+    let idents: Vec<&str> = s
+        .tokens
+        .iter()
+        .filter_map(|t| if let source::Tok::Ident(i) = &t.tok { Some(i.as_str()) } else { None })
+        .collect();
+    assert_eq!(
+        idents,
+        ["struct", "S", "a", "u8", "c", "u8", "cfg", "not", "test", "fn", "kept", "let", "c", "let", "l", "str"]
+    );
+    assert_eq!(s.test_modules, ["tests"]);
+    assert_eq!(s.tokens.last().unwrap().line, 10);
+}
