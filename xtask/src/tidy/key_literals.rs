@@ -17,6 +17,13 @@
 //! * inside a longer literal (a Lua script, JSON text), quoted pieces are checked
 //!   too: `'cluster/module_node'`.
 //!
+//! Keys keys.rs does not name yet are caught by their namespace: a literal starting
+//! with the first fixed segment of a template (`cluster/`, `task/`, `progress/`,
+//! `user/`, `roles/`, `private/`) and one more segment, or with an agent id and one more
+//! segment (`node/1/flags`, `module/{id}/x`, `{agent}/flags`, for a placeholder named
+//! `agent..` or `source`). `cluster/actions` and `cluster/state/..` are the cluster
+//! agent's directories (NS8's install tree), not keys.
+//!
 //! A bare agent id or agent pattern (`module/x`, `node/1`, `node/*`) is not a key, and
 //! neither is a placeholder named like a path or URL (`{base}/tasks` is an HTTP route).
 //! Fix: call the function of `protocol::keys` that names it, or add one there.
@@ -26,6 +33,9 @@ use super::{Rule, Violation, Workspace};
 
 pub const KEYS_FILE: &str = "crates/protocol/src/keys.rs";
 const HOME: &str = "crates/protocol";
+/// The directories of an agent's install tree (`<agent>/actions`, `<agent>/state`):
+/// paths that start like a `cluster/` key.
+const AGENT_TREE_DIRS: &[&str] = &["actions", "state"];
 /// Placeholder names that hold a path or URL, never an agent id.
 const PATH_LIKE: &[&str] = &["base", "url", "endpoint", "path", "dir", "root", "prefix", "home"];
 
@@ -186,7 +196,38 @@ fn candidates(literal: &str) -> Vec<String> {
     out
 }
 
-/// The template `literal` names, if any.
+/// The namespaces of the schema: the first fixed segment of each template.
+fn namespaces(templates: &[Template]) -> Vec<String> {
+    let mut out: Vec<String> = templates
+        .iter()
+        .filter_map(|t| match t.segs.first() {
+            Some(TSeg::Text(ns)) if !ns.contains('*') => Some(ns.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The namespace `body` (split in segments `segs`) starts in, if it names a key there.
+fn in_namespace(body: &str, segs: &[String], prefix: bool, namespaces: &[String]) -> Option<String> {
+    let first = body.split('/').next().unwrap_or("");
+    let agent_placeholder =
+        placeholder_name(first).is_some_and(|n| n.starts_with("agent") || n == "source") && segs.len() >= 2;
+    let fixed = |s: &String| !s.is_empty() && s != "*" && s != "<path>";
+    let named = match segs[0].as_str() {
+        "node" => segs.len() >= 3 && (segs[1] == "*" || segs[1].parse::<u32>().is_ok()),
+        "module" => segs.len() >= 3,
+        "cluster" => (segs.len() >= 2 && !AGENT_TREE_DIRS.contains(&segs[1].as_str())) || prefix,
+        ns if namespaces.iter().any(|n| n == ns) => segs.len() >= 2 || prefix,
+        _ => agent_placeholder && fixed(&segs[1]),
+    };
+    let ns = if agent_placeholder { "<agent>" } else { segs[0].as_str() };
+    named.then(|| format!("{ns}/..."))
+}
+
+/// The template (or namespace) `literal` names, if any.
 fn names_key(literal: &str, templates: &[Template], fragments: &[String]) -> Option<String> {
     for cand in candidates(literal) {
         if fragments.contains(&cand) {
@@ -213,6 +254,9 @@ fn names_key(literal: &str, templates: &[Template], fragments: &[String]) -> Opt
             .collect();
         if let Some(t) = templates.iter().find(|t| matches(&segs, &t.segs, prefix, false)) {
             return Some(t.text.clone());
+        }
+        if let Some(ns) = in_namespace(body, &segs, prefix, &namespaces(templates)) {
+            return Some(ns);
         }
     }
     None
@@ -274,6 +318,10 @@ mod tests {
             "redis.call('HGET', 'cluster/module_node', ARGV[1])",
             "node/{n}/tcp_ports",
             "user/{}",
+            "cluster/installing",
+            "{agent}/flags",
+            "module/{id}/flags",
+            "node/{n}/whatever",
         ] {
             assert!(key(lit).is_some(), "{lit:?} is a key");
         }
@@ -298,6 +346,10 @@ mod tests {
             "ghcr.io/nethserver/dokuwiki:1.0",
             "{base}/tasks",
             "node/*",
+            "cluster/actions",
+            "cluster/state/environment",
+            "node/actions/x",
+            "{id}/flags",
         ] {
             assert_eq!(key(lit), None, "{lit:?} is not a key");
         }
