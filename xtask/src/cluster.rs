@@ -17,18 +17,17 @@ use serde_json::json;
 
 use node_agent::install::{self, Identity};
 
-use crate::{packages, run, workspace};
+use crate::{DEFAULT_ROOT, packages, run, workspace};
 
 pub const BINARIES: &[&str] =
     &["supervisor", "cluster-agent", "node-agent", "module-agent", "module-service", "api-cli", "api-server"];
 pub const DEFAULT_PORT: u16 = 16379;
-/// Where the local cluster lives unless told: outside any home directory, because
-/// module agents run as their own users and must reach its `bin/`.
-pub const DEFAULT_ROOT: &str = "/var/lib/ns8rs";
 /// The local software repository's registry (images::DEFAULT_REGISTRY).
 pub const DEFAULT_REGISTRY_PORT: u16 = 15000;
 /// The api-server's port, as NS8's.
 pub const DEFAULT_API_PORT: u16 = 9311;
+/// The name of the software repository `up` adds, holding the modules/ images.
+pub const LOCAL_REPOSITORY: &str = "local";
 /// The first admin, created at the first `up` with a generated password.
 pub const ADMIN: &str = "admin";
 
@@ -316,8 +315,9 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     crate::images::build(&registry_host, &root.join("repository"), None, &args.modules)?;
     // The cluster knows its local repository (once), through its own action.
-    if redis_cli(port, &core.cluster, &["EXISTS", "cluster/repository/local"]).is_some_and(|r| r.trim() == "0") {
-        let data = json!({"name": "local", "url": format!("file://{}", root.join("repository").display())});
+    let repository = protocol::keys::repository(LOCAL_REPOSITORY);
+    if redis_cli(port, &core.cluster, &["EXISTS", &repository]).is_some_and(|r| r.trim() == "0") {
+        let data = json!({"name": LOCAL_REPOSITORY, "url": format!("file://{}", root.join("repository").display())});
         run(Command::new(bin("api-cli"))
             .args(["run", "add-repository", "--quiet", "--data", &data.to_string()])
             .env("REDIS_ADDRESS", &redis_address)

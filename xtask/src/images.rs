@@ -162,7 +162,7 @@ pub const PACKAGES: &[packages::Package] = &[
 
 pub fn images(args: ImagesArgs) -> Result<()> {
     packages::ensure(PACKAGES)?;
-    let out = args.out.unwrap_or_else(|| PathBuf::from(crate::cluster::DEFAULT_ROOT).join("repository"));
+    let out = args.out.unwrap_or_else(|| PathBuf::from(crate::DEFAULT_ROOT).join("repository"));
     build(&args.registry, &out, args.version.as_deref(), &args.modules)
 }
 

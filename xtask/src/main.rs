@@ -2,18 +2,19 @@
 //!
 //! * `up` / `down`: a working single-node cluster on this machine (Redis, the cluster
 //!   agent and node 1's agent under the supervisor).
-//! * `test`: install what the tests need, then run the whole suite.
+//! * `test`: install what the tests need, pass the gates (fmt, clippy, tidy), then run
+//!   the whole suite; `tidy`: the tidy rules alone.
 //! * `bench`: the agent and api-server benchmarks (see docs/benchmarks.md).
 //! * `images`: the module images and the repository index; `debian-root`: a cached
 //!   Debian root tarball (for the installer's test).
 
 mod bench;
-mod bench_api;
-mod bench_modules;
 mod cluster;
+mod gates;
 mod images;
 mod packages;
 mod resp;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,7 +36,8 @@ enum Cmd {
     /// Stop the local cluster (its data is kept unless --purge).
     Down(cluster::DownArgs),
     /// Measure the agent (latency, throughput, memory) and the api-server (reads,
-    /// logins); `--only agent|api` for one of them (see docs/benchmarks.md).
+    /// logins) and module installs; `--only agent|api|modules` for one part (see
+    /// docs/benchmarks.md).
     Bench(bench::BenchArgs),
     /// Build the module packages under modules/ into images, push them to a registry
     /// and write the repository index (repodata.json).
@@ -46,13 +48,25 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         packages: Vec<String>,
     },
-    /// Install what the tests need, then run the whole test suite.
+    /// Check the tidy rules (xtask/src/tidy/mod.rs): key names only in protocol, typed
+    /// errors, the code map, host commands through hostcmd, no import cycles.
+    Tidy,
+    /// Install what the tests need, pass the gates (cargo fmt --check, clippy -D warnings,
+    /// tidy), then run the whole test suite.
     Test {
+        /// Only the gates: no packages, no build, no tests.
+        #[arg(long)]
+        gates_only: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
+
+/// Where the local cluster lives unless told: outside any home directory, because
+/// module agents run as their own users and must reach its `bin/`. Here, not in
+/// `cluster`, because `images` writes the repository under it too.
+pub const DEFAULT_ROOT: &str = "/var/lib/ns8rs";
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace() -> PathBuf {
@@ -89,12 +103,16 @@ fn main() -> Result<()> {
             println!("{}", images::debian_tarball(&packages)?.display());
             Ok(())
         }
-        Cmd::Test { args } => {
+        Cmd::Tidy => tidy::run(&workspace()),
+        Cmd::Test { gates_only: true, .. } => gates::run(),
+        Cmd::Test { gates_only: false, args } => {
             packages::ensure(TEST_PACKAGES)?;
             // The module image tests build and push with `cargo xtask images`.
             packages::ensure(images::PACKAGES)?;
             // The api-server's fuzz test runs schemathesis (PyPI) from a venv in target/.
             packages::ensure_schemathesis()?;
+            // Before the build and the suite: seconds to fail, not hours.
+            gates::run()?;
             // The end-to-end tests drive the binaries themselves: build them all first.
             run(Command::new(env!("CARGO")).current_dir(workspace()).args(["build", "--workspace", "--bins"]))?;
             run(Command::new(env!("CARGO")).current_dir(workspace()).args(["test", "--workspace"]).args(args))

@@ -15,9 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use protocol::{AgentId, keys};
 use serde_json::Value;
 
-use crate::bench::median;
+use super::measure::median;
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -74,7 +75,8 @@ fn install(c: &Cluster, image: &str, path: &str) -> Result<(f64, String)> {
         serde_json::json!({"image": image, "node": 1, "accept": {"authorizations": ["node:reader"]}}).to_string();
     let out = c.api_cli(&["run", "add-module", "--data", &data])?;
     let id = out["module_id"].as_str().context("add-module answered no module_id")?.to_owned();
-    let port: u16 = c.redis_cli(&["HGET", &format!("module/{id}/environment"), "TCP_PORT"]).parse()?;
+    let environment = keys::environment(&AgentId::Module(id.clone()));
+    let port: u16 = c.redis_cli(&["HGET", &environment, "TCP_PORT"]).parse()?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !answers_200(port, path) {
         if Instant::now() > deadline {
@@ -101,7 +103,7 @@ fn pull_time(root: &Path, id: &str) -> Result<f64> {
 }
 
 fn agent_rss_kb(id: &str) -> u64 {
-    let needle = format!("module/{id}");
+    let needle = AgentId::Module(id.to_owned()).to_string();
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -113,7 +115,7 @@ fn agent_rss_kb(id: &str) -> u64 {
                 c.contains("module-agent") && c.contains(&needle)
             })
         })
-        .map(|pid| crate::bench::status_kb(pid, "VmRSS"))
+        .map(|pid| super::measure::status_kb(pid, "VmRSS"))
         .unwrap_or(0)
 }
 
@@ -125,7 +127,7 @@ pub fn bench(release: &Path, runs: usize) -> Result<()> {
         let mut pulls = Vec::new();
         for i in 0..n {
             eprintln!("xtask: {module}: run {}/{n}", i + 1);
-            let root = crate::bench::tempfile_dir()?;
+            let root = super::fixture::tempfile_dir()?;
             {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;

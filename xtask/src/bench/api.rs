@@ -1,4 +1,4 @@
-//! `cargo xtask bench` (or `--only api`): the api-server's authenticated reads and
+//! `cargo xtask bench --only api`: the api-server's authenticated reads and
 //! logins, against a private Redis and the release `api-server`.
 //!
 //! Setup of each run: a fresh redis-server, the role `cluster/roles/owner = {*}`, a
@@ -20,12 +20,9 @@
 //!   between `add-user` of a new user (one hash) and `add-user --if-missing` of an
 //!   existing one (the same process, connection and stdin, no hash).
 //!
-//! The client is a minimal blocking HTTP/1.1 client over `TcpStream`, like `resp.rs`
-//! for Redis: it costs a few microseconds per request (its CPU is reported), so the
-//! server keeps the machine's two cores.
+//! [`super::http`] is the client; [`super::api_report`] prints the medians.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,135 +30,55 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use protocol::{AgentId, keys};
 
-use crate::bench::{Cpu, Proc, median, percentile, start_redis, status_kb, system_cpu, tempfile_dir};
+use super::fixture::{Proc, TempDir, start_redis, tempfile_dir};
+use super::http::{Http, get_request};
+use super::measure::{Cpu, median, percentile, status_kb, system_cpu};
 use crate::resp::Conn;
 
 #[derive(clap::Args, Clone)]
 pub struct ApiArgs {
     /// Concurrent keep-alive connections of the api-server read benchmark.
     #[arg(long, default_value_t = 32)]
-    api_clients: usize,
+    pub(super) api_clients: usize,
     /// Client threads the read connections are spread over.
     #[arg(long, default_value_t = 4)]
-    api_threads: usize,
+    pub(super) api_threads: usize,
     /// Seconds of reads before the measurement starts.
     #[arg(long, default_value_t = 2.0)]
-    api_warmup: f64,
+    pub(super) api_warmup: f64,
     /// Seconds of measured reads.
     #[arg(long, default_value_t = 10.0)]
-    api_secs: f64,
+    pub(super) api_secs: f64,
     /// Sequential logins per run.
     #[arg(long, default_value_t = 20)]
-    logins: usize,
+    pub(super) logins: usize,
     /// Benchmark this api-server binary instead of the release build (to compare two
     /// builds run after run).
     #[arg(long)]
-    api_server: Option<PathBuf>,
+    pub(super) api_server: Option<PathBuf>,
 }
 
 const USER: &str = "admin";
 const PASSWORD: &str = "bench password, long enough";
 const TASK_ID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
-/// Targets on the reference 2-core machine.
-const READS_TARGET: f64 = 10_000.0;
-const LOGIN_TARGET_MS: (f64, f64) = (50.0, 250.0);
 
 #[derive(Default, Clone)]
-pub struct ApiRun {
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    errors: usize,
-    server_us: f64,
-    redis_us: f64,
-    client_us: f64,
-    idle_pct: f64,
+pub(super) struct ApiRun {
+    pub(super) rate: f64,
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) errors: usize,
+    pub(super) server_us: f64,
+    pub(super) redis_us: f64,
+    pub(super) client_us: f64,
+    pub(super) idle_pct: f64,
     /// Share of the machine used by other processes during the reads (noise).
-    others_pct: f64,
-    login_p50: f64,
-    login_p90: f64,
-    hash_ms: f64,
-    rss_idle_kb: u64,
-    rss_peak_kb: u64,
-}
-
-/// Removes the run's directory, whatever happens.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection: requests written whole, answers framed by
-/// `Content-Length` (what the server sends; anything else is an error).
-struct Http {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-    line: Vec<u8>,
-    body: Vec<u8>,
-}
-
-impl Http {
-    fn connect(port: u16) -> Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).context("connect to the api-server")?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Http {
-            reader: BufReader::with_capacity(16 * 1024, stream.try_clone()?),
-            writer: stream,
-            line: Vec::with_capacity(256),
-            body: Vec::with_capacity(1024),
-        })
-    }
-
-    fn send(&mut self, request: &[u8]) -> Result<()> {
-        self.writer.write_all(request)?;
-        Ok(())
-    }
-
-    /// The next answer's status; its body is left in `self.body`.
-    fn read(&mut self) -> Result<u16> {
-        self.line.clear();
-        if self.reader.read_until(b'\n', &mut self.line)? == 0 {
-            bail!("the api-server closed the connection");
-        }
-        let status = self
-            .line
-            .strip_prefix(b"HTTP/1.1 ")
-            .and_then(|r| r.get(..3))
-            .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-            .with_context(|| format!("not an HTTP/1.1 status line: {:?}", String::from_utf8_lossy(&self.line)))?;
-        let mut length = None;
-        loop {
-            self.line.clear();
-            if self.reader.read_until(b'\n', &mut self.line)? == 0 {
-                bail!("the api-server closed the connection in the headers");
-            }
-            let line = self.line.trim_ascii_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_at_checked(15)
-                && name.eq_ignore_ascii_case(b"content-length:")
-            {
-                length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<usize>().ok());
-            }
-        }
-        let length = length.context("an answer without Content-Length")?;
-        self.body.resize(length, 0);
-        self.reader.read_exact(&mut self.body)?;
-        Ok(status)
-    }
-
-    fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn get_request(port: u16, path: &str, token: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n").into_bytes()
+    pub(super) others_pct: f64,
+    pub(super) login_p50: f64,
+    pub(super) login_p90: f64,
+    pub(super) hash_ms: f64,
+    pub(super) rss_idle_kb: u64,
+    pub(super) rss_peak_kb: u64,
 }
 
 fn login_request(port: u16) -> Vec<u8> {
@@ -437,9 +354,8 @@ fn one_run(bin: &Path, args: &ApiArgs) -> Result<ApiRun> {
     })
 }
 
-/// Run the api-server benchmark `runs` times and print the report. Fails when a read
-/// was answered with anything but the task's 200.
-pub fn bench(release: &Path, args: &ApiArgs, runs: usize) -> Result<()> {
+/// Run the api-server benchmark `runs` times.
+pub(super) fn measure(release: &Path, args: &ApiArgs, runs: usize) -> Result<Vec<ApiRun>> {
     let bin = args.api_server.clone().unwrap_or_else(|| release.join("api-server"));
     let mut all = Vec::new();
     for i in 0..runs {
@@ -451,68 +367,5 @@ pub fn bench(release: &Path, args: &ApiArgs, runs: usize) -> Result<()> {
         );
         all.push(r);
     }
-    report(&all, args);
-    let errors: usize = all.iter().map(|r| r.errors).sum();
-    if errors > 0 {
-        bail!("{errors} api-server reads were not answered 200 with the task's result");
-    }
-    Ok(())
-}
-
-fn report(runs: &[ApiRun], args: &ApiArgs) {
-    let med = |f: &dyn Fn(&ApiRun) -> f64| median(runs.iter().map(f).collect());
-    let each = |f: &dyn Fn(&ApiRun) -> f64, prec: usize| {
-        runs.iter().map(|r| format!("{:.*}", prec, f(r))).collect::<Vec<_>>().join(" / ")
-    };
-    let ok = |b: bool| if b { "ok" } else { "MISSED" };
-    let rate = med(&|r| r.rate);
-    let (login50, login90) = (med(&|r| r.login_p50), med(&|r| r.login_p90));
-    let errors: usize = runs.iter().map(|r| r.errors).sum();
-    println!();
-    println!(
-        "api-server benchmark: medians of {} runs; reads: {} keep-alive clients on {} threads, {} s warm-up, {} s measured; {} sequential logins.",
-        runs.len(),
-        args.api_clients,
-        args.api_threads.clamp(1, args.api_clients.max(1)),
-        args.api_warmup,
-        args.api_secs,
-        args.logins
-    );
-    println!();
-    println!("| measure | median | each run |");
-    println!("| --- | --- | --- |");
-    println!("| task status reads | {:.0} req/s | {} |", rate, each(&|r| r.rate, 0));
-    println!(
-        "| read latency p50 / p99 | {:.2} / {:.2} ms | p50 {} |",
-        med(&|r| r.p50),
-        med(&|r| r.p99),
-        each(&|r| r.p50, 2)
-    );
-    println!(
-        "| CPU per read: server / redis / client | {:.1} / {:.1} / {:.1} µs | server {} |",
-        med(&|r| r.server_us),
-        med(&|r| r.redis_us),
-        med(&|r| r.client_us),
-        each(&|r| r.server_us, 1)
-    );
-    println!("| machine idle during reads | {:.0}% | {} |", med(&|r| r.idle_pct), each(&|r| r.idle_pct, 0));
-    println!("| other processes during reads | {:.0}% | {} |", med(&|r| r.others_pct), each(&|r| r.others_pct, 0));
-    println!("| read errors | {errors} | {} |", each(&|r| r.errors as f64, 0));
-    println!("| login p50 / p90 | {:.0} / {:.0} ms | p50 {} |", login50, login90, each(&|r| r.login_p50, 0));
-    println!("| argon2id hash alone | {:.0} ms | {} |", med(&|r| r.hash_ms), each(&|r| r.hash_ms, 0));
-    println!(
-        "| api-server RSS idle / peak | {:.1} / {:.1} MB | |",
-        med(&|r| r.rss_idle_kb as f64) / 1024.0,
-        med(&|r| r.rss_peak_kb as f64) / 1024.0
-    );
-    println!();
-    println!("Targets (2-core machine):");
-    println!("  reads {rate:.0}/s (target >= {READS_TARGET:.0})  {}", ok(rate >= READS_TARGET));
-    println!("  read errors {errors} (target 0)  {}", ok(errors == 0));
-    println!(
-        "  login p50 {login50:.0} ms, p90 {login90:.0} ms (target {:.0}-{:.0} ms)  {}",
-        LOGIN_TARGET_MS.0,
-        LOGIN_TARGET_MS.1,
-        ok(login50 >= LOGIN_TARGET_MS.0 && login90 <= LOGIN_TARGET_MS.1)
-    );
+    Ok(all)
 }
