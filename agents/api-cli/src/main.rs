@@ -135,8 +135,9 @@ struct Failure {
 }
 
 impl Failure {
-    fn cli(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_CLI, message: message.into() }
+    /// api-cli's own failure, with the message of `error` (text or a typed error).
+    fn cli(error: impl std::fmt::Display) -> Self {
+        Failure { code: EXIT_CLI, message: error.to_string() }
     }
 }
 
