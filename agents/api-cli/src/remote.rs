@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 
 use crate::api::{self, Api, ApiError, Reply};
 use crate::cache::{self, Cache, Entry};
-use crate::{EXIT_INTERRUPTED, Failure, LoginArgs, LogoutArgs, RunArgs, output};
+use crate::cli::{DEFAULT_USER, LoginArgs, LogoutArgs, RunArgs};
+use crate::failure::{EXIT_INTERRUPTED, Failure};
+use crate::output;
 
-/// The user `login` logs in as without `--username` (NS8's first admin).
-pub const DEFAULT_USER: &str = "admin";
 /// Status polling starts fast (most actions take milliseconds) and slows down to this.
 const MAX_POLL: Duration = Duration::from_secs(1);
 const FIRST_POLL: Duration = Duration::from_millis(20);
@@ -309,7 +309,7 @@ impl Session {
 /// `api-cli run ACTION --endpoint URL`: what the Redis transport does, through the
 /// api-server.
 pub async fn run(args: RunArgs, endpoint: &str) -> Result<u8, Failure> {
-    let (agent, data, extra, parent) = crate::task_input(&args)?;
+    let (agent, data, extra, parent) = crate::task::task_input(&args)?;
     let mut session = Session::open(endpoint, args.username.as_deref(), args.ca_file.as_deref())?;
     let base = format!("/api/{agent}");
     let mut body = json!({"action": args.action, "data": data, "extra": extra});
@@ -366,7 +366,7 @@ pub async fn run(args: RunArgs, endpoint: &str) -> Result<u8, Failure> {
     let error = status.get("error").and_then(Value::as_str).unwrap_or_default().to_owned();
     let code = status.get("exit_code").and_then(Value::as_i64).unwrap_or(-1);
     let code = i32::try_from(code).unwrap_or(if code < 0 { -1 } else { 255 });
-    crate::finish(&agent, &args.action, &id, &raw, code, error)
+    crate::task::finish(&agent, &args.action, &id, &raw, code, error)
 }
 
 /// No percentage comes with polling: a spinner with the task's state.

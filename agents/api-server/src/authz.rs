@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use protocol::task::Task;
 use protocol::{AgentId, keys};
 
 use crate::error::ApiError;
@@ -94,7 +95,8 @@ impl Session {
         matches_any(&self.patterns, action)
     }
 
-    /// A task is visible to whoever created it and to whoever may run its action.
+    /// A task is visible to whoever created it and to whoever may run its action
+    /// (see [`task_owner`]).
     pub fn may_see_task(&self, action: &str, user: &str) -> bool {
         user == self.subject.name() || self.may(action)
     }
@@ -196,6 +198,12 @@ pub fn valid_user_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
         && name.len() <= 32
         && !matches!(name, "default" | "cluster")
+}
+
+/// `(action, user)` of a task from its stored context or queue item (the task as
+/// pushed), empty when missing or unreadable: what [`Session::may_see_task`] decides on.
+pub fn task_owner(task: Option<&str>) -> (String, String) {
+    task.and_then(|t| serde_json::from_str::<Task>(t).ok()).map(|t| (t.action, t.user)).unwrap_or_default()
 }
 
 #[cfg(test)]
