@@ -31,10 +31,7 @@ pub fn resolve_agent(selector: &str, node_id: Option<&str>) -> Result<AgentId, I
         let Some(raw) = node_id.filter(|s| !s.is_empty()) else {
             return Err(InputError::NoNodeId);
         };
-        return match format!("node/{raw}").parse() {
-            Ok(id @ AgentId::Node(_)) => Ok(id),
-            _ => Err(InputError::BadNodeId(raw.to_owned())),
-        };
+        return AgentId::node(raw).map_err(|_| InputError::BadNodeId(raw.to_owned()));
     }
     Ok(AgentId::resolve(selector, None)?)
 }
