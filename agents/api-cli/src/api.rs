@@ -17,9 +17,7 @@ const MAX_BODY: u64 = 512 * 1024 * 1024;
 /// Why a request to the api-server got no answer to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error(
-        "--endpoint {0:?} is not an api-server URL: expected http://HOST[:PORT] or https://HOST[:PORT][/PATH]"
-    )]
+    #[error("--endpoint {0:?} is not an api-server URL: expected http://HOST[:PORT] or https://HOST[:PORT][/PATH]")]
     BadEndpoint(String),
     /// No answer at all (network, TLS); `hint` suggests a fix when one is known.
     #[error("cannot reach the api-server at {endpoint}: {error}{hint}")]

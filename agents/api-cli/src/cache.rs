@@ -39,7 +39,11 @@ pub enum CacheError {
     NotOurs { dir: PathBuf, owner: u32, me: u32 },
 }
 
-fn io_error(verb: &'static str, what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CacheError {
+fn io_error(
+    verb: &'static str,
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> CacheError {
     move |source| CacheError::Io { verb, what, path: path.to_owned(), source }
 }
 
@@ -228,8 +232,11 @@ impl Cache {
             return Err(CacheError::NotOurs { dir: dir.clone(), owner: meta.uid(), me });
         }
         if meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_error("make private", "the session directory", dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_error(
+                "make private",
+                "the session directory",
+                dir,
+            ))?;
         }
         Ok(())
     }

@@ -187,4 +187,3 @@ async fn report(
     });
     finish(agent, action, id, &raw, result.exit_code, result.error)
 }
-

@@ -23,7 +23,14 @@ pub fn task_input(args: &RunArgs) -> Result<(AgentId, Value, Value, String), Fai
 
 /// Print a finished task's output (`raw`, its stored text) and, when it failed, its
 /// error and a line naming it; return our exit code. Both transports end here.
-pub fn finish(agent: &AgentId, action: &str, id: &str, raw: &str, exit_code: i32, error: String) -> Result<u8, Failure> {
+pub fn finish(
+    agent: &AgentId,
+    action: &str,
+    id: &str,
+    raw: &str,
+    exit_code: i32,
+    error: String,
+) -> Result<u8, Failure> {
     let text = output::render(raw, std::io::stdout().is_terminal());
     output::write_stdout(&text).map_err(Failure::cli)?;
 

@@ -13,11 +13,11 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{Audit, Entry};
 use crate::authz::{self, Session};
+use crate::basic_cache::BasicCache;
 use crate::error::ApiError;
+use crate::hub::Hub;
 use crate::throttle::Throttle;
 use crate::token::Tokens;
-use crate::basic_cache::BasicCache;
-use crate::hub::Hub;
 
 pub struct AppState {
     pub redis: Client,

@@ -37,10 +37,8 @@ pub fn compile(schema: &Value, definitions: Option<&Value>) -> Result<Validator,
     let registry;
     if let Some(defs) = definitions {
         let uri = defs.get("$id").and_then(Value::as_str).unwrap_or("validator-definitions.json");
-        registry = Registry::new()
-            .add(uri, defs.clone())
-            .and_then(|r| r.prepare())
-            .map_err(SchemaError::Definitions)?;
+        registry =
+            Registry::new().add(uri, defs.clone()).and_then(|r| r.prepare()).map_err(SchemaError::Definitions)?;
         options = options.with_registry(&registry);
         return options.build(schema).map_err(|e| SchemaError::Invalid(Box::new(e)));
     }
@@ -150,8 +148,10 @@ impl SchemaCache {
         };
         let schema = read(path)?;
         let defs = defs_path.map(read).transpose()?;
-        let validator = Arc::new(compile(&schema, defs.as_ref())
-            .map_err(|e| SchemaError::Compile { path: path.to_owned(), source: Box::new(e) })?);
+        let validator = Arc::new(
+            compile(&schema, defs.as_ref())
+                .map_err(|e| SchemaError::Compile { path: path.to_owned(), source: Box::new(e) })?,
+        );
         let source = Arc::new(SchemaSource { schema, definitions: defs });
         self.entries
             .lock()

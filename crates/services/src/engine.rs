@@ -170,11 +170,7 @@ fn note_in_log(log: &std::path::Path, why: &ServiceError) {
 async fn spawn_service(layout: &Layout, podman: &Podman, log_path: &std::path::Path) -> Result<(), ServiceError> {
     let socket = layout.socket();
     let _ = std::fs::remove_file(&socket);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(ServiceError::ServiceLog)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).map_err(ServiceError::ServiceLog)?;
     // setsid: the service outlives the command that started it, and is not killed
     // with the process group of an agent's step. A long-running child with its output
     // in a file, so the seam's std command, spawned here.

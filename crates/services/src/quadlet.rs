@@ -174,7 +174,9 @@ pub fn split_words(line: &str) -> Result<Vec<String>, LineError> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => cur.push(chars.next().ok_or_else(|| LineError::DanglingBackslash(line.to_owned()))?),
+                        Some('\\') => {
+                            cur.push(chars.next().ok_or_else(|| LineError::DanglingBackslash(line.to_owned()))?)
+                        }
                         Some(c) => cur.push(c),
                         None => return Err(LineError::UnclosedQuote { quote: "double", line: line.to_owned() }),
                     }
@@ -342,7 +344,9 @@ pub fn parse(
             }
             ("Container", "Environment") => {
                 for word in split_words(&value).map_err(at)? {
-                    let (k, v) = word.split_once('=').ok_or_else(|| at(LineError::Assignment { word: word.clone(), shape: "NAME=value" }))?;
+                    let (k, v) = word
+                        .split_once('=')
+                        .ok_or_else(|| at(LineError::Assignment { word: word.clone(), shape: "NAME=value" }))?;
                     svc.environment.insert(k.to_owned(), v.to_owned());
                 }
             }
@@ -356,15 +360,16 @@ pub fn parse(
             ("Container", "Volume") => svc.volumes.push(parse_volume(&value).map_err(at)?),
             ("Container", "Label") => {
                 for word in split_words(&value).map_err(at)? {
-                    let (k, v) = word.split_once('=').ok_or_else(|| at(LineError::Assignment { word: word.clone(), shape: "name=value" }))?;
+                    let (k, v) = word
+                        .split_once('=')
+                        .ok_or_else(|| at(LineError::Assignment { word: word.clone(), shape: "name=value" }))?;
                     svc.labels.insert(k.to_owned(), v.to_owned());
                 }
             }
             ("Container", "WorkingDir") => svc.working_dir = Some(value),
             ("Container", "RunInit") => svc.run_init = parse_bool(&value).map_err(at)?,
             ("Container", "StopTimeout") => {
-                svc.stop_timeout =
-                    Some(value.parse().map_err(|_| at(LineError::StopTimeout(value.clone())))?)
+                svc.stop_timeout = Some(value.parse().map_err(|_| at(LineError::StopTimeout(value.clone())))?)
             }
             ("Container", "User") => svc.user = Some(value),
             ("Service", "Restart") => svc.restart = parse_restart(&value).map_err(at)?,
