@@ -1,7 +1,7 @@
 //! A small blocking client of the api-server: JSON requests, NS8's answer envelope
 //! `{code, message, data}` read back whatever the status.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +14,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read: a task's output can be big.
 const MAX_BODY: u64 = 512 * 1024 * 1024;
 
+/// Why a request to the api-server got no answer to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("--endpoint {0:?} is not an api-server URL: expected http://HOST[:PORT] or https://HOST[:PORT][/PATH]")]
+    BadEndpoint(String),
+    /// No answer at all (network, TLS); `hint` suggests a fix when one is known.
+    #[error("cannot reach the api-server at {endpoint}: {error}{hint}")]
+    Unreachable { endpoint: String, error: Box<ureq::Error>, hint: &'static str },
+    #[error("cannot read the answer of the api-server at {endpoint}: {error}")]
+    Unreadable { endpoint: String, error: Box<ureq::Error> },
+    #[error("the api-server at {endpoint} answered {status}, a redirect to {to}: give the final URL as --endpoint")]
+    Redirect { endpoint: String, status: u16, to: String },
+    #[error("cannot read the --ca-file {}: {source}", file.display())]
+    CaUnreadable { file: PathBuf, source: std::io::Error },
+    #[error("the --ca-file {} is not valid PEM: {error}", file.display())]
+    CaNotPem { file: PathBuf, error: Box<ureq::Error> },
+    #[error("the --ca-file {} holds no certificate (PEM \"BEGIN CERTIFICATE\")", .0.display())]
+    CaEmpty(PathBuf),
+}
+
 /// The endpoint as given, checked and without trailing slashes: requests go to
 /// `<endpoint>/api/...`.
-pub fn normalize_endpoint(raw: &str) -> Result<String, String> {
+pub fn normalize_endpoint(raw: &str) -> Result<String, ApiError> {
     let url = raw.trim().trim_end_matches('/');
     let lower = url.to_ascii_lowercase();
     let rest = lower.strip_prefix("http://").or_else(|| lower.strip_prefix("https://"));
@@ -24,9 +44,7 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, String> {
         Some(host) if !host.is_empty() && !host.starts_with('/') && !url.contains(['?', '#', ' ']) => {
             Ok(url.to_owned())
         }
-        _ => Err(format!(
-            "--endpoint {raw:?} is not an api-server URL: expected http://HOST[:PORT] or https://HOST[:PORT][/PATH]"
-        )),
+        _ => Err(ApiError::BadEndpoint(raw.to_owned())),
     }
 }
 
@@ -71,7 +89,7 @@ pub struct Api {
 impl Api {
     /// A client of `endpoint` (normalized), trusting only `ca_file`'s certificates
     /// when one is given, else the usual public roots.
-    pub fn new(endpoint: &str, ca_file: Option<&Path>) -> Result<Api, String> {
+    pub fn new(endpoint: &str, ca_file: Option<&Path>) -> Result<Api, ApiError> {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // A redirect would turn a POST into a GET: report it instead.
@@ -91,7 +109,7 @@ impl Api {
     }
 
     /// `POST <endpoint><path>` with a JSON body (`None`: empty body).
-    pub fn post(&self, path: &str, token: Option<&str>, body: Option<&Value>) -> Result<Reply, String> {
+    pub fn post(&self, path: &str, token: Option<&str>, body: Option<&Value>) -> Result<Reply, ApiError> {
         let mut req = self.agent.post(format!("{}{path}", self.endpoint));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
@@ -104,7 +122,7 @@ impl Api {
     }
 
     /// `GET <endpoint><path>`.
-    pub fn get(&self, path: &str, token: Option<&str>) -> Result<Reply, String> {
+    pub fn get(&self, path: &str, token: Option<&str>) -> Result<Reply, ApiError> {
         let mut req = self.agent.get(format!("{}{path}", self.endpoint));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
@@ -112,8 +130,8 @@ impl Api {
         self.reply(req.call())
     }
 
-    fn reply(&self, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, String> {
-        let mut resp = resp.map_err(|e| self.unreachable(&e))?;
+    fn reply(&self, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, ApiError> {
+        let mut resp = resp.map_err(|e| self.unreachable(e))?;
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (retry_after, location) = (header("retry-after"), header("location"));
         let status = resp.status().as_u16();
@@ -122,44 +140,41 @@ impl Api {
             .with_config()
             .limit(MAX_BODY)
             .read_to_string()
-            .map_err(|e| format!("cannot read the answer of the api-server at {}: {e}", self.endpoint))?;
+            .map_err(|e| ApiError::Unreadable { endpoint: self.endpoint.clone(), error: Box::new(e) })?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let text = if body.is_null() { text } else { String::new() };
         let reply = Reply { status, body, text, retry_after, location };
         if (300..400).contains(&status) {
-            let to = reply.location.as_deref().unwrap_or("somewhere else");
-            return Err(format!(
-                "the api-server at {} answered {status}, a redirect to {to}: give the final URL as --endpoint",
-                self.endpoint
-            ));
+            let to = reply.location.unwrap_or_else(|| "somewhere else".to_owned());
+            return Err(ApiError::Redirect { endpoint: self.endpoint.clone(), status, to });
         }
         Ok(reply)
     }
 
-    fn unreachable(&self, e: &ureq::Error) -> String {
-        let text = e.to_string();
+    fn unreachable(&self, error: ureq::Error) -> ApiError {
+        let text = error.to_string();
         let hint = if text.contains("certificate") || text.contains("UnknownIssuer") {
             " (for a server with a self-signed certificate, pass its CA with --ca-file PEM)"
         } else {
             ""
         };
-        format!("cannot reach the api-server at {}: {text}{hint}", self.endpoint)
+        ApiError::Unreachable { endpoint: self.endpoint.clone(), error: Box::new(error), hint }
     }
 }
 
 /// Every certificate in a PEM file; at least one.
-fn read_ca_file(file: &Path) -> Result<Vec<Certificate<'static>>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read the --ca-file {}: {e}", file.display()))?;
+fn read_ca_file(file: &Path) -> Result<Vec<Certificate<'static>>, ApiError> {
+    let pem = std::fs::read(file).map_err(|source| ApiError::CaUnreadable { file: file.to_owned(), source })?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         match item {
             Ok(PemItem::Certificate(c)) => certs.push(c),
             Ok(_) => {}
-            Err(e) => return Err(format!("the --ca-file {} is not valid PEM: {e}", file.display())),
+            Err(e) => return Err(ApiError::CaNotPem { file: file.to_owned(), error: Box::new(e) }),
         }
     }
     if certs.is_empty() {
-        return Err(format!("the --ca-file {} holds no certificate (PEM \"BEGIN CERTIFICATE\")", file.display()));
+        return Err(ApiError::CaEmpty(file.to_owned()));
     }
     Ok(certs)
 }
@@ -177,7 +192,7 @@ mod tests {
         );
         assert_eq!(normalize_endpoint("HTTPS://H").unwrap(), "HTTPS://H");
         for bad in ["127.0.0.1:9311", "ftp://h", "http://", "http:///x", "http://h/?a=1", ""] {
-            assert!(normalize_endpoint(bad).unwrap_err().contains("is not an api-server URL"), "{bad}");
+            assert!(normalize_endpoint(bad).unwrap_err().to_string().contains("is not an api-server URL"), "{bad}");
         }
     }
 
@@ -199,9 +214,9 @@ mod tests {
     fn ca_file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(Api::new("https://h", Some(&missing)).err().unwrap().contains("cannot read the --ca-file"));
+        assert!(Api::new("https://h", Some(&missing)).err().unwrap().to_string().contains("cannot read the --ca-file"));
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "no pem here\n").unwrap();
-        assert!(Api::new("https://h", Some(&empty)).err().unwrap().contains("holds no certificate"));
+        assert!(Api::new("https://h", Some(&empty)).err().unwrap().to_string().contains("holds no certificate"));
     }
 }

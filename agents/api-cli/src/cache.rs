@@ -16,6 +16,37 @@ const DIR_NAME: &str = "api-cli";
 /// Longest file name we create (most file systems allow 255 bytes).
 const MAX_NAME: usize = 250;
 
+/// Why the session cache cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot find where to keep the session: set HOME (or XDG_CACHE_HOME)")]
+    NoHome,
+    #[error("the endpoint URL {0} is too long to name a session file")]
+    NameTooLong(String),
+    /// A file operation failed; `what` names the file ("the session file /x").
+    #[error("cannot {verb} {what} {}: {source}", path.display())]
+    Io { verb: &'static str, what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("the session file {} is damaged ({source}): log in again", path.display())]
+    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error("cannot encode the session: {0}")]
+    Encode(serde_json::Error),
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error(
+        "the session directory {} belongs to uid {owner}, not to you (uid {me}): set XDG_CACHE_HOME or HOME to a directory of yours",
+        dir.display()
+    )]
+    NotOurs { dir: PathBuf, owner: u32, me: u32 },
+}
+
+fn io_error(
+    verb: &'static str,
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> CacheError {
+    move |source| CacheError::Io { verb, what, path: path.to_owned(), source }
+}
+
 /// One login: what `run` and `logout` need to act as this user on this endpoint.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
@@ -94,15 +125,15 @@ pub struct Cache {
 
 impl Cache {
     /// `$XDG_CACHE_HOME/api-cli` when that is an absolute path, else `$HOME/.cache/api-cli`.
-    pub fn locate() -> Result<Cache, String> {
+    pub fn locate() -> Result<Cache, CacheError> {
         Self::locate_in(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
     }
 
-    pub fn locate_in(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Result<Cache, String> {
+    pub fn locate_in(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Result<Cache, CacheError> {
         let root = match (xdg_cache_home.map(PathBuf::from), home.map(PathBuf::from)) {
             (Some(xdg), _) if xdg.is_absolute() => xdg,
             (_, Some(home)) if home.is_absolute() => home.join(".cache"),
-            _ => return Err("cannot find where to keep the session: set HOME (or XDG_CACHE_HOME)".into()),
+            _ => return Err(CacheError::NoHome),
         };
         Ok(Cache { dir: root.join(DIR_NAME) })
     }
@@ -113,34 +144,33 @@ impl Cache {
     }
 
     /// The file of `username`'s login on `endpoint`.
-    pub fn path(&self, endpoint: &str, username: &str) -> Result<PathBuf, String> {
+    pub fn path(&self, endpoint: &str, username: &str) -> Result<PathBuf, CacheError> {
         let name = format!("{}@{}.json", escape(username), escape(endpoint));
         if name.len() > MAX_NAME {
-            return Err(format!("the endpoint URL {endpoint} is too long to name a session file"));
+            return Err(CacheError::NameTooLong(endpoint.to_owned()));
         }
         Ok(self.dir.join(name))
     }
 
     /// `username`'s login on `endpoint`, if cached.
-    pub fn load(&self, endpoint: &str, username: &str) -> Result<Option<Entry>, String> {
+    pub fn load(&self, endpoint: &str, username: &str) -> Result<Option<Entry>, CacheError> {
         let path = self.path(endpoint, username)?;
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read the session file {}: {e}", path.display())),
+            Err(e) => return Err(io_error("read", "the session file", &path)(e)),
         };
-        let entry: Entry = serde_json::from_str(&text)
-            .map_err(|e| format!("the session file {} is damaged ({e}): log in again", path.display()))?;
+        let entry: Entry = serde_json::from_str(&text).map_err(|source| CacheError::Damaged { path, source })?;
         Ok((entry.endpoint == endpoint && entry.username == username).then_some(entry))
     }
 
     /// Every login cached for `endpoint`, sorted by user name.
-    pub fn logins(&self, endpoint: &str) -> Result<Vec<Entry>, String> {
+    pub fn logins(&self, endpoint: &str) -> Result<Vec<Entry>, CacheError> {
         let suffix = format!("@{}.json", escape(endpoint));
         let dir = match std::fs::read_dir(&self.dir) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(format!("cannot read the session directory {}: {e}", self.dir.display())),
+            Err(e) => return Err(io_error("read", "the session directory", &self.dir)(e)),
         };
         let mut found = Vec::new();
         for item in dir.flatten() {
@@ -157,11 +187,11 @@ impl Cache {
 
     /// Write `entry` (replacing the previous one atomically), creating the directory
     /// if needed. Returns the file's path.
-    pub fn store(&self, entry: &Entry) -> Result<PathBuf, String> {
+    pub fn store(&self, entry: &Entry) -> Result<PathBuf, CacheError> {
         self.private_dir()?;
         let path = self.path(&entry.endpoint, &entry.username)?;
         let tmp = self.dir.join(format!(".{}.{}.tmp", std::process::id(), uuid::Uuid::new_v4().simple()));
-        let text = serde_json::to_string_pretty(entry).map_err(|e| e.to_string())? + "\n";
+        let text = serde_json::to_string_pretty(entry).map_err(CacheError::Encode)? + "\n";
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -171,43 +201,42 @@ impl Cache {
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            return Err(format!("cannot write the session file {}: {e}", path.display()));
+            return Err(io_error("write", "the session file", &path)(e));
         }
         Ok(path)
     }
 
     /// Forget a login. `Ok(false)` when there was none.
-    pub fn remove(&self, endpoint: &str, username: &str) -> Result<bool, String> {
+    pub fn remove(&self, endpoint: &str, username: &str) -> Result<bool, CacheError> {
         let path = self.path(endpoint, username)?;
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(format!("cannot remove the session file {}: {e}", path.display())),
+            Err(e) => Err(io_error("remove", "the session file", &path)(e)),
         }
     }
 
     /// The directory, created with mode 0700, or checked to be ours and made 0700.
-    fn private_dir(&self) -> Result<(), String> {
+    fn private_dir(&self) -> Result<(), CacheError> {
         let dir = &self.dir;
         match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
             Ok(()) => {}
-            Err(e) => return Err(format!("cannot create the session directory {}: {e}", dir.display())),
+            Err(e) => return Err(io_error("create", "the session directory", dir)(e)),
         }
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir).map_err(io_error("inspect", "the session directory", dir))?;
         if !meta.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
+            return Err(CacheError::NotADirectory(dir.clone()));
         }
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me {
-            return Err(format!(
-                "the session directory {} belongs to uid {}, not to you (uid {me}): set XDG_CACHE_HOME or HOME to a directory of yours",
-                dir.display(),
-                meta.uid()
-            ));
+            return Err(CacheError::NotOurs { dir: dir.clone(), owner: meta.uid(), me });
         }
         if meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_error(
+                "make private",
+                "the session directory",
+                dir,
+            ))?;
         }
         Ok(())
     }

@@ -87,14 +87,19 @@ fn respace(json: &str, pretty: bool) -> String {
     out
 }
 
+/// Stdout could not take the output.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout: {0}")]
+pub struct StdoutError(std::io::Error);
+
 /// Write to stdout; a reader that went away (`| head`) is not an error.
-pub fn write_stdout(text: &str) -> Result<(), String> {
+pub fn write_stdout(text: &str) -> Result<(), StdoutError> {
     if text.is_empty() {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write to stdout: {e}")),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(StdoutError(e)),
         _ => Ok(()),
     }
 }

@@ -13,12 +13,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::{AgentId, keys, validate_task_id};
 use serde_json::{Value, json};
 
-use crate::api::{self, Api, Reply};
+use crate::api::{self, Api, ApiError, Reply};
 use crate::cache::{self, Cache, Entry};
-use crate::{EXIT_INTERRUPTED, Failure, LoginArgs, LogoutArgs, RunArgs, output};
+use crate::cli::{DEFAULT_USER, LoginArgs, LogoutArgs, RunArgs};
+use crate::failure::{EXIT_INTERRUPTED, Failure};
+use crate::output;
 
-/// The user `login` logs in as without `--username` (NS8's first admin).
-pub const DEFAULT_USER: &str = "admin";
 /// Status polling starts fast (most actions take milliseconds) and slows down to this.
 const MAX_POLL: Duration = Duration::from_secs(1);
 const FIRST_POLL: Duration = Duration::from_millis(20);
@@ -155,19 +155,24 @@ pub fn logout(args: &LogoutArgs) -> Result<u8, Failure> {
 }
 
 /// Why a request of a logged-in session did not get an answer to act on.
+#[derive(Debug, thiserror::Error)]
 enum SendError {
     /// No answer at all (network, TLS): worth retrying while waiting for a task.
-    Unreachable(String),
+    #[error(transparent)]
+    Unreachable(ApiError),
     /// 401: the session is gone; the message says what to do.
+    #[error("{0}")]
     NotLoggedIn(String),
 }
 
-impl SendError {
-    fn message(self) -> String {
-        match self {
-            SendError::Unreachable(m) | SendError::NotLoggedIn(m) => m,
-        }
-    }
+/// Why waiting for a task's status stopped without its result.
+#[derive(Debug, thiserror::Error)]
+enum WaitError {
+    /// The server answered something else than a status (its message).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Send(#[from] SendError),
 }
 
 /// A cached login in use.
@@ -273,7 +278,7 @@ impl Session {
 
     /// Poll the task's status until it has a result (the `data` of the answer).
     /// 404 (not accepted by the agent yet) and 400 (not finished) mean "wait".
-    fn wait(&mut self, status_path: &str, on_status: impl Fn(&'static str)) -> Result<Value, String> {
+    fn wait(&mut self, status_path: &str, on_status: impl Fn(&'static str)) -> Result<Value, WaitError> {
         let mut delay = FIRST_POLL;
         let mut unreachable_since: Option<Instant> = None;
         loop {
@@ -284,16 +289,16 @@ impl Session {
                         200 => return Ok(reply.data().clone()),
                         400 => on_status("running"),
                         404 => on_status("pending"),
-                        _ => return Err(reply.message()),
+                        _ => return Err(WaitError::Refused(reply.message())),
                     }
                 }
-                Err(SendError::Unreachable(m)) => {
+                Err(SendError::Unreachable(e)) => {
                     if unreachable_since.get_or_insert_with(Instant::now).elapsed() > RETRY_UNREACHABLE {
-                        return Err(m);
+                        return Err(SendError::Unreachable(e).into());
                     }
                     on_status("waiting for the api-server");
                 }
-                Err(e) => return Err(e.message()),
+                Err(e) => return Err(e.into()),
             }
             std::thread::sleep(delay);
             delay = (delay * 3 / 2).min(MAX_POLL);
@@ -304,14 +309,14 @@ impl Session {
 /// `api-cli run ACTION --endpoint URL`: what the Redis transport does, through the
 /// api-server.
 pub async fn run(args: RunArgs, endpoint: &str) -> Result<u8, Failure> {
-    let (agent, data, extra, parent) = crate::task_input(&args)?;
+    let (agent, data, extra, parent) = crate::task::task_input(&args)?;
     let mut session = Session::open(endpoint, args.username.as_deref(), args.ca_file.as_deref())?;
     let base = format!("/api/{agent}");
     let mut body = json!({"action": args.action, "data": data, "extra": extra});
     if !parent.is_empty() {
         body["parent"] = Value::String(parent);
     }
-    let reply = session.post(&format!("{base}/tasks"), &body).map_err(|e| Failure::cli(e.message()))?;
+    let reply = session.post(&format!("{base}/tasks"), &body).map_err(Failure::cli)?;
     if reply.status != 201 {
         // 403 and 404 name the problem (no role for the action, agent not running).
         return Err(Failure::cli(reply.message()));
@@ -361,7 +366,7 @@ pub async fn run(args: RunArgs, endpoint: &str) -> Result<u8, Failure> {
     let error = status.get("error").and_then(Value::as_str).unwrap_or_default().to_owned();
     let code = status.get("exit_code").and_then(Value::as_i64).unwrap_or(-1);
     let code = i32::try_from(code).unwrap_or(if code < 0 { -1 } else { 255 });
-    crate::finish(&agent, &args.action, &id, &raw, code, error)
+    crate::task::finish(&agent, &args.action, &id, &raw, code, error)
 }
 
 /// No percentage comes with polling: a spinner with the task's state.

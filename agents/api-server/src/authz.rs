@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use protocol::task::Task;
 use protocol::{AgentId, keys};
 
 use crate::error::ApiError;
@@ -20,7 +21,7 @@ use crate::token::Claims;
 /// KEYS: revoked token (or "" for a request without one), user profile, grants of the
 /// subject, cluster network.
 /// ARGV: agent id (or ""), "user" or "agent", the token's session generation (or ""
-/// for no check).
+/// for no check), the prefix of the agent's role keys (`keys::role(agent, "")`).
 /// Returns {status, networks, patterns...}: status 0 = revoked, 1 = user gone, 2 = ok,
 /// 3 = the session predates a password or 2FA change.
 pub const SESSION: &str = r"
@@ -39,7 +40,7 @@ if ARGV[1] ~= '' then
   local roles = redis.call('HGET', KEYS[3], ARGV[1])
   if roles then
     for role in string.gmatch(roles, '[^,%s]+') do
-      for _, p in ipairs(redis.call('SMEMBERS', ARGV[1] .. '/roles/' .. role)) do out[#out + 1] = p end
+      for _, p in ipairs(redis.call('SMEMBERS', ARGV[4] .. role)) do out[#out + 1] = p end
     end
   end
 end
@@ -94,7 +95,8 @@ impl Session {
         matches_any(&self.patterns, action)
     }
 
-    /// A task is visible to whoever created it and to whoever may run its action.
+    /// A task is visible to whoever created it and to whoever may run its action
+    /// (see [`task_owner`]).
     pub fn may_see_task(&self, action: &str, user: &str) -> bool {
         user == self.subject.name() || self.may(action)
     }
@@ -139,8 +141,10 @@ pub async fn lookup(
     ];
     let agent_arg = agent.map(|a| a.to_string()).unwrap_or_default();
     let generation = token.map(|c| c.generation.to_string()).unwrap_or_default();
+    // The role keys' names come from protocol, not from the script.
+    let role_prefix = agent.map(|a| keys::role(a, "")).unwrap_or_default();
     let reply: Vec<fred::types::Value> =
-        script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into(), generation]).await?;
+        script.evalsha_with_reload(redis, keys_, vec![agent_arg, kind.into(), generation, role_prefix]).await?;
     match reply.first().and_then(|v| v.as_i64()) {
         Some(0) => return Err(ApiError::unauthorized("the session token was revoked (logged out): log in again")),
         Some(1) => return Err(ApiError::unauthorized(format!("user {} no longer exists", subject.name()))),
@@ -196,6 +200,12 @@ pub fn valid_user_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
         && name.len() <= 32
         && !matches!(name, "default" | "cluster")
+}
+
+/// `(action, user)` of a task from its stored context or queue item (the task as
+/// pushed), empty when missing or unreadable: what [`Session::may_see_task`] decides on.
+pub fn task_owner(task: Option<&str>) -> (String, String) {
+    task.and_then(|t| serde_json::from_str::<Task>(t).ok()).map(|t| (t.action, t.user)).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::keyfile;
-use crate::net::TrustedProxies;
+use crate::net::{BadProxy, TrustedProxies};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -57,7 +57,7 @@ pub struct ServeArgs {
     pub data_key_file: Option<PathBuf>,
 }
 
-fn parse_proxies(s: &str) -> Result<TrustedProxies, String> {
+fn parse_proxies(s: &str) -> Result<TrustedProxies, BadProxy> {
     s.parse()
 }
 

@@ -5,9 +5,11 @@
 
 pub mod audit;
 pub mod authz;
+pub mod basic_cache;
 pub mod config;
 pub mod crypt;
 pub mod error;
+pub mod hub;
 pub mod keyfile;
 pub mod net;
 pub mod password;
@@ -73,20 +75,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         hashing: Semaphore::new(password::CONCURRENT_HASHES),
         issuer: args.issuer.clone(),
         redis_config,
-        hub: ws::Hub::new(),
-        basic_cache: routes::login::BasicCache::new(),
+        hub: hub::Hub::new(),
+        basic_cache: basic_cache::BasicCache::new(),
     });
     // TOTP secrets stored in clear (before sealing, or from NS8) are sealed now; a
     // failure leaves them to be sealed at their next use.
     let sealing = state.clone();
     tokio::spawn(async move {
-        match routes::twofa::seal_clear_secrets(&sealing).await {
+        match routes::secret::seal_clear_secrets(&sealing).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("sealed {n} TOTP secret(s) stored in clear"),
             Err(e) => tracing::warn!("TOTP secrets stored in clear are sealed at their next use: {}", e.message),
         }
     });
-    ws::Hub::start(&state, subscriber);
+    state.hub.start(subscriber);
     let app = routes::router(state, args.body_limit).into_make_service_with_connect_info::<SocketAddr>();
     let tcp = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -183,7 +183,7 @@ fn new_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     let pw = line.trim_end_matches(['\n', '\r']).to_owned();
-    password::check_policy(&pw).map_err(|e| anyhow::anyhow!(e))?;
+    password::check_policy(&pw)?;
     Ok((pw, false))
 }
 

@@ -16,16 +16,19 @@ impl TrustedProxies {
     }
 }
 
+/// An entry of `TRUSTED_PROXIES` that is not an address or a network.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an IP address or CIDR (expected e.g. 127.0.0.1,10.5.4.0/24)")]
+pub struct BadProxy(pub String);
+
 impl std::str::FromStr for TrustedProxies {
-    type Err = String;
+    type Err = BadProxy;
 
     /// A comma (or space) separated list of IP addresses and CIDRs.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadProxy> {
         let mut nets = Vec::new();
         for entry in s.split([',', ' ']).map(str::trim).filter(|e| !e.is_empty()) {
-            let net = parse_net(entry).ok_or_else(|| {
-                format!("{entry:?} is not an IP address or CIDR (expected e.g. 127.0.0.1,10.5.4.0/24)")
-            })?;
+            let net = parse_net(entry).ok_or_else(|| BadProxy(entry.to_owned()))?;
             nets.push(net);
         }
         Ok(TrustedProxies(nets))
@@ -138,7 +141,7 @@ mod tests {
         let t: TrustedProxies = " 127.0.0.1 ,::1, 10.5.4.0/24".parse().unwrap();
         assert_eq!(t.0.len(), 3);
         assert!(t.contains(ip("10.5.4.9")) && t.contains(ip("::1")) && !t.contains(ip("10.5.5.1")));
-        let e = "127.0.0.1,localhost".parse::<TrustedProxies>().unwrap_err();
+        let e = "127.0.0.1,localhost".parse::<TrustedProxies>().unwrap_err().to_string();
         assert!(e.contains("\"localhost\" is not an IP address or CIDR"), "{e}");
     }
 

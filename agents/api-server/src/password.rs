@@ -46,14 +46,23 @@ pub fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash(&generate(24)))
 }
 
+/// Why a new password is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("password too short: at least {MIN_LENGTH} characters")]
+    TooShort,
+    #[error("password too long: at most {MAX_LENGTH} bytes")]
+    TooLong,
+}
+
 /// Check a new password: length only (a passphrase of words is fine).
-pub fn check_policy(password: &str) -> Result<(), String> {
+pub fn check_policy(password: &str) -> Result<(), PolicyError> {
     let n = password.chars().count();
     if n < MIN_LENGTH {
-        return Err(format!("password too short: at least {MIN_LENGTH} characters"));
+        return Err(PolicyError::TooShort);
     }
     if password.len() > MAX_LENGTH {
-        return Err(format!("password too long: at most {MAX_LENGTH} bytes"));
+        return Err(PolicyError::TooLong);
     }
     Ok(())
 }
@@ -94,9 +103,9 @@ mod tests {
 
     #[test]
     fn policy_and_generation() {
-        assert!(check_policy("short").is_err());
+        assert_eq!(check_policy("short"), Err(PolicyError::TooShort));
         assert!(check_policy("long enough pass").is_ok());
-        assert!(check_policy(&"x".repeat(2000)).is_err());
+        assert_eq!(check_policy(&"x".repeat(2000)), Err(PolicyError::TooLong));
         let p = generate(20);
         assert_eq!(p.len(), 20);
         assert_ne!(p, generate(20));

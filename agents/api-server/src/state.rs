@@ -13,10 +13,11 @@ use tokio::sync::Semaphore;
 
 use crate::audit::{Audit, Entry};
 use crate::authz::{self, Session};
+use crate::basic_cache::BasicCache;
 use crate::error::ApiError;
+use crate::hub::Hub;
 use crate::throttle::Throttle;
 use crate::token::Tokens;
-use crate::ws::Hub;
 
 pub struct AppState {
     pub redis: Client,
@@ -33,7 +34,7 @@ pub struct AppState {
     pub issuer: String,
     pub redis_config: bus::RedisConfig,
     pub hub: Hub,
-    pub basic_cache: crate::routes::login::BasicCache,
+    pub basic_cache: BasicCache,
 }
 
 pub type Shared = Arc<AppState>;

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -24,84 +23,33 @@ use tokio::sync::broadcast;
 
 use crate::authz::{self, Session};
 use crate::error::{ApiError, ApiResult, ok};
-use crate::routes::tasks::context_owner;
 use crate::state::{AppState, Caller, NO_URL_TOKENS, Shared};
-use crate::token::Claims;
+use crate::token::{Claims, TokenError};
+
+/// Why a socket is not authorized; answered in an `authorize-error` message, except
+/// [`Closed`](AuthorizeError::Closed).
+#[derive(Debug, thiserror::Error)]
+enum AuthorizeError {
+    #[error("no authorize message within 10 s")]
+    Timeout,
+    /// The client closed the socket or it failed: nobody to answer.
+    #[error("the socket closed before authorizing")]
+    Closed,
+    #[error("invalid JSON message: {0}")]
+    Json(serde_json::Error),
+    #[error("the first message must be {{\"action\":\"authorize\",\"payload\":{{\"jwt\":...}}}}")]
+    NotAuthorize,
+    #[error("authorize: payload.jwt missing")]
+    NoJwt,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{}", .0.message)]
+    Refused(ApiError),
+}
 
 /// How long a session's roles are trusted before they are read again.
 const RECHECK: Duration = Duration::from_secs(5);
 const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Progress messages from Redis, fanned out to the sessions.
-pub struct Hub {
-    tx: broadcast::Sender<(String, String)>,
-    /// `(agent, task id) -> (action, user)`, read once per task from its context.
-    owners: Mutex<HashMap<String, (String, String)>>,
-}
-
-impl Hub {
-    pub fn new() -> Self {
-        Hub { tx: broadcast::channel(4096).0, owners: Mutex::new(HashMap::new()) }
-    }
-
-    /// Relay `progress/*` from Redis to the sessions, forever (the subscriber
-    /// reconnects and resubscribes by itself).
-    pub fn start(state: &Shared, subscriber: fred::clients::SubscriberClient) {
-        let tx = state.hub.tx.clone();
-        tokio::spawn(async move {
-            let mut rx = subscriber.message_rx();
-            if let Err(e) = subscriber.psubscribe("progress/*").await {
-                tracing::error!("cannot subscribe to task progress: {e}");
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(msg) => {
-                        let payload = msg.value.as_string().unwrap_or_default();
-                        let _ = tx.send((msg.channel.to_string(), payload));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("progress relay lagged: {n} messages dropped")
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-    }
-
-    async fn owner(&self, s: &AppState, agent: &AgentId, task: &str) -> Option<(String, String)> {
-        let key = format!("{agent}/{task}");
-        if let Some(o) = self.owners.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Some(o.clone());
-        }
-        let context: Option<String> = s.redis.get(keys::task_context(agent, task)).await.ok()?;
-        let context = context?;
-        let owner = context_owner(Some(&context));
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        if owners.len() > 10_000 {
-            owners.clear();
-        }
-        owners.insert(key, owner.clone());
-        Some(owner)
-    }
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// `progress/<agent>/task/<id>[/log]` → (agent, id, whether it is a log line).
-fn parse_progress_channel(channel: &str) -> Option<(AgentId, String, bool)> {
-    let (channel, log) = match channel.strip_suffix("/log") {
-        Some(c) => (c, true),
-        None => (channel, false),
-    };
-    let rest = channel.strip_prefix("progress/")?;
-    let (agent, id) = rest.rsplit_once("/task/")?;
-    protocol::validate_task_id(id).ok()?;
-    Some((agent.parse().ok()?, id.to_owned(), log))
-}
 
 /// How long a `/ws` ticket can wait for its use.
 pub const TICKET_TTL_SECS: i64 = 30;
@@ -165,23 +113,23 @@ fn message(kind: &str, payload: Value) -> Message {
     Message::Text(json!({"type": kind, "payload": payload}).to_string().into())
 }
 
-async fn authorize(s: &Shared, socket: &mut WebSocket, source: IpAddr) -> Result<Session, String> {
+async fn authorize(s: &Shared, socket: &mut WebSocket, source: IpAddr) -> Result<Session, AuthorizeError> {
     let deadline = Instant::now() + AUTHORIZE_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = match tokio::time::timeout(left, socket.recv()).await {
-            Err(_) => return Err("no authorize message within 10 s".into()),
-            Ok(None) | Ok(Some(Err(_))) => return Err(String::new()),
+            Err(_) => return Err(AuthorizeError::Timeout),
+            Ok(None) | Ok(Some(Err(_))) => return Err(AuthorizeError::Closed),
             Ok(Some(Ok(m))) => m,
         };
         let Message::Text(text) = msg else { continue };
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("invalid JSON message: {e}"))?;
+        let v: Value = serde_json::from_str(&text).map_err(AuthorizeError::Json)?;
         if v.get("action").and_then(Value::as_str) != Some("authorize") {
-            return Err("the first message must be {\"action\":\"authorize\",\"payload\":{\"jwt\":...}}".into());
+            return Err(AuthorizeError::NotAuthorize);
         }
-        let jwt = v.pointer("/payload/jwt").and_then(Value::as_str).ok_or("authorize: payload.jwt missing")?;
-        let claims = s.tokens.verify(jwt).map_err(|e| e.to_string())?;
-        return authz::check(&s.redis, &s.session_script, claims, source, None).await.map_err(|e| e.message);
+        let jwt = v.pointer("/payload/jwt").and_then(Value::as_str).ok_or(AuthorizeError::NoJwt)?;
+        let claims = s.tokens.verify(jwt)?;
+        return authz::check(&s.redis, &s.session_script, claims, source, None).await.map_err(AuthorizeError::Refused);
     }
 }
 
@@ -193,14 +141,14 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr, ready: Option
     let session = match authorized {
         Ok(session) => session,
         Err(reason) => {
-            if !reason.is_empty() {
-                let _ = socket.send(message("authorize-error", json!(reason))).await;
+            if !matches!(reason, AuthorizeError::Closed) {
+                let _ = socket.send(message("authorize-error", json!(reason.to_string()))).await;
             }
             let _ = socket.send(Message::Close(None)).await;
             return;
         }
     };
-    let mut rx = s.hub.tx.subscribe();
+    let mut rx = s.hub.subscribe();
     let expires = std::time::UNIX_EPOCH + Duration::from_secs(session.claims.exp);
     let until_expiry = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
     let expiry = tokio::time::sleep(until_expiry);
@@ -229,7 +177,7 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr, ready: Option
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                let Some((agent, task, log)) = parse_progress_channel(&channel) else { continue };
+                let Some((agent, task, log)) = keys::parse_progress_channel(&channel) else { continue };
                 let fresh = roles.get(&agent).is_some_and(|(_, at)| at.elapsed() < RECHECK);
                 if !fresh {
                     match authz::check(&s.redis, &s.session_script, session.claims.clone(), source, Some(agent.clone())).await {
@@ -242,7 +190,7 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr, ready: Option
                     }
                 }
                 let Some((sess, _)) = roles.get(&agent) else { continue };
-                let Some((action, user)) = s.hub.owner(&s, &agent, &task).await else { continue };
+                let Some((action, user)) = s.hub.owner(&s.redis, &agent, &task).await else { continue };
                 if !sess.may_see_task(&action, &user) {
                     continue;
                 }
@@ -262,21 +210,4 @@ async fn session(s: Shared, mut socket: WebSocket, source: IpAddr, ready: Option
         }
     }
     let _ = socket.send(Message::Close(None)).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_channels() {
-        let (a, t, log) = parse_progress_channel("progress/module/mail1/task/abc-1").unwrap();
-        assert_eq!(a, AgentId::Module("mail1".into()));
-        assert_eq!(t, "abc-1");
-        assert!(!log);
-        let (a, t, log) = parse_progress_channel("progress/node/2/task/abc-1/log").unwrap();
-        assert_eq!((a, t.as_str(), log), (AgentId::Node(2), "abc-1", true));
-        assert!(parse_progress_channel("progress/bogus/task/1").is_none());
-        assert!(parse_progress_channel("module/x/event/y").is_none());
-    }
 }

@@ -22,7 +22,9 @@ fn services_up() {
     let Some(cmd) = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("module-service"))) else {
         return;
     };
-    match std::process::Command::new(&cmd).arg("up").stdin(std::process::Stdio::null()).spawn() {
+    // It runs beside the agent (the agent does not wait for it), so the seam's std
+    // command, spawned here and reaped by a thread.
+    match hostcmd::Cmd::new(&cmd).arg("up").to_std().stdin(std::process::Stdio::null()).spawn() {
         Ok(mut child) => {
             std::thread::spawn(move || child.wait());
         }

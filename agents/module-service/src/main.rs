@@ -5,7 +5,18 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use services::{Engine, Layout};
+use services::{Engine, Layout, ServiceError};
+
+/// Why a `module-service` command failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("name at least one service")]
+    NoNames,
+    #[error("these services did not start: {}", .0.join(", "))]
+    NotStarted(Vec<String>),
+}
 
 #[derive(Parser)]
 #[command(version, about = "Manage the services of this module (run by its actions, as its user)")]
@@ -41,13 +52,13 @@ enum Cmd {
     Prune,
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), CliError> {
     let layout = Layout::from_env()?;
-    let check = |names: &[String]| -> Result<Vec<services::Service>, String> {
+    let check = |names: &[String]| -> Result<Vec<services::Service>, CliError> {
         if names.is_empty() {
-            return Err("name at least one service".into());
+            return Err(CliError::NoNames);
         }
-        names.iter().map(|n| layout.load(n)).collect()
+        Ok(names.iter().map(|n| layout.load(n)).collect::<Result<_, _>>()?)
     };
     match cli.command {
         Cmd::List => {
@@ -109,13 +120,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                     }
                     engine.start(&svc).await
                 };
-                if let Err(e) = started.await {
+                let started: Result<(), ServiceError> = started.await;
+                if let Err(e) = started {
                     eprintln!("module-service: {name}: {e}");
                     failed.push(name);
                 }
             }
             if !failed.is_empty() {
-                return Err(format!("these services did not start: {}", failed.join(", ")));
+                return Err(CliError::NotStarted(failed));
             }
         }
         Cmd::Prune => {

@@ -10,10 +10,26 @@ use jsonschema::{Draft, Registry, Validator};
 use protocol::task::ValidationError;
 use serde_json::Value;
 
+/// Why a schema cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("validator-definitions.json: {0}")]
+    Definitions(jsonschema::ReferencingError),
+    #[error("{0}")]
+    Invalid(Box<jsonschema::ValidationError<'static>>),
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json { path: PathBuf, source: serde_json::Error },
+    /// The schema file at `path` does not compile.
+    #[error("{}: {source}", path.display())]
+    Compile { path: PathBuf, source: Box<SchemaError> },
+}
+
 /// Compile a schema. `definitions` is the agent's `validator-definitions.json`, which
 /// schemas reference by its `$id`. Schemas without `$schema` are read as draft-07, the
 /// draft NS8's schemas are written for.
-pub fn compile(schema: &Value, definitions: Option<&Value>) -> Result<Validator, String> {
+pub fn compile(schema: &Value, definitions: Option<&Value>) -> Result<Validator, SchemaError> {
     let mut options = jsonschema::options().should_validate_formats(true);
     if schema.get("$schema").is_none() {
         options = options.with_draft(Draft::Draft7);
@@ -21,14 +37,12 @@ pub fn compile(schema: &Value, definitions: Option<&Value>) -> Result<Validator,
     let registry;
     if let Some(defs) = definitions {
         let uri = defs.get("$id").and_then(Value::as_str).unwrap_or("validator-definitions.json");
-        registry = Registry::new()
-            .add(uri, defs.clone())
-            .and_then(|r| r.prepare())
-            .map_err(|e| format!("validator-definitions.json: {e}"))?;
+        registry =
+            Registry::new().add(uri, defs.clone()).and_then(|r| r.prepare()).map_err(SchemaError::Definitions)?;
         options = options.with_registry(&registry);
-        return options.build(schema).map_err(|e| e.to_string());
+        return options.build(schema).map_err(|e| SchemaError::Invalid(Box::new(e)));
     }
-    options.build(schema).map_err(|e| e.to_string())
+    options.build(schema).map_err(|e| SchemaError::Invalid(Box::new(e)))
 }
 
 /// Validate and map every error to `{field, parameter, value, error}`.
@@ -112,12 +126,12 @@ impl SchemaCache {
         SchemaCache { definitions_path, entries: Mutex::default() }
     }
 
-    pub fn get(&self, path: &Path) -> Result<Arc<Validator>, String> {
+    pub fn get(&self, path: &Path) -> Result<Arc<Validator>, SchemaError> {
         self.get_with_source(path).map(|(v, _)| v)
     }
 
     /// The compiled schema and its source.
-    pub fn get_with_source(&self, path: &Path) -> Result<(Arc<Validator>, Arc<SchemaSource>), String> {
+    pub fn get_with_source(&self, path: &Path) -> Result<(Arc<Validator>, Arc<SchemaSource>), SchemaError> {
         let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let defs_path = Some(self.definitions_path.as_path()).filter(|p| p.exists());
         // The stamp covers the definitions file too: a changed $ref target recompiles.
@@ -128,13 +142,16 @@ impl SchemaCache {
         {
             return Ok((v.clone(), src.clone()));
         }
-        let read = |p: &Path| -> Result<Value, String> {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", p.display()))
+        let read = |p: &Path| -> Result<Value, SchemaError> {
+            let text = std::fs::read_to_string(p).map_err(|source| SchemaError::Read { path: p.to_owned(), source })?;
+            serde_json::from_str(&text).map_err(|source| SchemaError::Json { path: p.to_owned(), source })
         };
         let schema = read(path)?;
         let defs = defs_path.map(read).transpose()?;
-        let validator = Arc::new(compile(&schema, defs.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?);
+        let validator = Arc::new(
+            compile(&schema, defs.as_ref())
+                .map_err(|e| SchemaError::Compile { path: path.to_owned(), source: Box::new(e) })?,
+        );
         let source = Arc::new(SchemaSource { schema, definitions: defs });
         self.entries
             .lock()

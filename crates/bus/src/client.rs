@@ -10,7 +10,9 @@ use fred::types::client::ClientKillType;
 use protocol::task::{Progress, Task, TaskResult};
 use protocol::{AgentId, keys};
 
-use crate::{BusError, RedisConfig, connect, connect_subscriber};
+use crate::config::RedisConfig;
+use crate::connect::{connect, connect_subscriber};
+use crate::error::BusError;
 
 /// How often the waiting side re-reads the result keys in case the final progress
 /// message was missed (Redis restart, slow subscriber).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use fred::types::config::ServerConfig;
 
-use crate::BusError;
+use crate::error::BusError;
 
 pub const ENV_ADDRESS: &str = "REDIS_ADDRESS";
 pub const ENV_USER: &str = "REDIS_USER";

@@ -45,8 +45,8 @@ pub async fn extend_role(
     role: &str,
 ) -> Result<Vec<String>, fred::error::Error> {
     let mut given = Vec::new();
-    for key in crate::scan(redis, &keys::grants("*"), Some("hash")).await? {
-        let Some(subject) = key.strip_prefix("roles/") else { continue };
+    for key in crate::commands::scan(redis, &keys::grants("*"), Some("hash")).await? {
+        let Some(subject) = keys::parse_grants(&key) else { continue };
         let held: Option<String> = redis.hget(&key, on.to_string()).await?;
         if held.is_some_and(|r| r.split(',').any(|r| r.trim() == role)) {
             set_grant(redis, subject, agent, role, true).await?;
@@ -58,7 +58,7 @@ pub async fn extend_role(
 
 /// Forget every grant on `agent` and every grant `agent` holds.
 pub async fn forget_agent(redis: &Client, agent: &AgentId) -> Result<(), fred::error::Error> {
-    for key in crate::scan(redis, &keys::grants("*"), Some("hash")).await? {
+    for key in crate::commands::scan(redis, &keys::grants("*"), Some("hash")).await? {
         let _: i64 = redis.hdel(&key, agent.to_string()).await?;
     }
     let _: i64 = redis.del(keys::grants(&agent.to_string())).await?;

@@ -65,6 +65,11 @@ fn parse_node_id(s: &str) -> Result<u32, IdError> {
 }
 
 impl AgentId {
+    /// `node/<n>` from the number as text (a path parameter, `NODE_ID`).
+    pub fn node(n: &str) -> Result<Self, IdError> {
+        parse_node_id(n).map(AgentId::Node)
+    }
+
     pub fn module(id: &str) -> Result<Self, IdError> {
         validate_module_id(id)?;
         Ok(AgentId::Module(id.to_owned()))

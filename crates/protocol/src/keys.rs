@@ -229,6 +229,60 @@ pub fn cluster_ui_name() -> &'static str {
     "cluster/ui_name"
 }
 
+/// Every task progress and log channel of every agent (what the api-server relays
+/// to `/ws`).
+pub const PROGRESS_PATTERN_ALL: &str = "progress/*";
+
+/// Split a [`progress_channel`] or [`task_log_channel`] name into the agent, the task
+/// id and whether it is a log line. `None` for anything else.
+pub fn parse_progress_channel(channel: &str) -> Option<(AgentId, String, bool)> {
+    let (channel, log) = match channel.strip_suffix("/log") {
+        Some(c) => (c, true),
+        None => (channel, false),
+    };
+    let rest = channel.strip_prefix("progress/")?;
+    let (agent, id) = rest.rsplit_once("/task/")?;
+    crate::validate_task_id(id).ok()?;
+    Some((agent.parse().ok()?, id.to_owned(), log))
+}
+
+/// `SCAN` pattern of the contexts of every task of `agent`.
+pub fn task_contexts_pattern(agent: &AgentId) -> String {
+    task_context(agent, "*")
+}
+
+/// The task id in a [`task_context`] key of `agent`.
+pub fn parse_task_context<'k>(agent: &AgentId, key: &'k str) -> Option<&'k str> {
+    let rest = key.strip_prefix("task/")?.strip_prefix(&agent.to_string())?.strip_prefix('/')?;
+    rest.strip_suffix("/context").filter(|id| !id.contains('/'))
+}
+
+/// The user name in a [`user`] key; `None` for the user's other keys
+/// ([`user_recovery_codes`]) and anything else.
+pub fn parse_user(key: &str) -> Option<&str> {
+    key.strip_prefix("user/").filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
+/// The subject of a [`grants`] key.
+pub fn parse_grants(key: &str) -> Option<&str> {
+    key.strip_prefix("roles/")
+}
+
+/// `SCAN` patterns of the keys of every node, and of every module.
+pub const NODE_KEYS_PATTERN: &str = "node/*";
+pub const MODULE_KEYS_PATTERN: &str = "module/*";
+
+/// The node or module whose key (`node/<N>/...`, `module/<id>/...`) this is.
+pub fn key_owner(key: &str) -> Option<AgentId> {
+    let mut parts = key.splitn(3, '/');
+    let (kind, id) = (parts.next()?, parts.next()?);
+    match kind {
+        "node" => AgentId::node(id).ok(),
+        "module" => AgentId::module(id).ok(),
+        _ => None,
+    }
+}
+
 /// Who may read a key besides its writer (reference 2.3 and 2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readers {
@@ -324,6 +378,33 @@ mod tests {
         assert_eq!(event_channel(&AgentId::Cluster, "module-added"), "cluster/event/module-added");
         assert_eq!(inflight(&AgentId::Node(2)), "task/node/2/inflight");
         assert_eq!(event_stream(&m), "module/mail1/events");
+    }
+
+    #[test]
+    fn parsers_invert_the_builders() {
+        let m = AgentId::Module("mail1".into());
+        assert_eq!(parse_progress_channel(&progress_channel(&m, "abc-1")), Some((m.clone(), "abc-1".into(), false)));
+        assert_eq!(
+            parse_progress_channel(&task_log_channel(&AgentId::Node(2), "abc-1")),
+            Some((AgentId::Node(2), "abc-1".into(), true))
+        );
+        assert!(parse_progress_channel("progress/bogus/task/1").is_none());
+        assert!(parse_progress_channel(&event_channel(&m, "y")).is_none());
+        assert!(PROGRESS_PATTERN_ALL.strip_suffix('*').is_some_and(|p| progress_channel(&m, "t").starts_with(p)));
+
+        assert_eq!(parse_task_context(&m, &task_context(&m, "t1")), Some("t1"));
+        assert_eq!(parse_task_context(&m, &task_output(&m, "t1")), None);
+        assert_eq!(parse_task_context(&AgentId::Module("mail".into()), &task_context(&m, "t1")), None);
+        assert_eq!(task_contexts_pattern(&m), "task/module/mail1/*/context");
+
+        assert_eq!(parse_user(&user("admin")), Some("admin"));
+        assert_eq!(parse_user(&user_recovery_codes("admin")), None);
+        assert_eq!(parse_grants(&grants("module/mail1")), Some("module/mail1"));
+
+        assert_eq!(key_owner(&environment(&m)), Some(m.clone()));
+        assert_eq!(key_owner(&tasks(&AgentId::Node(3))), Some(AgentId::Node(3)));
+        assert_eq!(key_owner(&tasks(&AgentId::Cluster)), None);
+        assert_eq!(key_owner("node/x/tasks"), None);
     }
 
     #[test]

@@ -149,9 +149,6 @@ pub struct ValidationError {
     pub error: String,
 }
 
-/// Masking by name, kept here for callers of the task module.
-pub use crate::secrets::mask_secrets;
-
 #[cfg(test)]
 mod tests {
     use super::*;

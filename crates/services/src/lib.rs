@@ -5,5 +5,5 @@
 pub mod engine;
 pub mod quadlet;
 
-pub use engine::{Engine, Layout};
-pub use quadlet::Service;
+pub use engine::{Engine, Layout, ServiceError};
+pub use quadlet::{QuadletError, Service};

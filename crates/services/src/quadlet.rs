@@ -10,6 +10,75 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Why a `.container` file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QuadletError {
+    #[error("{0:?} is not a service name (letters, digits, - _ .)")]
+    NotAName(String),
+    /// A line is wrong: the file and line number lead the message.
+    #[error("{name}.container line {line}: {error}")]
+    Line { name: String, line: usize, error: LineError },
+    #[error("{0}.container has no Image=")]
+    NoImage(String),
+}
+
+/// What is wrong on one line of a `.container` file (or in one value).
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("unclosed \"${{\" in {0:?}")]
+    UnclosedVariable(String),
+    #[error("${{{0}}} is not set in the module's environment")]
+    UnsetVariable(String),
+    #[error("unclosed {quote} quote in {line:?}")]
+    UnclosedQuote { quote: &'static str, line: String },
+    #[error("dangling backslash in {0:?}")]
+    DanglingBackslash(String),
+    #[error("{what} port {value:?} is not a port number")]
+    Port { what: &'static str, value: String },
+    #[error("protocol {0:?} is not tcp or udp")]
+    Protocol(String),
+    #[error("bad address in {0:?}")]
+    BracketedAddress(String),
+    #[error("{0:?} is not [ip:]host_port:container_port[/protocol]")]
+    PublishShape(String),
+    #[error("{0:?} is not an IP address")]
+    NotAnIp(String),
+    #[error("{0:?} lacks host_port:container_port")]
+    NoPorts(String),
+    #[error("{0:?} is not source:destination[:options]")]
+    VolumeShape(String),
+    #[error("{0:?} has too many ':'")]
+    VolumeColons(String),
+    #[error("volume destination {0:?} is not an absolute path")]
+    VolumeDest(String),
+    #[error("volume option {0:?} is not one of ro, rw, z, Z, U")]
+    VolumeOption(String),
+    #[error("volume source {0:?} is neither a volume name nor an absolute path")]
+    VolumeSource(String),
+    #[error("{0:?} is not a boolean (true or false)")]
+    NotABool(String),
+    #[error("Restart={0:?}: expected no, on-failure or always")]
+    Restart(String),
+    #[error("bad section header {0:?}")]
+    SectionHeader(String),
+    #[error("section [{0}] is not supported (Unit, Container, Service, Install)")]
+    Section(String),
+    #[error("{0:?} is not Key=Value")]
+    NotKeyValue(String),
+    #[error("{0}= comes before any section")]
+    BeforeSection(String),
+    #[error("ContainerName={0:?} is not a container name")]
+    ContainerName(String),
+    #[error("{word:?} is not {shape}")]
+    Assignment { word: String, shape: &'static str },
+    #[error("EnvironmentFile {path}: {source}")]
+    EnvironmentFile { path: PathBuf, source: std::io::Error },
+    #[error("StopTimeout={0:?} is not a number of seconds")]
+    StopTimeout(String),
+    #[error("{key}= in [{section}] is not supported (see docs/modules.md)")]
+    Unsupported { section: String, key: String },
+}
+
 /// One published port: `[ip:]host:container[/proto]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Publish {
@@ -65,15 +134,15 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Replace `${NAME}` with its value; an unknown name or an unclosed `${` is an error.
-pub fn expand(text: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn expand(text: &str, env: &BTreeMap<String, String>) -> Result<String, LineError> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed \"${{\" in {text:?}"))?;
+        let end = after.find('}').ok_or_else(|| LineError::UnclosedVariable(text.to_owned()))?;
         let name = &after[..end];
-        let value = env.get(name).ok_or_else(|| format!("${{{name}}} is not set in the module's environment"))?;
+        let value = env.get(name).ok_or_else(|| LineError::UnsetVariable(name.to_owned()))?;
         out.push_str(value);
         rest = &after[end + 1..];
     }
@@ -83,7 +152,7 @@ pub fn expand(text: &str, env: &BTreeMap<String, String>) -> Result<String, Stri
 
 /// Split a command line as systemd does for `Exec=`: whitespace separates words,
 /// single and double quotes group, backslash escapes inside double quotes and outside.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+pub fn split_words(line: &str) -> Result<Vec<String>, LineError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -96,7 +165,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed single quote in {line:?}")),
+                        None => return Err(LineError::UnclosedQuote { quote: "single", line: line.to_owned() }),
                     }
                 }
             }
@@ -105,15 +174,17 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => cur.push(chars.next().ok_or_else(|| format!("dangling backslash in {line:?}"))?),
+                        Some('\\') => {
+                            cur.push(chars.next().ok_or_else(|| LineError::DanglingBackslash(line.to_owned()))?)
+                        }
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed double quote in {line:?}")),
+                        None => return Err(LineError::UnclosedQuote { quote: "double", line: line.to_owned() }),
                     }
                 }
             }
             '\\' => {
                 in_word = true;
-                cur.push(chars.next().ok_or_else(|| format!("dangling backslash in {line:?}"))?);
+                cur.push(chars.next().ok_or_else(|| LineError::DanglingBackslash(line.to_owned()))?);
             }
             c if c.is_whitespace() => {
                 if in_word {
@@ -133,19 +204,19 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-fn parse_port(s: &str, what: &str) -> Result<u16, String> {
-    s.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("{what} port {s:?} is not a port number"))
+fn parse_port(s: &str, what: &'static str) -> Result<u16, LineError> {
+    s.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| LineError::Port { what, value: s.to_owned() })
 }
 
-fn parse_publish(v: &str) -> Result<Publish, String> {
+fn parse_publish(v: &str) -> Result<Publish, LineError> {
     let (spec, protocol) = match v.rsplit_once('/') {
         Some((s, p)) if matches!(p, "tcp" | "udp") => (s, p.to_owned()),
-        Some((_, p)) => return Err(format!("protocol {p:?} is not tcp or udp")),
+        Some((_, p)) => return Err(LineError::Protocol(p.to_owned())),
         None => (v, "tcp".to_owned()),
     };
     // An IPv6 host address is bracketed: [::1]:8080:80.
     let (host_ip, ports) = if let Some(rest) = spec.strip_prefix('[') {
-        let (ip, rest) = rest.split_once("]:").ok_or_else(|| format!("bad address in {v:?}"))?;
+        let (ip, rest) = rest.split_once("]:").ok_or_else(|| LineError::BracketedAddress(v.to_owned()))?;
         (Some(ip.to_owned()), rest)
     } else {
         match spec.matches(':').count() {
@@ -154,13 +225,13 @@ fn parse_publish(v: &str) -> Result<Publish, String> {
                 let (ip, rest) = spec.split_once(':').expect("two colons");
                 ((!ip.is_empty()).then(|| ip.to_owned()), rest)
             }
-            _ => return Err(format!("{v:?} is not [ip:]host_port:container_port[/protocol]")),
+            _ => return Err(LineError::PublishShape(v.to_owned())),
         }
     };
     if let Some(ip) = &host_ip {
-        ip.parse::<std::net::IpAddr>().map_err(|_| format!("{ip:?} is not an IP address"))?;
+        ip.parse::<std::net::IpAddr>().map_err(|_| LineError::NotAnIp(ip.clone()))?;
     }
-    let (host, container) = ports.split_once(':').ok_or_else(|| format!("{v:?} lacks host_port:container_port"))?;
+    let (host, container) = ports.split_once(':').ok_or_else(|| LineError::NoPorts(v.to_owned()))?;
     Ok(Publish {
         host_ip,
         host_port: parse_port(host, "host")?,
@@ -169,52 +240,57 @@ fn parse_publish(v: &str) -> Result<Publish, String> {
     })
 }
 
-fn parse_volume(v: &str) -> Result<Volume, String> {
+fn parse_volume(v: &str) -> Result<Volume, LineError> {
     let mut parts = v.split(':');
     let (Some(source), Some(dest)) = (parts.next(), parts.next()) else {
-        return Err(format!("{v:?} is not source:destination[:options]"));
+        return Err(LineError::VolumeShape(v.to_owned()));
     };
     let options: Vec<String> = parts.next().map(|o| o.split(',').map(str::to_owned).collect()).unwrap_or_default();
     if parts.next().is_some() {
-        return Err(format!("{v:?} has too many ':'"));
+        return Err(LineError::VolumeColons(v.to_owned()));
     }
     if !dest.starts_with('/') {
-        return Err(format!("volume destination {dest:?} is not an absolute path"));
+        return Err(LineError::VolumeDest(dest.to_owned()));
     }
     if let Some(o) = options.iter().find(|o| !matches!(o.as_str(), "ro" | "rw" | "z" | "Z" | "U")) {
-        return Err(format!("volume option {o:?} is not one of ro, rw, z, Z, U"));
+        return Err(LineError::VolumeOption(o.clone()));
     }
     if source.starts_with('/') {
         Ok(Volume::Bind { source: PathBuf::from(source), dest: dest.to_owned(), options })
     } else if valid_name(source) {
         Ok(Volume::Named { name: source.to_owned(), dest: dest.to_owned(), options })
     } else {
-        Err(format!("volume source {source:?} is neither a volume name nor an absolute path"))
+        Err(LineError::VolumeSource(source.to_owned()))
     }
 }
 
-fn parse_bool(v: &str) -> Result<bool, String> {
+fn parse_bool(v: &str) -> Result<bool, LineError> {
     match v {
         "true" | "yes" | "1" | "on" => Ok(true),
         "false" | "no" | "0" | "off" => Ok(false),
-        _ => Err(format!("{v:?} is not a boolean (true or false)")),
+        _ => Err(LineError::NotABool(v.to_owned())),
     }
 }
 
-fn parse_restart(v: &str) -> Result<Restart, String> {
+fn parse_restart(v: &str) -> Result<Restart, LineError> {
     match v {
         "no" => Ok(Restart::No),
         "on-failure" => Ok(Restart::OnFailure),
         "always" => Ok(Restart::Always),
-        _ => Err(format!("Restart={v:?}: expected no, on-failure or always")),
+        _ => Err(LineError::Restart(v.to_owned())),
     }
 }
 
 /// Parse the text of `<name>.container`. `env` expands `${NAME}`; relative
 /// `EnvironmentFile=` paths are read from `state_dir`.
-pub fn parse(name: &str, text: &str, env: &BTreeMap<String, String>, state_dir: &Path) -> Result<Service, String> {
+pub fn parse(
+    name: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+    state_dir: &Path,
+) -> Result<Service, QuadletError> {
     if !valid_name(name) {
-        return Err(format!("{name:?} is not a service name (letters, digits, - _ .)"));
+        return Err(QuadletError::NotAName(name.to_owned()));
     }
     let mut svc = Service { name: name.to_owned(), container_name: name.to_owned(), ..Service::default() };
     let mut section = String::new();
@@ -238,23 +314,23 @@ pub fn parse(name: &str, text: &str, env: &BTreeMap<String, String>, state_dir: 
         logical.push(p);
     }
     for (n, line) in logical {
-        let at = |e: String| format!("{name}.container line {n}: {e}");
+        let at = |error: LineError| QuadletError::Line { name: name.to_owned(), line: n, error };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
         if let Some(s) = line.strip_prefix('[') {
-            section = s.strip_suffix(']').ok_or_else(|| at(format!("bad section header {line:?}")))?.to_owned();
+            section = s.strip_suffix(']').ok_or_else(|| at(LineError::SectionHeader(line.to_owned())))?.to_owned();
             if !matches!(section.as_str(), "Unit" | "Container" | "Service" | "Install") {
-                return Err(at(format!("section [{section}] is not supported (Unit, Container, Service, Install)")));
+                return Err(at(LineError::Section(section)));
             }
             continue;
         }
-        let (key, value) = line.split_once('=').ok_or_else(|| at(format!("{line:?} is not Key=Value")))?;
+        let (key, value) = line.split_once('=').ok_or_else(|| at(LineError::NotKeyValue(line.to_owned())))?;
         let (key, raw_value) = (key.trim(), value.trim());
         let value = expand(raw_value, env).map_err(at)?;
         match (section.as_str(), key) {
-            ("", _) => return Err(at(format!("{key}= comes before any section"))),
+            ("", _) => return Err(at(LineError::BeforeSection(key.to_owned()))),
             ("Unit", "Description") => svc.description = Some(value),
             // Ordering among a module's services: all start together here.
             ("Unit", "After" | "Before" | "Requires" | "Wants" | "Documentation") => {}
@@ -262,44 +338,49 @@ pub fn parse(name: &str, text: &str, env: &BTreeMap<String, String>, state_dir: 
             ("Container", "Exec") => svc.exec = split_words(&value).map_err(at)?,
             ("Container", "ContainerName") => {
                 if !valid_name(&value) {
-                    return Err(at(format!("ContainerName={value:?} is not a container name")));
+                    return Err(at(LineError::ContainerName(value)));
                 }
                 svc.container_name = value;
             }
             ("Container", "Environment") => {
                 for word in split_words(&value).map_err(at)? {
-                    let (k, v) = word.split_once('=').ok_or_else(|| at(format!("{word:?} is not NAME=value")))?;
+                    let (k, v) = word
+                        .split_once('=')
+                        .ok_or_else(|| at(LineError::Assignment { word: word.clone(), shape: "NAME=value" }))?;
                     svc.environment.insert(k.to_owned(), v.to_owned());
                 }
             }
             ("Container", "EnvironmentFile") => {
                 let path = state_dir.join(&value);
                 let text = std::fs::read_to_string(&path)
-                    .map_err(|e| at(format!("EnvironmentFile {}: {e}", path.display())))?;
+                    .map_err(|source| at(LineError::EnvironmentFile { path: path.clone(), source }))?;
                 svc.environment.extend(protocol::envfile::parse(&text));
             }
             ("Container", "PublishPort") => svc.publish.push(parse_publish(&value).map_err(at)?),
             ("Container", "Volume") => svc.volumes.push(parse_volume(&value).map_err(at)?),
             ("Container", "Label") => {
                 for word in split_words(&value).map_err(at)? {
-                    let (k, v) = word.split_once('=').ok_or_else(|| at(format!("{word:?} is not name=value")))?;
+                    let (k, v) = word
+                        .split_once('=')
+                        .ok_or_else(|| at(LineError::Assignment { word: word.clone(), shape: "name=value" }))?;
                     svc.labels.insert(k.to_owned(), v.to_owned());
                 }
             }
             ("Container", "WorkingDir") => svc.working_dir = Some(value),
             ("Container", "RunInit") => svc.run_init = parse_bool(&value).map_err(at)?,
             ("Container", "StopTimeout") => {
-                svc.stop_timeout =
-                    Some(value.parse().map_err(|_| at(format!("StopTimeout={value:?} is not a number of seconds")))?)
+                svc.stop_timeout = Some(value.parse().map_err(|_| at(LineError::StopTimeout(value.clone())))?)
             }
             ("Container", "User") => svc.user = Some(value),
             ("Service", "Restart") => svc.restart = parse_restart(&value).map_err(at)?,
             ("Service", "TimeoutStartSec" | "TimeoutStopSec") => {}
             ("Install", "WantedBy" | "RequiredBy") => {}
-            (s, k) => return Err(at(format!("{k}= in [{s}] is not supported (see docs/modules.md)"))),
+            (s, k) => {
+                return Err(at(LineError::Unsupported { section: s.to_owned(), key: k.to_owned() }));
+            }
         }
     }
-    svc.image = image.filter(|i| !i.is_empty()).ok_or_else(|| format!("{name}.container has no Image="))?;
+    svc.image = image.filter(|i| !i.is_empty()).ok_or_else(|| QuadletError::NoImage(name.to_owned()))?;
     Ok(svc)
 }
 
@@ -353,7 +434,7 @@ mod tests {
     #[test]
     fn errors_name_the_line_and_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let err = |text: &str| parse("web", text, &env(), dir.path()).unwrap_err();
+        let err = |text: &str| parse("web", text, &env(), dir.path()).unwrap_err().to_string();
         assert!(err("[Container]\nImage=x\nPodmanArgs=--privileged\n").contains("line 3: PodmanArgs= in [Container]"));
         assert!(err("[Container]\nImage=${NOPE}\n").contains("${NOPE} is not set"));
         assert!(err("[Pod]\n").contains("[Pod] is not supported"));
@@ -366,6 +447,6 @@ mod tests {
         assert!(err("[Container]\nImage=x\nExec=\"unclosed\n").contains("unclosed double quote"));
         assert!(err("[Service]\nRestart=sometimes\n").contains("Restart=\"sometimes\""));
         assert!(err("[Container]\nImage=x\nRunInit=maybe\n").contains("not a boolean"));
-        assert!(parse("../x", "", &env(), dir.path()).unwrap_err().contains("not a service name"));
+        assert!(parse("../x", "", &env(), dir.path()).unwrap_err().to_string().contains("not a service name"));
     }
 }

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -14,9 +13,8 @@ use fred::prelude::*;
 use protocol::keys;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use super::{Params, bounded, json_response, parse_body};
+use super::extract::{Params, bounded, json_response, parse_body};
 use crate::authz::{self, Subject};
 use crate::error::{ApiError, ApiResult, ok};
 use crate::state::{AppState, Caller, Shared};
@@ -24,7 +22,7 @@ use crate::throttle::Settle;
 use crate::token::now;
 use crate::{password, totp};
 
-use super::twofa;
+use super::secret;
 
 #[derive(Deserialize)]
 struct LoginRequest {
@@ -77,7 +75,7 @@ pub async fn verify_credentials(s: &AppState, username: &str, password: &str) ->
             }
             let totp_secret = match profile.get("2fa").filter(|s| !s.is_empty()) {
                 None => None,
-                Some(stored) => Some(twofa::open_secret(s, name, stored).await?),
+                Some(stored) => Some(secret::open_secret(s, name, stored).await?),
             };
             let networks = profile.get("allowed_networks").cloned().unwrap_or_default();
             let generation = profile.get("token_generation").and_then(|g| g.parse().ok()).unwrap_or(0);
@@ -295,51 +293,6 @@ pub async fn refresh(State(s): State<Shared>, caller: Caller) -> ApiResult {
     Ok(token_response(&token, claims.exp))
 }
 
-/// Recently verified HTTP Basic credentials. Traefik asks on every proxied request,
-/// and an argon2 check per request would be a denial of service; a success is reused
-/// for a minute, keyed by a salted hash so the cache holds no password.
-pub struct BasicCache {
-    salt: [u8; 32],
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
-}
-
-const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
-
-impl BasicCache {
-    pub fn new() -> Self {
-        BasicCache { salt: rand::random(), entries: Mutex::new(HashMap::new()) }
-    }
-    fn key(&self, user: &str, password: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.salt);
-        h.update(user.as_bytes());
-        h.update([0]);
-        h.update(password.as_bytes());
-        h.finalize().into()
-    }
-    fn hit(&self, key: &[u8; 32]) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, t| t.elapsed() < BASIC_CACHE_TTL);
-        entries.contains_key(key)
-    }
-    /// Forget every entry: a password changed.
-    pub fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-    fn insert(&self, key: [u8; 32]) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() < 10_000 {
-            entries.insert(key, Instant::now());
-        }
-    }
-}
-
-impl Default for BasicCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// 200 with `X-Auth-User` when the HTTP Basic credentials belong to a subject holding
 /// a role on `module/<id>` that allows `<action>`; 401/403 otherwise (NS8 7.2).
 pub async fn http_basic(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
@@ -353,7 +306,7 @@ pub async fn http_basic(State(s): State<Shared>, caller: Caller, Path(p): Path<P
     let Some((user, pass)) = basic_credentials(&caller.headers) else {
         return Ok(challenge("HTTP Basic credentials required"));
     };
-    let agent = super::tasks::agent_from(&p)?;
+    let agent = super::extract::agent_from(&p)?;
     let action = p.get("action").cloned().unwrap_or_default();
     protocol::validate_action_name(&action).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if user.is_empty() || user == "default" || user.len() > 128 || pass.len() > password::MAX_LENGTH {

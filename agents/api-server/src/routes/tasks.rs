@@ -6,30 +6,20 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
-use protocol::task::{decode_output, mask_secrets};
+use protocol::secrets::mask_secrets;
+use protocol::task::{Task, decode_output};
 use protocol::{AgentId, keys, validate_action_name, validate_task_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Params, parse_body};
+use super::extract::{Params, agent_from, parse_body};
 use crate::audit::Entry;
-use crate::authz::Session;
+use crate::authz::{Session, task_owner};
 use crate::error::{ApiError, ApiResult, envelope, ok};
 use crate::state::{Caller, Shared};
 
 /// NS8's idle limit for the liveness check before a push.
 const MAX_IDLE_SECS: u64 = 8;
-
-/// The agent a route is about: `node_id` or `module_id` parameters, else the cluster.
-pub fn agent_from(p: &Params) -> Result<AgentId, ApiError> {
-    if let Some(n) = p.get("node_id") {
-        return format!("node/{n}").parse().map_err(|e: protocol::IdError| ApiError::bad_request(e.to_string()));
-    }
-    if let Some(m) = p.get("module_id") {
-        return AgentId::module(m).map_err(|e| ApiError::bad_request(e.to_string()));
-    }
-    Ok(AgentId::Cluster)
-}
 
 fn task_id_from(p: &Params) -> Result<String, ApiError> {
     let id = p.get("task_id").cloned().unwrap_or_default();
@@ -70,28 +60,30 @@ pub async fn create(State(s): State<Shared>, caller: Caller, Path(p): Path<Param
             "agent {agent} is not running: no Redis connection named \"{agent}\" was active in the last {MAX_IDLE_SECS} s"
         )));
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    let task = json!({
-        "id": id,
-        "action": req.action,
-        "data": req.data,
-        "extra": req.extra,
-        "queue": keys::tasks(&agent),
-        "user": session.subject.name(),
-        "timestamp": protocol::time::rfc3339(std::time::SystemTime::now()),
-        "parent": parent,
-    });
-    let _: i64 = s.redis.lpush(keys::tasks(&agent), task.to_string()).await?;
-    s.audit(Entry {
+    let task = Task {
+        id: uuid::Uuid::new_v4().to_string(),
+        action: req.action,
+        data: req.data,
+        extra: req.extra,
+        parent,
+        queue: keys::tasks(&agent),
         user: session.subject.name(),
+        timestamp: Some(protocol::time::rfc3339(std::time::SystemTime::now())),
+    };
+    // The same object is pushed, audited (masked) and answered.
+    let value = serde_json::to_value(&task)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the task: {e}")))?;
+    let _: i64 = s.redis.lpush(&task.queue, value.to_string()).await?;
+    s.audit(Entry {
+        user: task.user,
         source: session.source.to_string(),
         action: "create-task".into(),
         agent: agent.to_string(),
-        task: id,
-        data: mask_secrets(&task).to_string(),
+        task: task.id,
+        data: mask_secrets(&value).to_string(),
     })
     .await;
-    Ok(envelope(StatusCode::CREATED, "success", task))
+    Ok(envelope(StatusCode::CREATED, "success", value))
 }
 
 /// NS8 refuses tasks on a read-only replica and names the leader.
@@ -116,13 +108,6 @@ fn task_keys(agent: &AgentId, id: &str) -> Vec<String> {
     ]
 }
 
-/// `(action, user)` of a stored context, empty when missing or unreadable.
-pub fn context_owner(context: Option<&str>) -> (String, String) {
-    let v: Value = context.and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-    (s("action"), s("user"))
-}
-
 fn deny_task(session: &Session, agent: &AgentId, id: &str) -> ApiError {
     ApiError::forbidden(format!(
         "{} may not read task {id} of {agent}: it is not theirs and no granted role allows its action",
@@ -141,7 +126,7 @@ pub async fn status(State(s): State<Shared>, caller: Caller, Path(p): Path<Param
     let session = session?;
     let [context, output, error, code]: [Option<String>; 4] =
         values?.try_into().map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unexpected MGET reply"))?;
-    let (action, user) = context_owner(context.as_deref());
+    let (action, user) = task_owner(context.as_deref());
     if context.is_none() && output.is_none() && code.is_none() {
         return Err(ApiError::not_found(format!("no task {id} on {agent} (unknown, or its result has expired)")));
     }
@@ -168,7 +153,7 @@ pub async fn context(State(s): State<Shared>, caller: Caller, Path(p): Path<Para
     let Some(context) = context else {
         return Err(ApiError::not_found(format!("no task {id} on {agent} (unknown, or its context has expired)")));
     };
-    let (action, user) = context_owner(Some(&context));
+    let (action, user) = task_owner(Some(&context));
     if !session.may_see_task(&action, &user) {
         return Err(deny_task(&session, &agent, &id));
     }
@@ -179,12 +164,10 @@ pub async fn context(State(s): State<Shared>, caller: Caller, Path(p): Path<Para
 pub async fn list(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>) -> ApiResult {
     let agent = agent_from(&p)?;
     let session = s.session(&caller, Some(agent.clone())).await?;
-    let prefix = format!("task/{agent}/");
-    let ids: Vec<String> = bus::scan(&s.redis, &format!("{prefix}*/context"), None)
+    let ids: Vec<String> = bus::scan(&s.redis, &keys::task_contexts_pattern(&agent), None)
         .await?
-        .into_iter()
-        .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix("/context").map(str::to_owned))
-        .filter(|id| !id.contains('/'))
+        .iter()
+        .filter_map(|k| keys::parse_task_context(&agent, k).map(str::to_owned))
         .collect();
     let mut tasks = serde_json::Map::new();
     for id in ids {
@@ -193,7 +176,7 @@ pub async fn list(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>
             Ok(v) => v,
             Err(_) => continue,
         };
-        let (action, user) = context_owner(context.as_deref());
+        let (action, user) = task_owner(context.as_deref());
         if context.is_none() || !session.may_see_task(&action, &user) {
             continue;
         }
@@ -212,41 +195,46 @@ pub async fn list(State(s): State<Shared>, caller: Caller, Path(p): Path<Params>
     let pending: Vec<String> = s.redis.lrange(keys::tasks(&agent), 0, -1).await?;
     let queue: Vec<Value> = pending
         .iter()
-        .filter_map(|t| serde_json::from_str::<Value>(t).ok())
         .filter(|t| {
-            let (action, user) = context_owner(Some(&t.to_string()));
+            let (action, user) = task_owner(Some(t));
             session.may_see_task(&action, &user)
         })
+        .filter_map(|t| serde_json::from_str::<Value>(t).ok())
         .map(|t| mask_secrets(&t))
         .collect();
     Ok(ok(json!({"tasks": tasks, "queue": queue})))
 }
 
-/// Agents of one kind the caller holds a role on.
-async fn granted_agents(s: &Shared, session: &Session, kind: &str) -> Result<Vec<String>, ApiError> {
+/// The agents with keys matching `pattern` ([`keys::NODE_KEYS_PATTERN`] or
+/// [`keys::MODULE_KEYS_PATTERN`]) the caller holds a role on, by their id without the
+/// kind (`1`, `mail1`).
+async fn granted_agents(s: &Shared, session: &Session, pattern: &str) -> Result<Vec<String>, ApiError> {
     let grants: std::collections::HashMap<String, String> =
         s.redis.hgetall(keys::grants(&session.subject.name())).await?;
-    let prefix = format!("{kind}/");
     let mut seen = std::collections::BTreeSet::new();
-    for key in bus::scan(&s.redis, &format!("{kind}/*"), None).await? {
-        if let Some(rest) = key.strip_prefix(&prefix)
-            && let Some(id) = rest.split('/').next()
-            && grants.get(&format!("{kind}/{id}")).is_some_and(|r| !r.trim().is_empty())
+    for key in bus::scan(&s.redis, pattern, None).await? {
+        if let Some(agent) = keys::key_owner(&key)
+            && grants.get(&agent.to_string()).is_some_and(|r| !r.trim().is_empty())
         {
-            seen.insert(id.to_owned());
+            seen.insert(agent);
         }
     }
-    Ok(seen.into_iter().collect())
+    let id = |a: AgentId| match a {
+        AgentId::Node(n) => n.to_string(),
+        AgentId::Module(m) => m,
+        AgentId::Cluster => String::new(),
+    };
+    Ok(seen.into_iter().map(id).collect())
 }
 
 pub async fn nodes(State(s): State<Shared>, caller: Caller) -> ApiResult<Response> {
     let session = s.session(&caller, None).await?;
-    let list = granted_agents(&s, &session, "node").await?;
-    Ok(ok(json!({"list": list, "queue": "node/*"})))
+    let list = granted_agents(&s, &session, keys::NODE_KEYS_PATTERN).await?;
+    Ok(ok(json!({"list": list, "queue": keys::NODE_KEYS_PATTERN})))
 }
 
 pub async fn modules(State(s): State<Shared>, caller: Caller) -> ApiResult<Response> {
     let session = s.session(&caller, None).await?;
-    let list = granted_agents(&s, &session, "module").await?;
-    Ok(ok(json!({"list": list, "queue": "module/*"})))
+    let list = granted_agents(&s, &session, keys::MODULE_KEYS_PATTERN).await?;
+    Ok(ok(json!({"list": list, "queue": keys::MODULE_KEYS_PATTERN})))
 }

@@ -2,19 +2,18 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use protocol::keys;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{bounded, login, parse_body};
+use super::extract::{bounded, parse_body};
+use super::login;
 use crate::authz::Session;
 use crate::error::{ApiError, ApiResult, ok};
-use crate::state::{AppState, Caller, Shared};
+use crate::state::{Caller, Shared};
 use crate::token::now;
-use crate::{crypt, password, totp};
+use crate::{password, totp};
 
 async fn user_session(s: &Shared, caller: &Caller) -> Result<(Session, String), ApiError> {
     let session = s.session(caller, None).await?;
@@ -38,57 +37,6 @@ pub async fn qr_code(State(s): State<Shared>, caller: Caller) -> ApiResult {
         .ok_or_else(|| ApiError::bad_request("the 2FA issuer name may not contain ':'"))?;
     let svg = totp::qr_svg(&url).unwrap_or_default();
     Ok(ok(json!({"url": url, "key": key, "svg": svg})))
-}
-
-/// Seal a clear secret in place, unless it changed meanwhile.
-const RESEAL: &str = r"
-if redis.call('HGET', KEYS[1], '2fa') == ARGV[1] then
-  redis.call('HSET', KEYS[1], '2fa', ARGV[2])
-  return 1
-end
-return 0";
-
-fn reseal_script() -> &'static Script {
-    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::from_lua(RESEAL))
-}
-
-/// The clear TOTP secret of `user` from its stored form. A secret still stored in
-/// clear (from before sealing, or from NS8) is sealed now.
-pub async fn open_secret(s: &AppState, user: &str, stored: &str) -> Result<String, ApiError> {
-    match s.data_key.open(user, stored, &format!("2FA secret of {user}")) {
-        Ok((clear, was_clear)) => {
-            if was_clear {
-                let sealed = s.data_key.seal(user, &clear);
-                let _: i64 = reseal_script()
-                    .evalsha_with_reload(&s.redis, vec![keys::user(user)], vec![stored, &sealed])
-                    .await?;
-            }
-            Ok(clear)
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{e}; an administrator can run `api-server reset-2fa {user}`"),
-            ))
-        }
-    }
-}
-
-/// Seal every TOTP secret still stored in clear (run at start). Returns how many.
-pub async fn seal_clear_secrets(s: &AppState) -> Result<usize, ApiError> {
-    let mut sealed = 0;
-    for key in bus::scan(&s.redis, keys::USER_PATTERN, None).await? {
-        let Some(user) = key.strip_prefix("user/").filter(|n| !n.contains('/')) else { continue };
-        let stored: Option<String> = s.redis.hget(&key, "2fa").await?;
-        let Some(stored) = stored.filter(|v| !v.is_empty() && !v.starts_with(crypt::SEALED_PREFIX)) else {
-            continue;
-        };
-        open_secret(s, user, &stored).await?;
-        sealed += 1;
-    }
-    Ok(sealed)
 }
 
 #[derive(Deserialize)]

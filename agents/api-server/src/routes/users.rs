@@ -15,7 +15,8 @@ use protocol::{AgentId, keys};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Params, bounded, login, parse_body};
+use super::extract::{Params, bounded, parse_body};
+use super::login;
 use crate::authz::{self, Session, Subject};
 use crate::error::{ApiError, ApiResult, envelope, ok};
 use crate::state::{AppState, Caller, Shared};
@@ -31,7 +32,7 @@ pub async fn list(State(s): State<Shared>, caller: Caller) -> ApiResult {
     let mut names: Vec<String> = bus::scan(&s.redis, keys::USER_PATTERN, None)
         .await?
         .into_iter()
-        .filter_map(|k| k.strip_prefix("user/").filter(|n| !n.contains('/')).map(str::to_owned))
+        .filter_map(|k| keys::parse_user(&k).map(str::to_owned))
         .collect();
     names.sort();
     for name in names {
