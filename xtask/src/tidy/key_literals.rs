@@ -80,7 +80,13 @@ fn templates(keys_rs: &str) -> (Vec<Template>, Vec<String>) {
                 Some(_) => TSeg::Any,
                 None => TSeg::Text(normalize(seg)),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // An agent pattern (`node/*`, `module/*`: every node's keys) names agents, not
+        // a key: as a template it would make every agent id a key.
+        let agent_pattern = matches!(&segs[..], [TSeg::Text(ns), TSeg::Any] if ns == "node" || ns == "module");
+        if agent_pattern {
+            continue;
+        }
         templates.push(Template { text: s, segs });
     }
     (templates, fragments)

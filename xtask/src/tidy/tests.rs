@@ -10,6 +10,7 @@ pub fn tasks(agent: &AgentId) -> String { format!("{agent}/tasks") }
 pub fn environment(agent: &AgentId) -> String { format!("{agent}/environment") }
 pub fn repository(name: &str) -> String { format!("cluster/repository/{name}") }
 pub const MODULE_NODE: &str = "cluster/module_node";
+pub const MODULE_KEYS_PATTERN: &str = "module/*";
 pub fn parse_event_channel(c: &str) -> Option<(&str, &str)> { c.rsplit_once("/event/") }
 #[cfg(test)]
 mod tests { const NOT_A_TEMPLATE: &str = "bogus/thing"; }
