@@ -1,26 +1,51 @@
 //! The cluster agent's native actions: the cluster's name and its software
-//! repositories, and the modules' install and removal. Later issues add nodes and
-//! backups here.
+//! repositories, and the modules' install, update and removal. Later issues add nodes
+//! and backups here.
+//!
+//! Layout: `install.rs`, `update.rs` and `removal.rs` are the three module actions,
+//! each a saga (`agent_runtime::saga`) whose steps they define; `recovery.rs` finishes
+//! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
+//! operation per module; `records.rs` the module's Redis records; `image.rs` the
+//! image's labels; `repository.rs` the software repositories. Dependencies go one
+//! way: the actions use the helpers, never each other (but `running`).
 
+pub mod consent;
 pub mod image;
-pub mod modules;
+pub mod install;
+pub mod locks;
+pub mod records;
+pub mod recovery;
+pub mod removal;
 mod repository;
+pub mod update;
 
+use agent_runtime::saga::Sagas;
 use agent_runtime::{ActionContext, ActionError, AgentConfig, NativeActions};
 use bus::fred::prelude::*;
+use protocol::actions::cluster;
 use protocol::keys;
 use serde_json::{Value, json};
 
 /// NS8's default label.
 const DEFAULT_NAME: &str = "NethServer 8";
 
-pub fn natives(cfg: &AgentConfig) -> NativeActions {
-    let redis = cfg.redis.clone();
+/// Every step of the cluster's sagas, for their undo to be found after a crash.
+pub fn sagas() -> Sagas {
+    removal::steps(update::steps(install::steps(Sagas::new())))
+}
+
+fn failed(e: impl std::fmt::Display) -> ActionError {
+    ActionError::failed(e.to_string())
+}
+
+pub fn natives(_: &AgentConfig) -> NativeActions {
+    let sagas = sagas();
+    let recovering = sagas.clone();
     NativeActions::new()
-        .on_start(move |ctx| modules::recover(ctx, redis.clone()))
-        .add_with("add-module", Some(modules::add_schema()), None, cfg.redis.clone(), modules::add)
-        .add_with("remove-module", Some(modules::remove_schema()), None, cfg.redis.clone(), modules::remove)
-        .add_with("update-module", Some(modules::update_schema()), None, cfg.redis.clone(), modules::update)
+        .on_start(move |ctx| recovery::recover(ctx, recovering.clone()))
+        .typed_with::<cluster::AddModule, _, _, _>(sagas.clone(), install::add)
+        .typed_with::<cluster::RemoveModule, _, _, _>(sagas.clone(), removal::remove)
+        .typed_with::<cluster::UpdateModule, _, _, _>(sagas, update::update)
         .add("add-repository", Some(repository::add_schema()), None, repository::add)
         .add("alter-repository", Some(repository::alter_schema()), None, repository::alter)
         .add("remove-repository", Some(repository::name_schema()), None, repository::remove)

@@ -221,7 +221,7 @@ fn with_consent(mut version: Value) -> Value {
             version["consent"] = json!(req.consent());
             version["never_granted"] = json!(req.never_granted);
         }
-        Err(e) => version["consent_error"] = json!(e),
+        Err(e) => version["consent_error"] = json!(e.to_string()),
     }
     version
 }
@@ -237,7 +237,7 @@ async fn installed(ctx: &ActionContext) -> Result<BTreeMap<String, Vec<Value>>, 
         let image: Option<String> = ctx.redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
         let image = image.unwrap_or_default();
         let (source, version) = image.rsplit_once(':').filter(|(s, _)| !s.ends_with('/')).unwrap_or((&image, ""));
-        let ui_name: Option<String> = ctx.redis.get(format!("{agent}/ui_name")).await?;
+        let ui_name: Option<String> = ctx.redis.get(keys::ui_name(&agent)).await?;
         out.entry(source.to_owned()).or_default().push(json!({
             "id": id,
             "node": nodes[id],
@@ -261,4 +261,22 @@ pub async fn clean_cache(ctx: ActionContext, _: Value) -> Result<Value, ActionEr
         let _: i64 = ctx.redis.del(keys_).await?;
     }
     Ok(Value::Null)
+}
+
+/// Resolve `image`: a URL when it holds a `/`, else the newest version of the module
+/// of that name in the enabled repositories.
+pub(crate) async fn resolve(ctx: &ActionContext, image: &str) -> Result<String, ActionError> {
+    if image.contains('/') {
+        protocol::image::parse_reference(image).map_err(|e| ActionError::invalid("image", json!(image), &e))?;
+        return Ok(image.to_owned());
+    }
+    let modules = list_modules(ctx.clone(), Value::Null).await?;
+    let found = modules.as_array().into_iter().flatten().find(|m| m["id"] == image || m["name"] == image);
+    let Some(m) = found else {
+        return Err(ActionError::invalid("image", json!(image), "not_in_repositories"));
+    };
+    let (Some(source), Some(tag)) = (m["source"].as_str(), m["versions"][0]["tag"].as_str()) else {
+        return Err(ActionError::failed(format!("module {image} has no installable version in the repositories")));
+    };
+    Ok(format!("{source}:{tag}"))
 }

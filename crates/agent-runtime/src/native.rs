@@ -57,6 +57,8 @@ pub struct ActionContext {
     pub state_dir: PathBuf,
     /// The agent's read-write Redis connection.
     pub redis: Client,
+    /// The connection for sub-tasks ([`ActionContext::call`]).
+    pub(crate) calls: Arc<crate::call::Calls>,
 }
 
 impl ActionContext {
