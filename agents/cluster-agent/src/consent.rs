@@ -27,7 +27,10 @@ pub enum RolesError {
 /// carries what it would have granted, for the portal to show.
 pub fn check(url: &str, req: &Requirements, before: &Consent, accept: Option<&Accept>) -> Result<(), ActionError> {
     let accepted = accept
-        .map(|a| Consent { authorizations: a.authorizations.iter().map(|x| x.0.clone()).collect(), rootfull: a.rootfull })
+        .map(|a| Consent {
+            authorizations: a.authorizations.iter().map(|x| x.0.clone()).collect(),
+            rootfull: a.rootfull,
+        })
         .unwrap_or_default();
     let missing = req.consent().beyond(before).beyond(&accepted);
     if missing.is_empty() {

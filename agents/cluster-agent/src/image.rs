@@ -145,15 +145,11 @@ pub async fn inspect(url: &str) -> Result<ModuleImage, InspectError> {
         .run_async()
         .await
         .map_err(|source| InspectError::Registry { url: url.to_owned(), source })?;
-    let v: Inspected = serde_json::from_slice(&out.stdout)
-        .map_err(|source| InspectError::Answer { url: url.to_owned(), source })?;
+    let v: Inspected =
+        serde_json::from_slice(&out.stdout).map_err(|source| InspectError::Answer { url: url.to_owned(), source })?;
     // Labels are text; anything else is no label.
-    let labels = v
-        .labels
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
-        .collect();
+    let labels =
+        v.labels.unwrap_or_default().into_iter().filter_map(|(k, v)| Some((k, v.as_str()?.to_owned()))).collect();
     Ok(ModuleImage { url: url.to_owned(), name, tag, digest: v.digest, labels })
 }
 

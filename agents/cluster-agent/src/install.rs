@@ -227,8 +227,12 @@ async fn install(
             continue;
         }
         let _: i64 = ctx.redis.hset(keys::ports_demand(proto.as_str()), (id, demand.to_string())).await?;
-        let req =
-            node::AllocatePortsRequest { ports: demand, module_id: id.to_owned(), protocol: proto, keep_existing: false };
+        let req = node::AllocatePortsRequest {
+            ports: demand,
+            module_id: id.to_owned(),
+            protocol: proto,
+            keep_existing: false,
+        };
         let step = Ports { node: t.node_id, module_id: id.to_owned(), protocol: proto };
         let range = saga
             .run(step, 20, async { Ok::<_, InstallError>(ctx.call::<node::AllocatePorts>(&node, &req).await?) })
@@ -246,7 +250,9 @@ async fn install(
     };
     let added = async {
         ctx.call::<node::AddModule>(&node, &req).await.map_err(|e| match e.refusal() {
-            Some(AddModuleRefusal::UnixUserExists) => InstallError::UnixUserExists { id: id.to_owned(), node: node.clone() },
+            Some(AddModuleRefusal::UnixUserExists) => {
+                InstallError::UnixUserExists { id: id.to_owned(), node: node.clone() }
+            }
             None => e.untyped().into(),
         })
     };

@@ -85,3 +85,52 @@ async fn set_name(ctx: ActionContext, data: Value) -> Result<Value, ActionError>
     ctx.redis.set::<(), _, _>(keys::cluster_ui_name(), name, None, None, false).await?;
     Ok(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::actions::schema_of;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// `$ref`s resolved against the schema's `$defs`, for reading limits.
+    fn resolve<'a>(root: &'a Value, v: &'a Value) -> &'a Value {
+        match v["$ref"].as_str().and_then(|r| r.strip_prefix("#/$defs/")) {
+            Some(name) => &root["$defs"][name],
+            None => v,
+        }
+    }
+
+    #[test]
+    fn derived_schemas_keep_the_hand_written_limits() {
+        let s = schema_of::<cluster::AddModuleRequest>();
+        let p = &s["properties"];
+        assert_eq!((p["image"]["minLength"].as_u64(), p["image"]["maxLength"].as_u64()), (Some(1), Some(512)));
+        assert_eq!(p["node"]["minimum"], 1);
+        assert_eq!(p["module_uuid"]["format"], "uuid");
+        let accept = p["accept"]["anyOf"].as_array().map(|a| &a[0]).unwrap_or(&p["accept"]);
+        let accept = resolve(&s, accept);
+        assert_eq!(accept["additionalProperties"], false, "{accept}");
+        let item = resolve(&s, &accept["properties"]["authorizations"]["items"]);
+        assert_eq!((item["minLength"].as_u64(), item["maxLength"].as_u64()), (Some(3), Some(128)));
+        let mut required: Vec<&str> = s["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        required.sort();
+        assert_eq!(required, ["image", "node"]);
+
+        let s = schema_of::<cluster::UpdateModuleRequest>();
+        let p = &s["properties"];
+        assert_eq!(p["module_url"]["maxLength"], 512);
+        assert_eq!(p["instances"]["minItems"], 1);
+        assert_eq!(resolve(&s, &p["instances"]["items"])["minLength"], 1);
+
+        let s = schema_of::<cluster::RemoveModuleRequest>();
+        assert_eq!(s["properties"]["module_id"]["minLength"], 1);
+        assert_eq!(s["required"], serde_json::json!(["module_id"]));
+    }
+
+    #[test]
+    fn every_saga_step_is_registered_once() {
+        // Panics on a name registered twice.
+        let _ = sagas();
+    }
+}

@@ -121,7 +121,11 @@ async fn publish(ctx: &ActionContext, id: &str, node: u32) {
     }
 }
 
-pub async fn remove(ctx: ActionContext, req: RemoveModuleRequest, sagas: Sagas) -> Result<RemoveModuleReply, ActionError> {
+pub async fn remove(
+    ctx: ActionContext,
+    req: RemoveModuleRequest,
+    sagas: Sagas,
+) -> Result<RemoveModuleReply, ActionError> {
     let id = req.module_id.clone();
     let agent = AgentId::module(&id).map_err(|e| ActionError::invalid("module_id", json!(id), &e.to_string()))?;
     let Some(node_id) = records::node_of(&ctx.redis, &id).await? else {

@@ -137,7 +137,11 @@ pub async fn update(
     for (id, _, _) in &targets {
         locks::unlock(&ctx, id).await;
     }
-    if errors.is_empty() { Ok(UpdateModuleReply { image_url: url, instances: done }) } else { Err(failed(errors.join("; "))) }
+    if errors.is_empty() {
+        Ok(UpdateModuleReply { image_url: url, instances: done })
+    } else {
+        Err(failed(errors.join("; ")))
+    }
 }
 
 async fn update_one(

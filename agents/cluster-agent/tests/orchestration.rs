@@ -318,8 +318,8 @@ impl Cluster {
         let v1 = push_image(&registry, work.path(), "hello", "1.0.0", labels.clone());
         let v2 = push_image(&registry, work.path(), "hello", "2.0.0", labels);
         let tree = AgentTree::new().unwrap();
-        let cluster = AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), "cluster", &tree, &redis, &[])
-            .unwrap();
+        let cluster =
+            AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), "cluster", &tree, &redis, &[]).unwrap();
         let client = testkit::agent::client(&redis).await;
         testkit::agent::wait_ready(&client, &AgentId::Cluster, &cluster).await;
         let script = Arc::new(Script {
@@ -329,8 +329,18 @@ impl Cluster {
             unix_users: Mutex::default(),
             made: Mutex::default(),
         });
-        let mut c =
-            Cluster { nodes: HashMap::new(), script, cluster, client, tree, v1, v2, _work: work, _registry: registry, redis };
+        let mut c = Cluster {
+            nodes: HashMap::new(),
+            script,
+            cluster,
+            client,
+            tree,
+            v1,
+            v2,
+            _work: work,
+            _registry: registry,
+            redis,
+        };
         c.start_node(1).await;
         c
     }
@@ -341,7 +351,8 @@ impl Cluster {
         let cfg =
             RedisConfig { address: self.script.redis.clone(), user: Some(id.to_string()), password: Some(password) };
         let script = self.script.clone();
-        self.nodes.insert(n, Agent::start(id.clone(), cfg, &BTreeMap::new(), move |stop| node_natives(n, script, stop)));
+        self.nodes
+            .insert(n, Agent::start(id.clone(), cfg, &BTreeMap::new(), move |stop| node_natives(n, script, stop)));
         let cluster = &self.cluster;
         testkit::agent::wait_ready(&self.client, &id, cluster).await;
     }
@@ -355,9 +366,14 @@ impl Cluster {
     /// `kill -9` of the cluster agent, and its start again (which recovers).
     async fn crash_and_restart(&mut self) {
         self.cluster.kill9();
-        self.cluster =
-            AgentProcess::spawn(Path::new(env!("CARGO_BIN_EXE_cluster-agent")), "cluster", &self.tree, &self.redis, &[])
-                .unwrap();
+        self.cluster = AgentProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_cluster-agent")),
+            "cluster",
+            &self.tree,
+            &self.redis,
+            &[],
+        )
+        .unwrap();
         testkit::agent::wait_ready(&self.client, &AgentId::Cluster, &self.cluster).await;
     }
 
@@ -576,7 +592,11 @@ async fn an_update_that_fails_is_rolled_back_and_one_cut_short_by_a_crash_too() 
     let from = c.script.calls().len();
     let r = c.run("update-module", update.clone()).await;
     assert_eq!(r.exit_code, 1, "{r:?}");
-    assert!(r.error.starts_with(&format!("cannot update {id} to {}: node/1/update-module failed", c.v2)), "{}", r.error);
+    assert!(
+        r.error.starts_with(&format!("cannot update {id} to {}: node/1/update-module failed", c.v2)),
+        "{}",
+        r.error
+    );
     assert_eq!(c.script.calls()[from..], strings(&[&node_update]));
     assert!(c.free(&id));
     c.script.fault(&node_update, None);

@@ -137,13 +137,16 @@ fn uuid_v4() -> String {
 
 impl ActionContext {
     /// Run action `A` on `agent` as a sub-task of this task; its reply, decoded.
-    pub async fn call<A: Action>(&self, agent: &AgentId, request: &A::Request) -> Result<A::Reply, CallError<A::Refusal>> {
+    pub async fn call<A: Action>(
+        &self,
+        agent: &AgentId,
+        request: &A::Request,
+    ) -> Result<A::Reply, CallError<A::Refusal>> {
         let action = A::NAME;
         let bus = |source| CallError::Bus { agent: agent.clone(), action, source };
-        let data = serde_json::to_value(request).map_err(|e| bus(BusError::BadResult {
-            task: action.to_owned(),
-            detail: format!("the request does not encode: {e}"),
-        }))?;
+        let data = serde_json::to_value(request).map_err(|e| {
+            bus(BusError::BadResult { task: action.to_owned(), detail: format!("the request does not encode: {e}") })
+        })?;
         let tc = self.calls.client(&self.agent.to_string()).await.map_err(bus)?;
         let mut task = Task {
             id: uuid_v4(),

@@ -77,7 +77,7 @@ pub struct JournaledStep {
 
 impl Journal {
     fn field(&self) -> String {
-        format!("{}:{}", self.kind, self.subject)
+        keys::saga_field(&self.kind, &self.subject)
     }
 }
 
@@ -222,7 +222,8 @@ impl Saga {
     /// entry cannot be removed, the saga can still be aborted.
     pub async fn commit(&mut self) -> Result<(), SagaError> {
         let key = keys::sagas(&self.ctx.agent);
-        let _: i64 = self.ctx.redis.hdel(&key, self.journal.field()).await.map_err(|source| self.journal_error(source))?;
+        let _: i64 =
+            self.ctx.redis.hdel(&key, self.journal.field()).await.map_err(|source| self.journal_error(source))?;
         self.journal.steps.clear();
         Ok(())
     }
@@ -259,7 +260,7 @@ impl Saga {
         while let Some(step) = self.journal.steps.pop() {
             let result = match self.sagas.undos.get(step.step.as_str()) {
                 Some(undo) => undo(&self.ctx, step.undo.clone()).await,
-                None => Err(format!("no undo is registered under that name in this agent").into()),
+                None => Err("no undo is registered under that name in this agent".into()),
             };
             if let Err(e) = result {
                 tracing::warn!("{kind} {subject}: undo of step {} failed: {e}", step.step);

@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(err.exit_code(), Some(3));
         assert_eq!(err.stderr(), "disk on fire");
         let text = err.to_string();
-        assert!(text.starts_with("sh -c \"echo out; echo 'disk on fire' >&2; exit 3\" failed (exit status: 3)"), "{text}");
+        assert!(
+            text.starts_with("sh -c \"echo out; echo 'disk on fire' >&2; exit 3\" failed (exit status: 3)"),
+            "{text}"
+        );
         assert!(text.ends_with(": disk on fire"), "{text}");
     }
 

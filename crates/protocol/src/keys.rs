@@ -145,6 +145,11 @@ pub fn sagas(agent: &AgentId) -> String {
     format!("{agent}/sagas")
 }
 
+/// The field of saga `kind` about `subject` in [`sagas`].
+pub fn saga_field(kind: &str, subject: &str) -> String {
+    format!("{kind}:{subject}")
+}
+
 /// Beyond NS8: hash `module id -> uuid` of the installed modules (`MODULE_UUID` in
 /// their environment).
 pub const MODULE_UUID: &str = "cluster/module_uuid";
@@ -307,7 +312,9 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         all.push(ex(grants(&a.to_string()), None, Readers::Core));
     }
     let cluster = Some(&AgentId::Cluster);
-    for key in [MODULE_NODE.to_owned(), MODULE_UUID.to_owned(), CLUSTER_NETWORK.to_owned(), cluster_ui_name().to_owned()] {
+    for key in
+        [MODULE_NODE.to_owned(), MODULE_UUID.to_owned(), CLUSTER_NETWORK.to_owned(), cluster_ui_name().to_owned()]
+    {
         all.push(ex(key, cluster, Readers::Everyone));
     }
     for key in [repository("r"), repository_cache("r"), ports_demand("tcp")] {

@@ -72,7 +72,9 @@ pub fn schema_of<T: JsonSchema>() -> Value {
 }
 
 /// `tcp` or `udp`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PortProtocol {
     Tcp,
