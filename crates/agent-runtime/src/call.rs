@@ -61,6 +61,9 @@ pub enum CallError<R: Refusal> {
         if *.withdrawn { "it was taken back from its queue, never run" } else { "it may still end later" }
     )]
     AgentGone { agent: AgentId, action: &'static str, task: String, gone_for: Duration, withdrawn: bool },
+    /// The request does not encode as JSON (a map with non-text keys...).
+    #[error("{agent}/{action}: the request does not encode: {why}")]
+    Request { agent: AgentId, action: &'static str, why: String },
     /// Redis failed under the call.
     #[error("{agent}/{action}: {source}")]
     Bus { agent: AgentId, action: &'static str, source: BusError },
@@ -93,6 +96,7 @@ impl<R: Refusal> CallError<R> {
             CallError::AgentGone { agent, action, task, gone_for, withdrawn } => {
                 CallError::AgentGone { agent, action, task, gone_for, withdrawn }
             }
+            CallError::Request { agent, action, why } => CallError::Request { agent, action, why },
             CallError::Bus { agent, action, source } => CallError::Bus { agent, action, source },
             CallError::BadReply { agent, action, output, why } => CallError::BadReply { agent, action, output, why },
         }
