@@ -22,8 +22,10 @@ use protocol::{AgentId, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::failure::failed;
 use crate::image::{self, Consent, ModuleImage, Requirements};
-use crate::{consent, failed, locks, records};
+use crate::records::running;
+use crate::{consent, locks, records};
 
 /// The saga's kind in the journal.
 pub const KIND: &str = "add-module";
@@ -106,16 +108,6 @@ impl Step for NodeModule {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Node `n`, if it runs: an undo on a node that does not fails at once (and stays
-/// journaled for a later start) rather than waiting for it.
-pub(crate) async fn running(ctx: &ActionContext, n: u32) -> Result<AgentId, UndoError> {
-    let node = AgentId::Node(n);
-    if !bus::agent_is_alive(&ctx.redis, &node, 30).await? {
-        return Err(format!("{node} is not running: left for a later start of this agent").into());
-    }
-    Ok(node)
 }
 
 /// The steps this file's saga journals.

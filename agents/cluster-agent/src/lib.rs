@@ -6,10 +6,11 @@
 //! each a saga (`agent_runtime::saga`) whose steps they define; `recovery.rs` finishes
 //! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
-//! image's labels; `repository.rs` the software repositories. Dependencies go one
-//! way: the actions use the helpers, never each other (but `running`).
+//! image's labels; `repository.rs` the software repositories; `failure.rs` the failures'
+//! text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod consent;
+mod failure;
 pub mod image;
 pub mod install;
 pub mod locks;
@@ -32,10 +33,6 @@ const DEFAULT_NAME: &str = "NethServer 8";
 /// Every step of the cluster's sagas, for their undo to be found after a crash.
 pub fn sagas() -> Sagas {
     removal::steps(update::steps(install::steps(Sagas::new())))
-}
-
-fn failed(e: impl std::fmt::Display) -> ActionError {
-    ActionError::failed(e.to_string())
 }
 
 pub fn natives(_: &AgentConfig) -> NativeActions {

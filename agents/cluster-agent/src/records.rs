@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use agent_runtime::ActionContext;
+use agent_runtime::saga::UndoError;
 use bus::fred::prelude::*;
 use bus::fred::types::{ClusterHash, CustomCommand};
 use protocol::actions::PortProtocol;
@@ -77,6 +79,16 @@ pub async fn copy_environment(
     let _: () = tx.del(&key).await?;
     let _: () = tx.hset(&key, pairs).await?;
     tx.exec(true).await
+}
+
+/// Node `n`, if it runs: an undo on a node that does not fails at once (and stays
+/// journaled for a later start) rather than waiting for it.
+pub async fn running(ctx: &ActionContext, n: u32) -> Result<AgentId, UndoError> {
+    let node = AgentId::Node(n);
+    if !bus::agent_is_alive(&ctx.redis, &node, 30).await? {
+        return Err(format!("{node} is not running: left for a later start of this agent").into());
+    }
+    Ok(node)
 }
 
 /// `<NAME>_IMAGE` for a service image, as NS8 names it.

@@ -14,8 +14,9 @@ use protocol::{AgentId, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::install::running;
-use crate::{failed, locks, records};
+use crate::failure::failed;
+use crate::records::running;
+use crate::{locks, records};
 
 /// The saga's kind in the journal.
 pub const KIND: &str = "remove-module";

@@ -136,35 +136,55 @@ pub async fn list(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
 }
 
 /// `<url>repodata.json`, from the cache or fetched.
-async fn index(ctx: &ActionContext, repo: &Repo) -> Result<Value, String> {
+/// Why a repository's index cannot be had.
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error("redis error: {0}")]
+    Redis(#[from] bus::fred::error::Error),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot fetch {url}: {source}")]
+    Fetch { url: String, source: Box<ureq::Error> },
+    #[error("the fetch of {url} was lost: {source}")]
+    Lost { url: String, source: tokio::task::JoinError },
+    #[error("repodata.json is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("repodata.json is not an array of packages")]
+    NotArray,
+}
+
+async fn index(ctx: &ActionContext, repo: &Repo) -> Result<Value, IndexError> {
     let cache = keys::repository_cache(&repo.name);
-    let cached: Option<String> = ctx.redis.hget(&cache, "data").await.map_err(|e| e.to_string())?;
+    let cached: Option<String> = ctx.redis.hget(&cache, "data").await?;
     let text = match cached {
         Some(t) => t,
         None => {
             let url = format!("{}repodata.json", repo.url);
-            let fetched = tokio::task::spawn_blocking(move || fetch(&url))
+            let u = url.clone();
+            // ureq blocks: off the agent's thread.
+            let fetched = tokio::task::spawn_blocking(move || fetch(&u))
                 .await
-                .map_err(|e| format!("fetch task failed: {e}"))??;
-            let _: () = ctx.redis.hset(&cache, ("data", fetched.as_str())).await.map_err(|e| e.to_string())?;
-            let _: bool = ctx.redis.expire(&cache, CACHE_TTL_SECS, None).await.map_err(|e| e.to_string())?;
+                .map_err(|source| IndexError::Lost { url, source })??;
+            let _: () = ctx.redis.hset(&cache, ("data", fetched.as_str())).await?;
+            let _: bool = ctx.redis.expire(&cache, CACHE_TTL_SECS, None).await?;
             fetched
         }
     };
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("repodata.json is not JSON: {e}"))?;
+    let v: Value = serde_json::from_str(&text)?;
     if !v.is_array() {
-        return Err("repodata.json is not an array of packages".into());
+        return Err(IndexError::NotArray);
     }
     Ok(v)
 }
 
-fn fetch(url: &str) -> Result<String, String> {
+fn fetch(url: &str) -> Result<String, IndexError> {
     if let Some(path) = url.strip_prefix("file://") {
-        return std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
+        return std::fs::read_to_string(path).map_err(|source| IndexError::Read { path: path.to_owned(), source });
     }
+    let failed = |source| IndexError::Fetch { url: url.to_owned(), source: Box::new(source) };
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).build().into();
-    let mut resp = agent.get(url).call().map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    resp.body_mut().with_config().limit(MAX_INDEX_BYTES).read_to_string().map_err(|e| format!("cannot read {url}: {e}"))
+    let mut resp = agent.get(url).call().map_err(failed)?;
+    resp.body_mut().with_config().limit(MAX_INDEX_BYTES).read_to_string().map_err(failed)
 }
 
 fn is_prerelease(tag: &str) -> bool {

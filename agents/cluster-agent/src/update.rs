@@ -16,9 +16,10 @@ use protocol::{AgentId, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::failure::failed;
 use crate::image::{self, Consent, ModuleImage, Requirements};
-use crate::install::running;
-use crate::{consent, failed, locks, records};
+use crate::records::running;
+use crate::{consent, locks, records};
 
 /// The saga's kind in the journal.
 pub const KIND: &str = "update-module";
