@@ -59,7 +59,7 @@ pub async fn run(
         spawner: Spawner::new(),
         base_env: std::env::vars_os().collect(),
         schemas: SchemaCache::new(definitions),
-        calls: Arc::new(crate::call::Calls::new(cfg.redis.clone())),
+        calls: Arc::new(crate::native::Calls::new(cfg.redis.clone())),
         cfg,
         redis,
         natives,

@@ -9,13 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use bus::BusError;
 use bus::fred::prelude::*;
-use bus::{BusError, RedisConfig, TaskClient};
 use protocol::actions::{Action, Never, Refusal};
 use protocol::task::{Task, ValidationError};
 use protocol::{AgentId, exit, keys};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
 use crate::ActionContext;
 
@@ -24,22 +23,6 @@ use crate::ActionContext;
 pub const AGENT_GONE: Duration = Duration::from_secs(30);
 /// How often the callee's liveness is checked during a wait.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
-
-/// The agent's connection for sub-tasks, made at the first call and shared by all.
-pub(crate) struct Calls {
-    redis: RedisConfig,
-    client: OnceCell<TaskClient>,
-}
-
-impl Calls {
-    pub(crate) fn new(redis: RedisConfig) -> Self {
-        Calls { redis, client: OnceCell::new() }
-    }
-
-    async fn client(&self, name: &str) -> Result<&TaskClient, BusError> {
-        self.client.get_or_try_init(|| TaskClient::connect(&self.redis, name)).await
-    }
-}
 
 /// Why a sub-task gave no reply.
 #[derive(Debug, thiserror::Error)]

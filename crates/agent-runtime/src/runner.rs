@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     /// The agent's own environment, the base of every step's.
     pub base_env: Vec<(OsString, OsString)>,
     /// The connection native actions' sub-tasks share.
-    pub calls: Arc<crate::call::Calls>,
+    pub calls: Arc<crate::native::Calls>,
 }
 
 impl Shared {
