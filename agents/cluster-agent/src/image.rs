@@ -3,10 +3,49 @@
 //! the label and the value named.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
+use hostcmd::{Cmd, CmdError};
 use protocol::image::{on_loopback_registry, parse_reference};
-use serde_json::Value;
+use serde::Deserialize;
+
+/// Why an image cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("{0}")]
+    Reference(String),
+    #[error("cannot read image {url} from its registry: {}", reason(.source))]
+    Registry { url: String, source: CmdError },
+    #[error("skopeo answered no image description for {url}: {source}")]
+    Answer { url: String, source: serde_json::Error },
+}
+
+/// Skopeo's last line, the cause as a rule; the whole error when it printed nothing.
+fn reason(e: &CmdError) -> String {
+    match e.stderr().lines().last() {
+        Some(l) if !l.trim().is_empty() => l.trim().to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// A label that does not make sense, named with its value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct LabelError(String);
+
+impl From<String> for LabelError {
+    fn from(s: String) -> Self {
+        LabelError(s)
+    }
+}
+
+/// What `skopeo inspect` tells of an image.
+#[derive(Deserialize)]
+struct Inspected {
+    #[serde(rename = "Digest", default)]
+    digest: String,
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, serde_json::Value>>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModuleImage {
@@ -94,25 +133,24 @@ const MAX_PORTS: u16 = 1000;
 
 /// Read the image's manifest and labels with skopeo. TLS is verified except for a
 /// registry on loopback (the local repository).
-pub fn inspect(url: &str) -> Result<ModuleImage, String> {
-    let (name, tag) = parse_reference(url)?;
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["inspect", "--command-timeout", "60s"]);
+/// It runs off the agent's thread (skopeo waits on the network).
+pub async fn inspect(url: &str) -> Result<ModuleImage, InspectError> {
+    let (name, tag) = parse_reference(url).map_err(InspectError::Reference)?;
+    let mut cmd = Cmd::new("skopeo").args(["inspect", "--command-timeout", "60s"]);
     if on_loopback_registry(url) {
-        cmd.arg("--tls-verify=false");
+        cmd = cmd.arg("--tls-verify=false");
     }
-    let out = cmd.arg(format!("docker://{url}")).output().map_err(|e| format!("cannot run skopeo: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let reason = err.lines().last().unwrap_or("").trim();
-        return Err(format!("cannot read image {url} from its registry: {reason}"));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("skopeo answered no JSON: {e}"))?;
-    let labels = v["Labels"]
-        .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-        .unwrap_or_default();
-    Ok(ModuleImage { url: url.to_owned(), name, tag, digest: v["Digest"].as_str().unwrap_or("").to_owned(), labels })
+    let out = cmd
+        .arg(format!("docker://{url}"))
+        .run_async()
+        .await
+        .map_err(|source| InspectError::Registry { url: url.to_owned(), source })?;
+    let v: Inspected =
+        serde_json::from_slice(&out.stdout).map_err(|source| InspectError::Answer { url: url.to_owned(), source })?;
+    // Labels are text; anything else is no label.
+    let labels =
+        v.labels.unwrap_or_default().into_iter().filter_map(|(k, v)| Some((k, v.as_str()?.to_owned()))).collect();
+    Ok(ModuleImage { url: url.to_owned(), name, tag, digest: v.digest, labels })
 }
 
 fn ports(labels: &BTreeMap<String, String>, label: &str) -> Result<u16, String> {
@@ -126,7 +164,11 @@ fn ports(labels: &BTreeMap<String, String>, label: &str) -> Result<u16, String> 
 }
 
 /// Check the `org.nethserver.*` labels (reference 10.1 and 8).
-pub fn requirements(labels: &BTreeMap<String, String>) -> Result<Requirements, String> {
+pub fn requirements(labels: &BTreeMap<String, String>) -> Result<Requirements, LabelError> {
+    checked(labels).map_err(LabelError)
+}
+
+fn checked(labels: &BTreeMap<String, String>) -> Result<Requirements, String> {
     let images_label = "org.nethserver.images";
     let Some(images) = labels.get(images_label) else {
         return Err(format!("the image has no {images_label} label: it is not a module image"));
@@ -207,9 +249,9 @@ mod tests {
         let err = |pairs: &[(&str, &str)]| {
             let mut l = labels(&[("org.nethserver.images", "reg/x/y:1")]);
             l.extend(labels(pairs));
-            requirements(&l).unwrap_err()
+            requirements(&l).unwrap_err().0
         };
-        assert!(requirements(&labels(&[])).unwrap_err().contains("no org.nethserver.images"));
+        assert!(requirements(&labels(&[])).unwrap_err().0.contains("no org.nethserver.images"));
         assert!(err(&[("org.nethserver.tcp-ports-demand", "lots")]).contains("tcp-ports-demand=\"lots\""));
         assert!(err(&[("org.nethserver.udp-ports-demand", "5000")]).contains("0 to 1000"));
         assert!(err(&[("org.nethserver.rootfull", "yes")]).contains("expected 0 or 1"));

@@ -136,35 +136,55 @@ pub async fn list(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
 }
 
 /// `<url>repodata.json`, from the cache or fetched.
-async fn index(ctx: &ActionContext, repo: &Repo) -> Result<Value, String> {
+/// Why a repository's index cannot be had.
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error("redis error: {0}")]
+    Redis(#[from] bus::fred::error::Error),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot fetch {url}: {source}")]
+    Fetch { url: String, source: Box<ureq::Error> },
+    #[error("the fetch of {url} was lost: {source}")]
+    Lost { url: String, source: tokio::task::JoinError },
+    #[error("repodata.json is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("repodata.json is not an array of packages")]
+    NotArray,
+}
+
+async fn index(ctx: &ActionContext, repo: &Repo) -> Result<Value, IndexError> {
     let cache = keys::repository_cache(&repo.name);
-    let cached: Option<String> = ctx.redis.hget(&cache, "data").await.map_err(|e| e.to_string())?;
+    let cached: Option<String> = ctx.redis.hget(&cache, "data").await?;
     let text = match cached {
         Some(t) => t,
         None => {
             let url = format!("{}repodata.json", repo.url);
-            let fetched = tokio::task::spawn_blocking(move || fetch(&url))
+            let u = url.clone();
+            // ureq blocks: off the agent's thread.
+            let fetched = tokio::task::spawn_blocking(move || fetch(&u))
                 .await
-                .map_err(|e| format!("fetch task failed: {e}"))??;
-            let _: () = ctx.redis.hset(&cache, ("data", fetched.as_str())).await.map_err(|e| e.to_string())?;
-            let _: bool = ctx.redis.expire(&cache, CACHE_TTL_SECS, None).await.map_err(|e| e.to_string())?;
+                .map_err(|source| IndexError::Lost { url, source })??;
+            let _: () = ctx.redis.hset(&cache, ("data", fetched.as_str())).await?;
+            let _: bool = ctx.redis.expire(&cache, CACHE_TTL_SECS, None).await?;
             fetched
         }
     };
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("repodata.json is not JSON: {e}"))?;
+    let v: Value = serde_json::from_str(&text)?;
     if !v.is_array() {
-        return Err("repodata.json is not an array of packages".into());
+        return Err(IndexError::NotArray);
     }
     Ok(v)
 }
 
-fn fetch(url: &str) -> Result<String, String> {
+fn fetch(url: &str) -> Result<String, IndexError> {
     if let Some(path) = url.strip_prefix("file://") {
-        return std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
+        return std::fs::read_to_string(path).map_err(|source| IndexError::Read { path: path.to_owned(), source });
     }
+    let failed = |source| IndexError::Fetch { url: url.to_owned(), source: Box::new(source) };
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(FETCH_TIMEOUT)).build().into();
-    let mut resp = agent.get(url).call().map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    resp.body_mut().with_config().limit(MAX_INDEX_BYTES).read_to_string().map_err(|e| format!("cannot read {url}: {e}"))
+    let mut resp = agent.get(url).call().map_err(failed)?;
+    resp.body_mut().with_config().limit(MAX_INDEX_BYTES).read_to_string().map_err(failed)
 }
 
 fn is_prerelease(tag: &str) -> bool {
@@ -221,7 +241,7 @@ fn with_consent(mut version: Value) -> Value {
             version["consent"] = json!(req.consent());
             version["never_granted"] = json!(req.never_granted);
         }
-        Err(e) => version["consent_error"] = json!(e),
+        Err(e) => version["consent_error"] = json!(e.to_string()),
     }
     version
 }
@@ -237,7 +257,7 @@ async fn installed(ctx: &ActionContext) -> Result<BTreeMap<String, Vec<Value>>, 
         let image: Option<String> = ctx.redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
         let image = image.unwrap_or_default();
         let (source, version) = image.rsplit_once(':').filter(|(s, _)| !s.ends_with('/')).unwrap_or((&image, ""));
-        let ui_name: Option<String> = ctx.redis.get(format!("{agent}/ui_name")).await?;
+        let ui_name: Option<String> = ctx.redis.get(keys::ui_name(&agent)).await?;
         out.entry(source.to_owned()).or_default().push(json!({
             "id": id,
             "node": nodes[id],
@@ -261,4 +281,22 @@ pub async fn clean_cache(ctx: ActionContext, _: Value) -> Result<Value, ActionEr
         let _: i64 = ctx.redis.del(keys_).await?;
     }
     Ok(Value::Null)
+}
+
+/// Resolve `image`: a URL when it holds a `/`, else the newest version of the module
+/// of that name in the enabled repositories.
+pub(crate) async fn resolve(ctx: &ActionContext, image: &str) -> Result<String, ActionError> {
+    if image.contains('/') {
+        protocol::image::parse_reference(image).map_err(|e| ActionError::invalid("image", json!(image), &e))?;
+        return Ok(image.to_owned());
+    }
+    let modules = list_modules(ctx.clone(), Value::Null).await?;
+    let found = modules.as_array().into_iter().flatten().find(|m| m["id"] == image || m["name"] == image);
+    let Some(m) = found else {
+        return Err(ActionError::invalid("image", json!(image), "not_in_repositories"));
+    };
+    let (Some(source), Some(tag)) = (m["source"].as_str(), m["versions"][0]["tag"].as_str()) else {
+        return Err(ActionError::failed(format!("module {image} has no installable version in the repositories")));
+    };
+    Ok(format!("{source}:{tag}"))
 }

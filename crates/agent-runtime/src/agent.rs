@@ -59,6 +59,7 @@ pub async fn run(
         spawner: Spawner::new(),
         base_env: std::env::vars_os().collect(),
         schemas: SchemaCache::new(definitions),
+        calls: Arc::new(crate::native::Calls::new(cfg.redis.clone())),
         cfg,
         redis,
         natives,
@@ -75,6 +76,7 @@ pub async fn run(
             user: sh.cfg.agent_id.to_string(),
             state_dir: sh.cfg.state_dir.clone(),
             redis: sh.redis.clone(),
+            calls: sh.calls.clone(),
         };
         hook(ctx).await;
     }

@@ -10,10 +10,12 @@
 //! Layout: [`run`] is the main loop (`agent.rs`); `runner.rs` runs one task;
 //! `step.rs` runs one step process; `actions.rs` finds steps; `validate.rs` checks
 //! JSON Schemas; `progress.rs` weights progress; `events.rs` records and replays events;
-//! `native.rs` is the native-action API.
+//! `native.rs` is the native-action API; `call.rs` typed sub-task calls; [`saga`]
+//! multi-step operations with an undo per step, journaled in Redis.
 
 mod actions;
 mod agent;
+mod call;
 mod config;
 mod events;
 mod main_helper;
@@ -21,10 +23,12 @@ mod native;
 mod progress;
 mod redis_ops;
 mod runner;
+pub mod saga;
 mod step;
 mod validate;
 
 pub use agent::{AgentError, run};
+pub use call::{AGENT_GONE, CallError};
 pub use config::{AgentArgs, AgentConfig, ConfigError};
 pub use main_helper::{AgentBinary, EXIT_CONFIG, EXIT_FAILURE};
 pub use native::{ActionContext, ActionError, NativeActions};

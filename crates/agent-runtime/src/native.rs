@@ -8,10 +8,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bus::fred::prelude::*;
+use bus::{BusError, RedisConfig, TaskClient};
 use protocol::AgentId;
 use protocol::exit;
 use protocol::task::{TaskStatus, ValidationError};
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 /// Why a native action failed. The exit code follows the protocol's ranges.
 #[derive(Debug)]
@@ -48,6 +50,22 @@ impl From<bus::fred::error::Error> for ActionError {
     }
 }
 
+/// The agent's connection for sub-tasks, made at the first call and shared by all.
+pub(crate) struct Calls {
+    redis: RedisConfig,
+    client: OnceCell<TaskClient>,
+}
+
+impl Calls {
+    pub(crate) fn new(redis: RedisConfig) -> Self {
+        Calls { redis, client: OnceCell::new() }
+    }
+
+    pub(crate) async fn client(&self, name: &str) -> Result<&TaskClient, BusError> {
+        self.client.get_or_try_init(|| TaskClient::connect(&self.redis, name)).await
+    }
+}
+
 /// What a native action can see and do.
 #[derive(Clone)]
 pub struct ActionContext {
@@ -57,6 +75,8 @@ pub struct ActionContext {
     pub state_dir: PathBuf,
     /// The agent's read-write Redis connection.
     pub redis: Client,
+    /// The connection for sub-tasks ([`ActionContext::call`]).
+    pub(crate) calls: Arc<Calls>,
 }
 
 impl ActionContext {

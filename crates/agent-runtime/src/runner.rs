@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub spawner: Spawner,
     /// The agent's own environment, the base of every step's.
     pub base_env: Vec<(OsString, OsString)>,
+    /// The connection native actions' sub-tasks share.
+    pub calls: Arc<crate::native::Calls>,
 }
 
 impl Shared {
@@ -325,6 +327,7 @@ async fn run_native(sh: &Shared, task: &Task, native: crate::native::NativeActio
         user: task.user.clone(),
         state_dir: sh.cfg.state_dir.clone(),
         redis: sh.redis.clone(),
+        calls: sh.calls.clone(),
     };
     let result = tokio::select! {
         r = (native.handler)(ctx, task.data.clone()) => r,

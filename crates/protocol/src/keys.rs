@@ -25,6 +25,21 @@ pub fn inflight(agent: &AgentId) -> String {
     format!("task/{agent}/inflight")
 }
 
+/// Every key of `agent`'s own (`<agent>/*`), as a `SCAN` pattern.
+pub fn agent_keys_pattern(agent: &AgentId) -> String {
+    format!("{agent}/*")
+}
+
+/// Every task key of `agent` (`task/<agent>/*`), as a `SCAN` pattern.
+pub fn agent_tasks_pattern(agent: &AgentId) -> String {
+    format!("task/{agent}/*")
+}
+
+/// A module's name as its administrator set it (NS8's `module/<id>/ui_name`).
+pub fn ui_name(agent: &AgentId) -> String {
+    format!("{agent}/ui_name")
+}
+
 pub fn task_prefix(agent: &AgentId, task_id: &str) -> String {
     format!("task/{agent}/{task_id}")
 }
@@ -121,6 +136,27 @@ pub fn repository(name: &str) -> String {
 /// Hash `data` (the fetched repodata.json) of a repository, with a TTL.
 pub fn repository_cache(name: &str) -> String {
     format!("cluster/repository_cache/{name}")
+}
+
+/// Beyond NS8: hash `<kind>:<subject> -> journal` of the sagas (multi-step operations
+/// with an undo per step, `agent_runtime::saga`) that `agent` has begun and not yet
+/// committed or undone: what its next start undoes.
+pub fn sagas(agent: &AgentId) -> String {
+    format!("{agent}/sagas")
+}
+
+/// The field of saga `kind` about `subject` in [`sagas`].
+pub fn saga_field(kind: &str, subject: &str) -> String {
+    format!("{kind}:{subject}")
+}
+
+/// Beyond NS8: hash `module id -> uuid` of the installed modules (`MODULE_UUID` in
+/// their environment).
+pub const MODULE_UUID: &str = "cluster/module_uuid";
+
+/// A module's flags (`org.nethserver.flags`, plus `rootfull` or `rootless`).
+pub fn module_flags(agent: &AgentId) -> String {
+    format!("{agent}/flags")
 }
 
 /// Beyond NS8: hash `module id -> {"task", "operation"}` of the operations in
@@ -318,6 +354,7 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         all.push(ex(environment(a), w, Readers::Everyone));
         all.push(ex(event_stream(a), w, Readers::Everyone));
         all.push(ex(event_cursors(a), w, Readers::Everyone));
+        all.push(ex(sagas(a), w, Readers::Everyone));
         all.push(ex(role(a, "owner"), w, Readers::Everyone));
         all.push(ex(inflight(a), w, Readers::Core));
         for key in [task_context(a, "t1"), task_output(a, "t1"), task_error(a, "t1"), task_exit_code(a, "t1")] {
@@ -329,7 +366,9 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         all.push(ex(grants(&a.to_string()), None, Readers::Core));
     }
     let cluster = Some(&AgentId::Cluster);
-    for key in [MODULE_NODE.to_owned(), CLUSTER_NETWORK.to_owned(), cluster_ui_name().to_owned()] {
+    for key in
+        [MODULE_NODE.to_owned(), MODULE_UUID.to_owned(), CLUSTER_NETWORK.to_owned(), cluster_ui_name().to_owned()]
+    {
         all.push(ex(key, cluster, Readers::Everyone));
     }
     for key in [repository("r"), repository_cache("r"), ports_demand("tcp")] {

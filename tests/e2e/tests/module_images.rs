@@ -96,15 +96,17 @@ fn images_are_pushed_indexed_and_run() {
     assert!(listing.lines().all(|l| l.trim_start_matches("./").starts_with("imageroot")), "{listing}");
 
     // What add-module will check first, read back from the registry.
-    let image = cluster_agent::image::inspect(&format!("{}/ns8rs/hello:1.0.0", registry.host())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let inspect = |url: &str| rt.block_on(cluster_agent::image::inspect(url));
+    let image = inspect(&format!("{}/ns8rs/hello:1.0.0", registry.host())).unwrap();
     assert_eq!((image.name.as_str(), image.tag.as_str()), ("hello", "1.0.0"));
     assert!(image.digest.starts_with("sha256:"), "{image:?}");
     let req = cluster_agent::image::requirements(&image.labels).unwrap();
     assert_eq!((req.tcp_ports, req.rootfull, req.images.clone()), (1, false, vec![service.clone()]));
-    let err = cluster_agent::image::inspect(&format!("{}/ns8rs/hello:9.9.9", registry.host())).unwrap_err();
+    let err = inspect(&format!("{}/ns8rs/hello:9.9.9", registry.host())).unwrap_err().to_string();
     assert!(err.contains("cannot read image") && err.contains("hello:9.9.9"), "{err}");
-    let server = cluster_agent::image::inspect(&service).unwrap();
-    let err = cluster_agent::image::requirements(&server.labels).unwrap_err();
+    let server = inspect(&service).unwrap();
+    let err = cluster_agent::image::requirements(&server.labels).unwrap_err().to_string();
     assert!(err.contains("not a module image"), "{err}");
 
     // The node unpacks the module image's imageroot/ in a private staging dir, and its

@@ -15,7 +15,13 @@ use e2e::modules::{
     user_exists, wait_until, write_step,
 };
 use e2e::{LocalCluster, ok};
+use protocol::{AgentId, keys};
 use serde_json::Value;
+
+/// The cluster's saga journal (installs and updates under way).
+fn sagas() -> String {
+    keys::sagas(&AgentId::Cluster)
+}
 
 #[test]
 fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
@@ -88,13 +94,14 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     let hello3 = c.module_id("hello", 3);
     wait_until("the install to reach the agent", || c.redis(&["HEXISTS", "cluster/module_node", &hello3]) == "1");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(user_exists(&hello3) && c.redis(&["HEXISTS", "cluster/installing", &hello3]) == "1");
+    assert!(user_exists(&hello3) && c.redis(&["HEXISTS", &sagas(), &keys::saga_field("add-module", &hello3)]) == "1");
     c.kill9("cluster-agent");
     let out = installer.join().unwrap();
     assert!(!out.status.success(), "the interrupted install reports failure");
     assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 12"), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until("the interrupted install to be undone", || {
-        traces(&c, &hello3).is_empty() && c.redis(&["HEXISTS", "cluster/installing", &hello3]) == "0"
+        traces(&c, &hello3).is_empty()
+            && c.redis(&["HEXISTS", &sagas(), &keys::saga_field("add-module", &hello3)]) == "0"
     });
 
     // Labels are requests: hello's node:reader is not granted unless accepted, and
@@ -249,7 +256,7 @@ fn hello_lifecycle_install_crash_concurrency_update_rollback_remove() {
     c.kill9("cluster-agent");
     assert!(!updater.join().unwrap().status.success());
     wait_until("the interrupted update to be rolled back", || {
-        !snapshot.exists() && c.redis(&["HEXISTS", "cluster/updating", &id]) == "0"
+        !snapshot.exists() && c.redis(&["HEXISTS", &sagas(), &keys::saga_field("update-module", &id)]) == "0"
     });
     assert_eq!(page(port, "/version.txt").trim(), format!("{reg}/ns8rs/hello-server:2.0.0"));
     assert_eq!(page(port, "/"), "edited by the test\n");
