@@ -11,8 +11,8 @@ use serde::Deserialize;
 /// Why an image cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
-    #[error("{0}")]
-    Reference(String),
+    #[error(transparent)]
+    Reference(#[from] protocol::image::BadImageReference),
     #[error("cannot read image {url} from its registry: {}", reason(.source))]
     Registry { url: String, source: CmdError },
     #[error("skopeo answered no image description for {url}: {source}")]

@@ -287,7 +287,8 @@ pub async fn clean_cache(ctx: ActionContext, _: Value) -> Result<Value, ActionEr
 /// of that name in the enabled repositories.
 pub(crate) async fn resolve(ctx: &ActionContext, image: &str) -> Result<String, ActionError> {
     if image.contains('/') {
-        protocol::image::parse_reference(image).map_err(|e| ActionError::invalid("image", json!(image), &e))?;
+        protocol::image::parse_reference(image)
+            .map_err(|e| ActionError::invalid("image", json!(image), &e.to_string()))?;
         return Ok(image.to_owned());
     }
     let modules = list_modules(ctx.clone(), Value::Null).await?;

@@ -244,7 +244,7 @@ pub fn staging_dir(parent: &Path) -> Result<tempfile::TempDir, ExtractError> {
 /// 0700 (see [`staging_dir`]). On failure nothing is left in `staging`.
 pub fn imageroot(image: &str, staging: &Path) -> Result<Extracted, ExtractError> {
     protocol::image::parse_reference(image)
-        .map_err(|reason| ExtractError::Reference { image: image.to_owned(), reason })?;
+        .map_err(|e| ExtractError::Reference { image: image.to_owned(), reason: e.to_string() })?;
     check_staging(staging)?;
     let copy = staging.join(COPY);
     let result = pull(image, &copy).and_then(|digest| {

@@ -370,7 +370,7 @@ async fn run_script(
     cancel: &Arc<CancelHandle>,
 ) -> Outcome {
     let agent = sh.agent();
-    let tag = format!("task/{agent}/{}", task.id);
+    let tag = protocol::keys::task_prefix(agent, &task.id);
     if plan.steps.is_empty() {
         return Outcome::aborted(exit::UNDEFINED_ACTION, format!("Action {} is not defined\n", task.action), "");
     }

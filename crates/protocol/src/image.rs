@@ -1,10 +1,15 @@
 //! Image references, as module labels (`org.nethserver.images`) and repositories name
 //! them: `host[:port]/path/name[:tag|@digest]`.
 
+/// A string that is not an image reference.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an image reference such as registry.example.org/path/name:1.0.0")]
+pub struct BadImageReference(pub String);
+
 /// The last path element (the base of instance ids) and the tag (`latest` when none,
 /// empty for a digest reference).
-pub fn parse_reference(url: &str) -> Result<(String, String), String> {
-    let bad = || format!("{url:?} is not an image reference such as registry.example.org/path/name:1.0.0");
+pub fn parse_reference(url: &str) -> Result<(String, String), BadImageReference> {
+    let bad = || BadImageReference(url.to_owned());
     if url.is_empty() || url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }

@@ -18,8 +18,10 @@ pub fn check(ws: &Workspace) -> Vec<Violation> {
     let mut out = Vec::new();
     for f in ws.files.iter().filter(|f| !EXEMPT.contains(&f.member.as_str())) {
         let t = &f.source.tokens;
-        for w in t.windows(3) {
-            if w[0].is_ident("Command") && w[1].is_punct("::") && w[2].is_ident("new") {
+        for (i, w) in t.windows(3).enumerate() {
+            // `clap::Command` builds a command line parser, not a process.
+            let clap = i >= 2 && t[i - 2].is_ident("clap") && t[i - 1].is_punct("::");
+            if w[0].is_ident("Command") && w[1].is_punct("::") && w[2].is_ident("new") && !clap {
                 out.push(Violation {
                     rule: Rule::CommandNew,
                     file: f.path.clone(),

@@ -36,7 +36,7 @@ fn fake_workspace() -> tempfile::TempDir {
         (
             "agents/demo/src/main.rs",
             "mod a;\nmod b;\n#[cfg(test)]\nmod testing;\n\
-             fn main() { let q = protocol::keys::tasks(&id); let s = \"module/x\"; let r = \"/api/node/1/tasks\"; }\n\
+             fn main() { let c = clap::Command::new(\"demo\"); let q = protocol::keys::tasks(&id); let s = \"module/x\"; let r = \"/api/node/1/tasks\"; }\n\
              #[cfg(test)]\nmod tests {\n    fn f() -> Result<(), String> { Command::new(\"x\"); Ok(()) }\n    \
              const K: &str = \"cluster/module_node\";\n}\n",
         ),
