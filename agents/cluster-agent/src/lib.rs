@@ -43,44 +43,29 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed_with::<cluster::AddModule, _, _, _>(sagas.clone(), install::add)
         .typed_with::<cluster::RemoveModule, _, _, _>(sagas.clone(), removal::remove)
         .typed_with::<cluster::UpdateModule, _, _, _>(sagas, update::update)
-        .add("add-repository", Some(repository::add_schema()), None, repository::add)
-        .add("alter-repository", Some(repository::alter_schema()), None, repository::alter)
-        .add("remove-repository", Some(repository::name_schema()), None, repository::remove)
+        .typed::<cluster::AddRepository, _, _>(repository::add)
+        .typed::<cluster::AlterRepository, _, _>(repository::alter)
+        .typed::<cluster::RemoveRepository, _, _>(repository::remove)
         .add("list-repositories", None, Some(json!({"type": "array"})), repository::list)
         .add("list-modules", None, Some(json!({"type": "array"})), repository::list_modules)
         .add("list-installed-modules", None, Some(json!({"type": "object"})), repository::list_installed)
         .add("clean-repositories-cache", None, None, repository::clean_cache)
-        .add(
-            "get-name",
-            None,
-            Some(json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}})),
-            get_name,
-        )
-        .add(
-            "set-name",
-            Some(json!({
-                "type": "object",
-                "required": ["name"],
-                "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f]*$"}}
-            })),
-            None,
-            set_name,
-        )
+        .typed::<cluster::GetName, _, _>(get_name)
+        .typed::<cluster::SetName, _, _>(set_name)
 }
 
-async fn get_name(ctx: ActionContext, _: Value) -> Result<Value, ActionError> {
+async fn get_name(ctx: ActionContext, _: Value) -> Result<cluster::ClusterName, ActionError> {
     let name: Option<String> = ctx.redis.get(keys::cluster_ui_name()).await?;
-    Ok(json!({"name": name.unwrap_or_else(|| DEFAULT_NAME.to_owned())}))
+    Ok(cluster::ClusterName { name: name.unwrap_or_else(|| DEFAULT_NAME.to_owned()) })
 }
 
-async fn set_name(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
-    // The input schema guarantees a string.
-    let name = data["name"].as_str().unwrap_or_default().trim();
+async fn set_name(ctx: ActionContext, req: cluster::ClusterName) -> Result<(), ActionError> {
+    let name = req.name.trim();
     if name.is_empty() {
-        return Err(ActionError::invalid("name", data["name"].clone(), "string_gte"));
+        return Err(ActionError::invalid("name", json!(req.name), "string_gte"));
     }
     ctx.redis.set::<(), _, _>(keys::cluster_ui_name(), name, None, None, false).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -123,6 +108,22 @@ mod tests {
         let s = schema_of::<cluster::RemoveModuleRequest>();
         assert_eq!(s["properties"]["module_id"]["minLength"], 1);
         assert_eq!(s["required"], serde_json::json!(["module_id"]));
+
+        let s = schema_of::<cluster::AddRepositoryRequest>();
+        let p = &s["properties"];
+        assert_eq!(p["name"]["pattern"], cluster::REPOSITORY_NAME_PATTERN);
+        assert_eq!(
+            (p["url"]["pattern"].as_str(), p["url"]["maxLength"].as_u64()),
+            (Some(r"^(https?|file)://[^\s]+$"), Some(2048))
+        );
+        assert_eq!((p["status"]["type"].as_str(), p["status"]["default"].as_bool()), (Some("boolean"), Some(true)));
+        assert_eq!(s["required"], serde_json::json!(["name", "url"]));
+        let s = schema_of::<cluster::AlterRepositoryRequest>();
+        assert_eq!(s["required"], serde_json::json!(["name"]));
+        let s = schema_of::<cluster::ClusterName>();
+        let name = &s["properties"]["name"];
+        assert_eq!((name["minLength"].as_u64(), name["maxLength"].as_u64()), (Some(1), Some(64)));
+        assert_eq!(name["pattern"], "^[^\\u0000-\\u001f]*$");
     }
 
     #[test]

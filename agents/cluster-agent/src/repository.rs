@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use agent_runtime::{ActionContext, ActionError};
 use bus::fred::prelude::*;
+use protocol::actions::cluster;
 use protocol::keys;
 use serde_json::{Value, json};
 
@@ -21,88 +22,48 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// An index bigger than this is not a repository index.
 const MAX_INDEX_BYTES: u64 = 32 * 1024 * 1024;
 
-const NAME: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
-
-pub fn add_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["name", "url"],
-        "properties": {
-            "name": {"type": "string", "pattern": NAME},
-            "url": {"type": "string", "pattern": "^(https?|file)://[^\\s]+$", "maxLength": 2048},
-            "status": {"type": "boolean"},
-            "testing": {"type": "boolean"}
-        }
-    })
-}
-
-pub fn alter_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "pattern": NAME},
-            "status": {"type": "boolean"},
-            "testing": {"type": "boolean"}
-        }
-    })
-}
-
-pub fn name_schema() -> Value {
-    json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": NAME}}})
-}
-
 fn flag(b: bool) -> &'static str {
     if b { "1" } else { "0" }
 }
 
-fn name_of(data: &Value) -> String {
-    data["name"].as_str().unwrap_or_default().to_owned()
-}
-
-pub async fn add(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
-    let name = name_of(&data);
-    let key = keys::repository(&name);
+pub async fn add(ctx: ActionContext, req: cluster::AddRepositoryRequest) -> Result<(), ActionError> {
+    let key = keys::repository(&req.name);
     let fields = vec![
-        ("url".to_owned(), data["url"].as_str().unwrap_or_default().trim_end_matches('/').to_owned() + "/"),
-        ("status".to_owned(), flag(data["status"].as_bool().unwrap_or(true)).to_owned()),
-        ("testing".to_owned(), flag(data["testing"].as_bool().unwrap_or(false)).to_owned()),
+        ("url".to_owned(), req.url.trim_end_matches('/').to_owned() + "/"),
+        ("status".to_owned(), flag(req.status).to_owned()),
+        ("testing".to_owned(), flag(req.testing).to_owned()),
     ];
     let exists: bool = ctx.redis.exists(&key).await?;
     if exists {
-        return Err(ActionError::invalid("name", data["name"].clone(), "already_exists"));
+        return Err(ActionError::invalid("name", json!(req.name), "already_exists"));
     }
     let _: () = ctx.redis.hset(&key, fields).await?;
-    Ok(Value::Null)
+    Ok(())
 }
 
-pub async fn alter(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
-    let name = name_of(&data);
-    let key = keys::repository(&name);
+pub async fn alter(ctx: ActionContext, req: cluster::AlterRepositoryRequest) -> Result<(), ActionError> {
+    let key = keys::repository(&req.name);
     let exists: bool = ctx.redis.exists(&key).await?;
     if !exists {
-        return Err(ActionError::invalid("name", data["name"].clone(), "not_found"));
+        return Err(ActionError::invalid("name", json!(req.name), "not_found"));
     }
-    let mut fields = Vec::new();
-    for f in ["status", "testing"] {
-        if let Some(b) = data[f].as_bool() {
-            fields.push((f.to_owned(), flag(b).to_owned()));
-        }
-    }
+    let fields: Vec<(String, String)> = [("status", req.status), ("testing", req.testing)]
+        .into_iter()
+        .filter_map(|(f, v)| v.map(|b| (f.to_owned(), flag(b).to_owned())))
+        .collect();
     if !fields.is_empty() {
         let _: () = ctx.redis.hset(&key, fields).await?;
-        let _: i64 = ctx.redis.del(keys::repository_cache(&name)).await?;
+        let _: i64 = ctx.redis.del(keys::repository_cache(&req.name)).await?;
     }
-    Ok(Value::Null)
+    Ok(())
 }
 
-pub async fn remove(ctx: ActionContext, data: Value) -> Result<Value, ActionError> {
-    let name = name_of(&data);
-    let removed: i64 = ctx.redis.del(vec![keys::repository(&name), keys::repository_cache(&name)]).await?;
+pub async fn remove(ctx: ActionContext, req: cluster::RepositoryName) -> Result<(), ActionError> {
+    let removed: i64 = ctx.redis.del(vec![keys::repository(&req.name), keys::repository_cache(&req.name)]).await?;
     if removed == 0 {
-        return Err(ActionError::invalid("name", data["name"].clone(), "not_found"));
+        return Err(ActionError::invalid("name", json!(req.name), "not_found"));
     }
-    Ok(Value::Null)
+    Ok(())
 }
 
 struct Repo {

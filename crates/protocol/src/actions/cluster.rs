@@ -117,3 +117,94 @@ pub struct UpdatedInstance {
     pub image_url: String,
     pub previous_image_url: String,
 }
+
+/// A software repository's name.
+pub const REPOSITORY_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
+
+/// `add-repository` (NS8 10.8).
+pub struct AddRepository;
+impl Action for AddRepository {
+    const NAME: &'static str = "add-repository";
+    type Request = AddRepositoryRequest;
+    type Reply = ();
+    type Refusal = Never;
+}
+
+fn enabled() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AddRepositoryRequest {
+    #[schemars(regex(pattern = REPOSITORY_NAME_PATTERN))]
+    pub name: String,
+    /// Where `repodata.json` is: `http(s)://` as NS8, or `file://`.
+    #[schemars(regex(pattern = r"^(https?|file)://[^\s]+$"), length(max = 2048))]
+    pub url: String,
+    /// Enabled.
+    #[serde(default = "enabled")]
+    pub status: bool,
+    /// Testing versions are offered too.
+    #[serde(default)]
+    pub testing: bool,
+}
+
+/// `alter-repository`: enable, disable, offer testing versions or not.
+pub struct AlterRepository;
+impl Action for AlterRepository {
+    const NAME: &'static str = "alter-repository";
+    type Request = AlterRepositoryRequest;
+    type Reply = ();
+    type Refusal = Never;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AlterRepositoryRequest {
+    #[schemars(regex(pattern = REPOSITORY_NAME_PATTERN))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testing: Option<bool>,
+}
+
+/// `remove-repository`.
+pub struct RemoveRepository;
+impl Action for RemoveRepository {
+    const NAME: &'static str = "remove-repository";
+    type Request = RepositoryName;
+    type Reply = ();
+    type Refusal = Never;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RepositoryName {
+    #[schemars(regex(pattern = REPOSITORY_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// `get-name`: the cluster's label in the portal. Its input is ignored (NS8's clients
+/// send `{}` or nothing).
+pub struct GetName;
+impl Action for GetName {
+    const NAME: &'static str = "get-name";
+    type Request = serde_json::Value;
+    type Reply = ClusterName;
+    type Refusal = Never;
+}
+
+/// `set-name`.
+pub struct SetName;
+impl Action for SetName {
+    const NAME: &'static str = "set-name";
+    type Request = ClusterName;
+    type Reply = ();
+    type Refusal = Never;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterName {
+    /// No control characters.
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[^\\u0000-\\u001f]*$"))]
+    pub name: String,
+}
