@@ -46,8 +46,21 @@ fn cargo(args: &[&str]) -> Result<()> {
     }
 }
 
+/// rustfmt and clippy, added with rustup when the toolchain lacks them (a minimal
+/// rustup profile); without rustup, the gate says what is missing.
+fn ensure_components() {
+    let have =
+        |tool: &str| Command::new(env!("CARGO")).args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
+    if have("fmt") && have("clippy") {
+        return;
+    }
+    eprintln!("xtask: adding rustfmt and clippy to the toolchain");
+    let _ = Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]).status();
+}
+
 /// Run every gate; the error names each one that failed and its fix.
 pub fn run() -> Result<()> {
+    ensure_components();
     let mut failed = Vec::new();
     for gate in GATES {
         eprintln!("xtask: gate {}", gate.name);
