@@ -241,18 +241,12 @@ async fn install(
         environment: env,
     };
     let added = async {
-        ctx.call::<node::AddModule>(&node, &req).await.map_err(|e| match e {
-            e if e.refusal() == Some(AddModuleRefusal::UnixUserExists) => {
+        ctx.call::<node::AddModule>(&node, &req).await.map_err(|e| {
+            if e.refusal() == Some(AddModuleRefusal::UnixUserExists) {
                 InstallError::UnixUserExists { id: id.to_owned(), node: node.clone() }
+            } else {
+                e.untyped().into()
             }
-            // A node from before the typed refusal says it in words (it checks that
-            // before it makes anything).
-            CallError::Failed { ref cause, .. }
-                if cause.contains("Unix user named") && cause.contains("refusing to take it over") =>
-            {
-                InstallError::UnixUserExists { id: id.to_owned(), node: node.clone() }
-            }
-            e => e.untyped().into(),
         })
     };
     let out = saga.run(NodeModule { node: t.node_id, module_id: id.to_owned() }, 60, added).await?;

@@ -74,8 +74,6 @@ async fn roll_back(ctx: &ActionContext, node: &AgentId, id: &str) -> Result<bool
             Ok(true)
         }
         Err(e) if e.refusal() == Some(FinishUpdateRefusal::NoUpdateInProgress) => Ok(false),
-        // A node from before the typed refusal says it in words.
-        Err(CallError::Failed { cause, .. }) if cause.contains("no snapshot") => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
