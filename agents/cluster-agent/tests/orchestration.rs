@@ -232,49 +232,11 @@ fn module_natives(id: String, script: Arc<Script>, stop: watch::Receiver<bool>) 
 // ---------------------------------------------------------------------------------
 // Images
 
-fn sha256(data: &[u8]) -> String {
-    use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// Push a label-only module image (one empty layer) as `ns8rs/<name>:<tag>`; its URL.
 fn push_image(registry: &Registry, work: &Path, name: &str, tag: &str, labels: Value) -> String {
-    let dir = work.join(format!("{name}-{tag}"));
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let digest = sha256(data);
-        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
-        (digest, data.len())
-    };
     // An empty tar archive: two zero blocks.
     let layer = vec![0u8; 1024];
-    let (ldigest, lsize) = put(&layer);
-    let config = json!({"architecture": "amd64", "os": "linux", "config": {"Labels": labels},
-        "rootfs": {"type": "layers", "diff_ids": [ldigest]}});
-    let (cdigest, csize) = put(config.to_string().as_bytes());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ldigest, "size": lsize}],
-    });
-    let (mdigest, msize) = put(manifest.to_string().as_bytes());
-    let index = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize,
-        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
-    let url = format!("{}/ns8rs/{name}:{tag}", registry.host());
-    let out = std::process::Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:{tag}", dir.display()))
-        .arg(format!("docker://{url}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
-    url
+    testkit::push_oci(&registry.host(), work, name, tag, &labels, &[layer]).unwrap().0
 }
 
 // ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ pub mod agent;
 mod outcome;
 mod registry;
 pub use outcome::Outcome;
-pub use registry::Registry;
+pub use registry::{Registry, oci_digest, push_oci};
 
 pub struct RedisServer {
     dir: tempfile::TempDir,

@@ -88,6 +88,73 @@ impl Registry {
     }
 }
 
+/// `sha256:<hex>` of `data`, as OCI names blobs.
+pub fn oci_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Write an image of `layers` (uncompressed tar archives, each pushed gzipped) with
+/// `labels` as an OCI layout under `work`, and push it with skopeo to the registry at
+/// `host` (`127.0.0.1:<port>`) as `ns8rs/<name>:<tag>`: its URL and the layers' digests
+/// as the registry has them.
+pub fn push_oci(
+    host: &str,
+    work: &std::path::Path,
+    name: &str,
+    tag: &str,
+    labels: &serde_json::Value,
+    layers: &[Vec<u8>],
+) -> Result<(String, Vec<String>)> {
+    use serde_json::json;
+    let dir = work.join(format!("{name}-{tag}"));
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
+    let put = |data: &[u8]| -> Result<(String, usize)> {
+        let digest = oci_digest(data);
+        let path = blobs.join(digest.trim_start_matches("sha256:"));
+        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok((digest, data.len()))
+    };
+    let (mut descs, mut diff_ids, mut digests) = (Vec::new(), Vec::new(), Vec::new());
+    for tar in layers {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(tar)?;
+        let (digest, size) = put(&z.finish()?)?;
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
+        diff_ids.push(oci_digest(tar));
+        digests.push(digest);
+    }
+    let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "amd64" };
+    let config = json!({"architecture": arch, "os": "linux", "config": {"Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let (cdigest, csize) = put(config.to_string().as_bytes())?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+        "layers": descs,
+    });
+    let (mdigest, msize) = put(manifest.to_string().as_bytes())?;
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), index.to_string())?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#)?;
+    let url = format!("{host}/ns8rs/{name}:{tag}");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", dir.display()))
+        .arg(format!("docker://{url}"))
+        .output()
+        .context("cannot run skopeo")?;
+    if !out.status.success() {
+        bail!("skopeo copy to {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok((url, digests))
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -12,13 +12,11 @@
 //! One test: one cluster for all images, whose module ids are machine-wide user names.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use e2e::LocalCluster;
 use e2e::modules::{run, traces};
-use e2e::{LocalCluster, ok};
 use serde_json::{Value, json};
 use tar::EntryType;
 
@@ -73,61 +71,15 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn sha256(data: &[u8]) -> String {
-    use sha2::Digest;
-    let hex: String = sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// Write `layers` as an OCI layout with a module image's labels and push it as
 /// `ns8rs/<name>:1.0.0`; its URL and the layers' digests.
 fn push(c: &LocalCluster, work: &Path, name: &str, layers: &[Vec<E>]) -> (String, Vec<String>) {
-    let dir = work.join(name);
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let digest = sha256(data);
-        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
-        (digest, data.len())
-    };
-    let (mut descs, mut diff_ids, mut digests) = (Vec::new(), Vec::new(), Vec::new());
-    for layer in layers {
-        let tar = tar_of(layer);
-        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        z.write_all(&tar).unwrap();
-        let (digest, size) = put(&z.finish().unwrap());
-        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
-        diff_ids.push(sha256(&tar));
-        digests.push(digest);
-    }
     let labels = json!({
         "org.nethserver.images": format!("{}/ns8rs/hello-server:1.0.0", c.registry()),
         "org.nethserver.tcp-ports-demand": "0",
     });
-    let arch = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "amd64" };
-    let config = json!({"architecture": arch, "os": "linux", "config": {"Labels": labels},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
-    let (cdigest, csize) = put(config.to_string().as_bytes());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
-        "layers": descs,
-    });
-    let (mdigest, msize) = put(manifest.to_string().as_bytes());
-    let index = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize,
-        "annotations": {"org.opencontainers.image.ref.name": "1.0.0"}}]});
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
-    let url = format!("{}/ns8rs/{name}:1.0.0", c.registry());
-    ok(&Command::new("skopeo")
-        .args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1.0.0", dir.display()))
-        .arg(format!("docker://{url}"))
-        .output()
-        .unwrap());
-    (url, digests)
+    let tars: Vec<Vec<u8>> = layers.iter().map(|l| tar_of(l)).collect();
+    testkit::push_oci(&c.registry(), work, name, "1.0.0", &labels, &tars).unwrap()
 }
 
 /// Type, mode, owner and content hash of each file under `dir` and of the host's
@@ -147,7 +99,7 @@ fn sentinels(dir: &Path) -> BTreeMap<String, String> {
         .into_iter()
         .map(|p| {
             let m = p.symlink_metadata().unwrap();
-            let body = if m.is_file() { sha256(&std::fs::read(&p).unwrap()) } else { String::new() };
+            let body = if m.is_file() { testkit::oci_digest(&std::fs::read(&p).unwrap()) } else { String::new() };
             (p.display().to_string(), format!("{:o} {}:{} {body}", m.mode(), m.uid(), m.gid()))
         })
         .collect()
