@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Never};
+use super::Never;
 
 /// What the administrator accepts of an image's requests (each `list-modules`
 /// version's `consent`): `selector:role` grants on other agents, rootful mode.
@@ -22,13 +22,9 @@ pub struct Accept {
 #[serde(transparent)]
 pub struct AuthorizationText(#[schemars(length(min = 3, max = 128))] pub String);
 
-/// `add-module`.
-pub struct AddModule;
-impl Action for AddModule {
-    const NAME: &'static str = "add-module";
-    type Request = AddModuleRequest;
-    type Reply = AddModuleReply;
-    type Refusal = Never;
+action! {
+    /// `add-module`.
+    AddModule = "add-module", AddModuleRequest => AddModuleReply, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -55,13 +51,9 @@ pub struct AddModuleReply {
     pub not_granted: Vec<String>,
 }
 
-/// `remove-module`.
-pub struct RemoveModule;
-impl Action for RemoveModule {
-    const NAME: &'static str = "remove-module";
-    type Request = RemoveModuleRequest;
-    type Reply = RemoveModuleReply;
-    type Refusal = Never;
+action! {
+    /// `remove-module`.
+    RemoveModule = "remove-module", RemoveModuleRequest => RemoveModuleReply, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -81,13 +73,9 @@ pub struct RemoveModuleReply {
     pub preserved: Option<String>,
 }
 
-/// `update-module`.
-pub struct UpdateModule;
-impl Action for UpdateModule {
-    const NAME: &'static str = "update-module";
-    type Request = UpdateModuleRequest;
-    type Reply = UpdateModuleReply;
-    type Refusal = Never;
+action! {
+    /// `update-module`.
+    UpdateModule = "update-module", UpdateModuleRequest => UpdateModuleReply, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -121,13 +109,9 @@ pub struct UpdatedInstance {
 /// A software repository's name.
 pub const REPOSITORY_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}$";
 
-/// `add-repository` (NS8 10.8).
-pub struct AddRepository;
-impl Action for AddRepository {
-    const NAME: &'static str = "add-repository";
-    type Request = AddRepositoryRequest;
-    type Reply = ();
-    type Refusal = Never;
+action! {
+    /// `add-repository` (NS8 10.8).
+    AddRepository = "add-repository", AddRepositoryRequest => (), Never
 }
 
 fn enabled() -> bool {
@@ -149,13 +133,9 @@ pub struct AddRepositoryRequest {
     pub testing: bool,
 }
 
-/// `alter-repository`: enable, disable, offer testing versions or not.
-pub struct AlterRepository;
-impl Action for AlterRepository {
-    const NAME: &'static str = "alter-repository";
-    type Request = AlterRepositoryRequest;
-    type Reply = ();
-    type Refusal = Never;
+action! {
+    /// `alter-repository`: enable, disable, offer testing versions or not.
+    AlterRepository = "alter-repository", AlterRepositoryRequest => (), Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -168,13 +148,9 @@ pub struct AlterRepositoryRequest {
     pub testing: Option<bool>,
 }
 
-/// `remove-repository`.
-pub struct RemoveRepository;
-impl Action for RemoveRepository {
-    const NAME: &'static str = "remove-repository";
-    type Request = RepositoryName;
-    type Reply = ();
-    type Refusal = Never;
+action! {
+    /// `remove-repository`.
+    RemoveRepository = "remove-repository", RepositoryName => (), Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -183,23 +159,15 @@ pub struct RepositoryName {
     pub name: String,
 }
 
-/// `get-name`: the cluster's label in the portal. Its input is ignored (NS8's clients
-/// send `{}` or nothing).
-pub struct GetName;
-impl Action for GetName {
-    const NAME: &'static str = "get-name";
-    type Request = serde_json::Value;
-    type Reply = ClusterName;
-    type Refusal = Never;
+action! {
+    /// `get-name`: the cluster's label in the portal. Its input is ignored (NS8's clients
+    /// send `{}` or nothing).
+    GetName = "get-name", serde_json::Value => ClusterName, Never
 }
 
-/// `set-name`.
-pub struct SetName;
-impl Action for SetName {
-    const NAME: &'static str = "set-name";
-    type Request = ClusterName;
-    type Reply = ();
-    type Refusal = Never;
+action! {
+    /// `set-name`.
+    SetName = "set-name", ClusterName => (), Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -6,6 +6,45 @@
 //!
 //! The JSON on the wire is NS8's where NS8 has the action: the types only describe it.
 
+/// Declare contract `$name` (a unit type) for the action called `$wire`.
+macro_rules! action {
+    ($(#[$doc:meta])* $name:ident = $wire:literal, $request:ty => $reply:ty, $refusal:ty) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl $crate::actions::Action for $name {
+            const NAME: &'static str = $wire;
+            type Request = $request;
+            type Reply = $reply;
+            type Refusal = $refusal;
+        }
+    };
+}
+
+/// Declare a refusal enum, each variant with the request field it is about and its
+/// NS8-style error code.
+macro_rules! refusals {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => ($field:literal, $error:literal)),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+        impl $crate::actions::Refusal for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn field(self) -> &'static str {
+                match self {
+                    $($name::$variant => $field),+
+                }
+            }
+            fn error(self) -> &'static str {
+                match self {
+                    $($name::$variant => $error),+
+                }
+            }
+        }
+    };
+}
+
 pub mod cluster;
 pub mod module;
 pub mod node;

@@ -5,24 +5,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Action, Never};
+use super::Never;
 
-/// `list-actions` (a builtin of every agent): the action names it has.
-pub struct ListActions;
-impl Action for ListActions {
-    const NAME: &'static str = "list-actions";
-    type Request = ();
-    type Reply = Vec<String>;
-    type Refusal = Never;
+action! {
+    /// `list-actions` (a builtin of every agent): the action names it has.
+    ListActions = "list-actions", () => Vec<String>, Never
 }
 
-/// `create-module`: the module's first configuration, run once after its install.
-pub struct CreateModule;
-impl Action for CreateModule {
-    const NAME: &'static str = "create-module";
-    type Request = CreateModuleRequest;
-    type Reply = Value;
-    type Refusal = Never;
+action! {
+    /// `create-module`: the module's first configuration, run once after its install.
+    CreateModule = "create-module", CreateModuleRequest => Value, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -31,25 +23,17 @@ pub struct CreateModuleRequest {
     pub images: Vec<String>,
 }
 
-/// `destroy-module`: the module's own cleanup before its removal.
-pub struct DestroyModule;
-impl Action for DestroyModule {
-    const NAME: &'static str = "destroy-module";
-    type Request = DestroyModuleRequest;
-    type Reply = Value;
-    type Refusal = Never;
+action! {
+    /// `destroy-module`: the module's own cleanup before its removal.
+    DestroyModule = "destroy-module", DestroyModuleRequest => Value, Never
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DestroyModuleRequest {}
 
-/// `update-module` (module half): the new image's own update steps.
-pub struct UpdateModule;
-impl Action for UpdateModule {
-    const NAME: &'static str = "update-module";
-    type Request = UpdateModuleRequest;
-    type Reply = Value;
-    type Refusal = Never;
+action! {
+    /// `update-module` (module half): the new image's own update steps.
+    UpdateModule = "update-module", UpdateModuleRequest => Value, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -5,15 +5,11 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Action, MODULE_ID_PATTERN, Never, PortProtocol, Refusal};
+use super::{MODULE_ID_PATTERN, Never, PortProtocol};
 
-/// `add-module`: the module's Unix user, files, credentials and agent.
-pub struct AddModule;
-impl Action for AddModule {
-    const NAME: &'static str = "add-module";
-    type Request = AddModuleRequest;
-    type Reply = AddModuleReply;
-    type Refusal = AddModuleRefusal;
+action! {
+    /// `add-module`: the module's Unix user, files, credentials and agent.
+    AddModule = "add-module", AddModuleRequest => AddModuleReply, AddModuleRefusal
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -36,32 +32,17 @@ pub struct AddModuleReply {
     pub install_dir: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddModuleRefusal {
-    /// A Unix account of that name exists already (the node never takes one over):
-    /// the cluster may take the next id.
-    UnixUserExists,
-}
-
-impl Refusal for AddModuleRefusal {
-    const ALL: &'static [Self] = &[AddModuleRefusal::UnixUserExists];
-    fn field(self) -> &'static str {
-        "module_id"
-    }
-    fn error(self) -> &'static str {
-        match self {
-            AddModuleRefusal::UnixUserExists => "module_id_unix_user_exists",
-        }
+refusals! {
+    AddModuleRefusal {
+        /// A Unix account of that name exists already (the node never takes one over):
+        /// the cluster may take the next id.
+        UnixUserExists => ("module_id", "module_id_unix_user_exists"),
     }
 }
 
-/// `remove-module`: nothing of the module stays on the node but what it preserves.
-pub struct RemoveModule;
-impl Action for RemoveModule {
-    const NAME: &'static str = "remove-module";
-    type Request = RemoveModuleRequest;
-    type Reply = RemoveModuleReply;
-    type Refusal = RemoveModuleRefusal;
+action! {
+    /// `remove-module`: nothing of the module stays on the node but what it preserves.
+    RemoveModule = "remove-module", RemoveModuleRequest => RemoveModuleReply, RemoveModuleRefusal
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -80,29 +61,16 @@ pub struct RemoveModuleReply {
     pub preserved: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemoveModuleRefusal {
-    /// An account of that name that the node did not make: never touched.
-    NotAModuleOfThisNode,
-}
-
-impl Refusal for RemoveModuleRefusal {
-    const ALL: &'static [Self] = &[RemoveModuleRefusal::NotAModuleOfThisNode];
-    fn field(self) -> &'static str {
-        "module_id"
-    }
-    fn error(self) -> &'static str {
-        "module_id_not_a_module_of_this_node"
+refusals! {
+    RemoveModuleRefusal {
+        /// An account of that name that the node did not make: never touched.
+        NotAModuleOfThisNode => ("module_id", "module_id_not_a_module_of_this_node"),
     }
 }
 
-/// `update-module` (node half): snapshot, then the new image's files in place.
-pub struct UpdateModule;
-impl Action for UpdateModule {
-    const NAME: &'static str = "update-module";
-    type Request = UpdateModuleRequest;
-    type Reply = UpdateModuleReply;
-    type Refusal = Never;
+action! {
+    /// `update-module` (node half): snapshot, then the new image's files in place.
+    UpdateModule = "update-module", UpdateModuleRequest => UpdateModuleReply, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -121,13 +89,9 @@ pub struct UpdateModuleReply {
     pub image_digest: String,
 }
 
-/// `finish-update`: commit the update or roll it back to the snapshot.
-pub struct FinishUpdate;
-impl Action for FinishUpdate {
-    const NAME: &'static str = "finish-update";
-    type Request = FinishUpdateRequest;
-    type Reply = FinishUpdateReply;
-    type Refusal = FinishUpdateRefusal;
+action! {
+    /// `finish-update`: commit the update or roll it back to the snapshot.
+    FinishUpdate = "finish-update", FinishUpdateRequest => FinishUpdateReply, FinishUpdateRefusal
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -151,30 +115,17 @@ pub struct FinishUpdateReply {
     pub environment: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishUpdateRefusal {
-    /// Nothing to finish: no update of the module is in progress (the crash came
-    /// before the snapshot, or after the commit).
-    NoUpdateInProgress,
-}
-
-impl Refusal for FinishUpdateRefusal {
-    const ALL: &'static [Self] = &[FinishUpdateRefusal::NoUpdateInProgress];
-    fn field(self) -> &'static str {
-        "module_id"
-    }
-    fn error(self) -> &'static str {
-        "module_id_no_update_in_progress"
+refusals! {
+    FinishUpdateRefusal {
+        /// Nothing to finish: no update of the module is in progress (the crash came
+        /// before the snapshot, or after the commit).
+        NoUpdateInProgress => ("module_id", "module_id_no_update_in_progress"),
     }
 }
 
-/// `allocate-ports`: a range of free ports on the node, recorded for the module.
-pub struct AllocatePorts;
-impl Action for AllocatePorts {
-    const NAME: &'static str = "allocate-ports";
-    type Request = AllocatePortsRequest;
-    type Reply = AllocatePortsReply;
-    type Refusal = Never;
+action! {
+    /// `allocate-ports`: a range of free ports on the node, recorded for the module.
+    AllocatePorts = "allocate-ports", AllocatePortsRequest => AllocatePortsReply, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -192,13 +143,9 @@ pub struct AllocatePortsRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AllocatePortsReply(pub u16, pub u16);
 
-/// `deallocate-ports`: the module's range of that protocol is free again.
-pub struct DeallocatePorts;
-impl Action for DeallocatePorts {
-    const NAME: &'static str = "deallocate-ports";
-    type Request = DeallocatePortsRequest;
-    type Reply = DeallocatePortsReply;
-    type Refusal = Never;
+action! {
+    /// `deallocate-ports`: the module's range of that protocol is free again.
+    DeallocatePorts = "deallocate-ports", DeallocatePortsRequest => DeallocatePortsReply, Never
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
