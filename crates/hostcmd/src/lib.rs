@@ -317,6 +317,9 @@ mod tests {
         }
         let out = Cmd::new("id").arg("-u").uid_gid(65534, 65534).stdout().unwrap();
         assert_eq!(out.trim(), "65534");
+        // Root's supplementary groups (group 0 among them) are not carried over.
+        let groups = Cmd::new("id").arg("-G").uid_gid(65534, 65534).stdout().unwrap();
+        assert_eq!(groups.trim(), "65534");
     }
 
     fn nix_is_root() -> bool {
