@@ -148,12 +148,22 @@ touch -- "$1/complete""#;
     hands.sh_unshared(&format!("taking the snapshot of {}", p.id), script, &args).map(|_| ())
 }
 
+/// After `down`: the stopped containers' cleanup done, so nothing of Podman writes
+/// into the tree while it is copied.
+fn settle(p: &ModulePaths) {
+    if let Some(u) = &p.user
+        && !crate::users::wait_podman_quiet(u.uid, std::time::Duration::from_secs(10))
+    {
+        tracing::warn!("module {}: Podman processes still running 10 s after its services stopped", p.id);
+    }
+}
+
 /// Put the snapshot back (install dir; the volumes it holds); the snapshot stays.
 fn put_back(p: &ModulePaths, hands: Hands) -> Result<(), HandsError> {
     let snap = snapshot_dir(p);
     let script = r#"set -e
 [ -f "$1/complete" ] || { echo "no snapshot of the module to restore" >&2; exit 3; }
-rm -rf -- "$2"; cp -a -- "$1/install" "$2"
+rm -rf -- "$2"; mkdir -- "$2"; cp -a -- "$1/install/." "$2/"
 mkdir -p -- "$3"
 for v in "$1"/volumes/* ; do [ -e "$v" ] || continue; n=${v##*/}; rm -rf -- "$3/$n"; cp -a -- "$v" "$3/$n"; done"#;
     let vols = p.volumes_dir();
@@ -229,6 +239,7 @@ fn swap_in(
         done(s, paths)?;
         return Err(UpdateError::Stop(e));
     }
+    settle(paths);
     phase(s, paths, task, UpdatePhase::Snapshot)?;
     failpoint("update:snapshot");
     if let Err(e) = take_snapshot(paths, hands) {
@@ -290,6 +301,7 @@ fn rollback(paths: &ModulePaths, setup: &NodeSetup, task: &str) -> Result<(), Up
     if let Err(e) = paths.module_service(setup, &["down"]) {
         tracing::warn!("module {}: stopping its services before the rollback: {e}", paths.id);
     }
+    settle(paths);
     put_back(paths, hands)?;
     paths.module_service(setup, &["up"]).map_err(UpdateError::PreviousDoesNotStart)?;
     drop_snapshot(paths, hands)?;

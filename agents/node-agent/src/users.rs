@@ -164,6 +164,27 @@ fn live_processes_in(first: u32, count: u32) -> Vec<i32> {
     pids
 }
 
+/// Wait (at most `limit`) until no `podman` or `conmon` process of `uid` is left.
+/// A stopped container's conmon runs `podman container cleanup` after `podman stop`
+/// has returned, and that podman writes into the user's `~/.config`: a snapshot taken
+/// or put back meanwhile races it. Returns whether it went quiet.
+pub fn wait_podman_quiet(uid: u32, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let busy = live_processes_in(uid, 1).into_iter().any(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            matches!(comm.trim_end(), "podman" | "conmon")
+        });
+        if !busy {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// SIGKILL every process of `uid` until none is left (at most about a second).
 pub fn kill_all(uid: u32) {
     kill_all_in(uid, 1);
