@@ -86,6 +86,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 const TEST_PACKAGES: &[packages::Package] = &[
     packages::REDIS,
     packages::REGISTRY,
+    packages::PEBBLE,
     packages::DEBOOTSTRAP,
     packages::PODMAN[0],
     packages::PODMAN[1],

@@ -15,6 +15,8 @@ pub struct Package {
 pub const REDIS: Package = Package { name: "redis-server", provides: "redis-server" };
 /// The software repository's image store.
 pub const REGISTRY: Package = Package { name: "docker-registry", provides: "docker-registry" };
+/// The private ACME CA of the certificate tests (`pebble` and `pebble-challtestsrv`).
+pub const PEBBLE: Package = Package { name: "pebble", provides: "pebble" };
 /// Debian roots of service images (`base: debian`).
 pub const DEBOOTSTRAP: Package = Package { name: "debootstrap", provides: "debootstrap" };
 /// What a node needs to run rootless modules: Podman, runc (hybrid cgroups),

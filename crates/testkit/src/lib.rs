@@ -11,8 +11,10 @@ use anyhow::{Context, Result, bail};
 
 pub mod agent;
 mod outcome;
+mod pebble;
 mod registry;
 pub use outcome::Outcome;
+pub use pebble::Pebble;
 pub use registry::{Registry, oci_digest, push_oci};
 
 pub struct RedisServer {
