@@ -351,6 +351,9 @@ impl Engine {
         if let Some(u) = &svc.user {
             opts = opts.user(u);
         }
+        if svc.host_network {
+            opts = opts.net_namespace(podman_api::models::Namespace { nsmode: Some("host".into()), value: None });
+        }
         let created = self
             .podman
             .containers()

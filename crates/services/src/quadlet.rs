@@ -57,6 +57,8 @@ pub enum LineError {
     VolumeSource(String),
     #[error("{0:?} is not a boolean (true or false)")]
     NotABool(String),
+    #[error("Network={0:?}: expected host or private")]
+    Network(String),
     #[error("Restart={0:?}: expected no, on-failure or always")]
     Restart(String),
     #[error("bad section header {0:?}")]
@@ -123,6 +125,10 @@ pub struct Service {
     pub run_init: bool,
     /// `StopTimeout=`: seconds between the stop signal and SIGKILL.
     pub stop_timeout: Option<u64>,
+    /// `Network=host`: the host's network namespace (an edge proxy that must reach
+    /// every module's loopback port). It gives the container no more than the module's
+    /// own steps have: they run on the host as its user.
+    pub host_network: bool,
 }
 
 /// Whether `name` may name a service (and so a container).
@@ -372,6 +378,13 @@ pub fn parse(
                 svc.stop_timeout = Some(value.parse().map_err(|_| at(LineError::StopTimeout(value.clone())))?)
             }
             ("Container", "User") => svc.user = Some(value),
+            ("Container", "Network") => {
+                svc.host_network = match value.as_str() {
+                    "host" => true,
+                    "private" | "slirp4netns" => false,
+                    _ => return Err(at(LineError::Network(value.clone()))),
+                }
+            }
             ("Service", "Restart") => svc.restart = parse_restart(&value).map_err(at)?,
             ("Service", "TimeoutStartSec" | "TimeoutStopSec") => {}
             ("Install", "WantedBy" | "RequiredBy") => {}
@@ -393,6 +406,16 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn network_host_or_private_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = |net: &str| parse("p", &format!("[Container]\nImage=x\nNetwork={net}\n"), &env(), dir.path());
+        assert!(svc("host").unwrap().host_network);
+        assert!(!svc("private").unwrap().host_network);
+        let e = svc("container:other").unwrap_err().to_string();
+        assert!(e.contains("Network=\"container:other\""), "{e}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ macro_rules! refusals {
 pub mod cluster;
 pub mod module;
 pub mod node;
+pub mod traefik;
 
 use schemars::JsonSchema;
 use serde::Serialize;
