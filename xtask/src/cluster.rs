@@ -50,9 +50,19 @@ pub struct UpArgs {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Build only these modules into the repository (comma-separated names under
-    /// modules/); all of them by default.
+    /// modules/); all of them by default. With `traefik` among them, the node's edge
+    /// proxy `traefik1` is installed and started.
     #[arg(long, value_delimiter = ',')]
     modules: Vec<String>,
+    /// The edge proxy's HTTP port (all addresses).
+    #[arg(long, default_value_t = 80)]
+    http_port: u16,
+    /// The edge proxy's HTTPS port (all addresses).
+    #[arg(long, default_value_t = 443)]
+    https_port: u16,
+    /// Number the modules' instances from here (tests: Unix user names are machine-wide).
+    #[arg(long, hide = true)]
+    id_base: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -233,6 +243,7 @@ pub fn up(args: UpArgs) -> Result<()> {
                 "SUPERVISOR_PIDFILE": pidfile(&root),
                 "SUPERVISOR_LOG_DIR": root.join("log"),
                 "ROOTFUL_BASEDIR": root.join("rootful"),
+                "API_ENDPOINT": format!("http://127.0.0.1:{api_port}"),
             }),
         ),
     ] {
@@ -324,6 +335,16 @@ pub fn up(args: UpArgs) -> Result<()> {
             .envs(core.cluster.env())
             .stdout(Stdio::null()))?;
     }
+    if let Some(base) = args.id_base {
+        let built = if args.modules.is_empty() { crate::images::module_names()? } else { args.modules.clone() };
+        for m in built {
+            redis_cli(port, &core.cluster, &["SET", &protocol::keys::module_sequence(&m), &base.to_string(), "NX"]);
+        }
+    }
+    let with_proxy = args.modules.is_empty() || args.modules.iter().any(|m| m == "traefik");
+    if with_proxy {
+        edge_proxy(&bin("api-cli"), &redis_address, &core.cluster, port, (args.http_port, args.https_port, api_port))?;
+    }
     let password = first_admin(&bin("api-server"), &redis_address, &core.api_server)?;
     let cli = bin("api-cli");
     let admin = match password {
@@ -347,6 +368,53 @@ pub fn up(args: UpArgs) -> Result<()> {
         root.display(),
         root.display()
     );
+    Ok(())
+}
+
+/// The node's edge proxy: `traefik` installed on node 1 (once), configured with the
+/// ports and started; a production node gets it from the installer the same way.
+fn edge_proxy(
+    cli: &str,
+    redis_address: &str,
+    cluster: &Identity,
+    port: u16,
+    (http, https, api_port): (u16, u16, u16),
+) -> Result<()> {
+    let installed = redis_cli(port, cluster, &["GET", &protocol::keys::node_default_instance(1, "traefik")])
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let run = |agent: &str, action: &str, data: &serde_json::Value| -> Result<serde_json::Value> {
+        let out = Command::new(cli)
+            .args(["run", action, "--agent", agent, "--data", &data.to_string()])
+            .env("REDIS_ADDRESS", redis_address)
+            .envs(cluster.env())
+            .output()
+            .with_context(|| format!("cannot run {cli}"))?;
+        if !out.status.success() {
+            bail!(
+                "{action} on {agent} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+    };
+    let id = match installed {
+        Some(id) => id,
+        None => {
+            eprintln!("xtask: installing the edge proxy (traefik) on node 1");
+            let reply = run("cluster", "add-module", &json!({"image": "traefik", "node": 1}))?;
+            reply["module_id"].as_str().context("add-module of traefik returned no module_id")?.to_owned()
+        }
+    };
+    let agent = format!("module/{id}");
+    run(&agent, "configure-module", &json!({"http_port": http, "https_port": https}))?;
+    // The api-server at https://<node>/cluster-admin/ (NS8's route).
+    let route = json!({
+        "instance": "cluster-admin", "url": format!("http://127.0.0.1:{api_port}"),
+        "path": "/cluster-admin", "strip_prefix": true, "http2https": true,
+    });
+    run(&agent, "set-route", &route)?;
     Ok(())
 }
 
@@ -388,6 +456,7 @@ fn node_setup(root: &Path) -> node_agent::modules::NodeSetup {
         state_dir: root.join("node/state"),
         bin_dir: root.join("bin"),
         redis_address: None,
+        api_endpoint: None,
     }
 }
 

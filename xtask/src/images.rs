@@ -371,6 +371,11 @@ fn staged_imageroot(dir: &Path, binaries: &[String]) -> Result<(PathBuf, Option<
         let dest = image_path(&copy, &format!("/bin/{name}")).with_context(|| format!("binary {name:?}"))?;
         std::fs::copy(&exe, &dest).with_context(|| format!("binary {name:?}: cannot copy {}", exe.display()))?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+        // A debug build's symbols are most of its size (100+ MB), pushed and pulled
+        // with every install: the image carries the code only.
+        if which("strip").is_ok() {
+            crate::run(Command::new("strip").arg("--strip-debug").arg(&dest))?;
+        }
     }
     Ok((copy, Some(staged)))
 }
@@ -387,20 +392,21 @@ pub fn images(args: ImagesArgs) -> Result<()> {
     build(&args.registry, &out, args.version.as_deref(), &args.modules)
 }
 
+/// The module packages under `modules/`, sorted.
+pub fn module_names() -> Result<Vec<String>> {
+    let mut all: Vec<String> = std::fs::read_dir(workspace().join("modules"))?
+        .flatten()
+        .filter(|e| e.path().join("module.json").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    all.sort();
+    Ok(all)
+}
+
 /// Build `modules` (all when empty) for `registry` and merge them into `out`'s index.
 pub fn build(registry: &str, out: &Path, version: Option<&str>, modules: &[String]) -> Result<()> {
     let modules_dir = workspace().join("modules");
-    let names = if modules.is_empty() {
-        let mut all: Vec<String> = std::fs::read_dir(&modules_dir)?
-            .flatten()
-            .filter(|e| e.path().join("module.json").is_file())
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect();
-        all.sort();
-        all
-    } else {
-        modules.to_vec()
-    };
+    let names = if modules.is_empty() { module_names()? } else { modules.to_vec() };
     let mut index = read_index(out)?;
     for name in names {
         // A path builds a module from elsewhere (tests build variants of a module).

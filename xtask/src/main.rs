@@ -87,6 +87,7 @@ const TEST_PACKAGES: &[packages::Package] = &[
     packages::REDIS,
     packages::REGISTRY,
     packages::PEBBLE,
+    packages::CHROMIUM,
     packages::DEBOOTSTRAP,
     packages::PODMAN[0],
     packages::PODMAN[1],

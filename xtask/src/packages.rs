@@ -17,6 +17,8 @@ pub const REDIS: Package = Package { name: "redis-server", provides: "redis-serv
 /// The software repository's image store.
 pub const REGISTRY: Package = Package { name: "docker-registry", provides: "docker-registry" };
 /// The private ACME CA of the certificate tests (`pebble` and `pebble-challtestsrv`).
+/// Headless Chromium, for the tests that open pages through the edge proxy.
+pub const CHROMIUM: Package = Package { name: "chromium", provides: "chromium" };
 pub const PEBBLE: Package = Package { name: "pebble", provides: "pebble" };
 /// Debian roots of service images (`base: debian`).
 pub const DEBOOTSTRAP: Package = Package { name: "debootstrap", provides: "debootstrap" };
@@ -31,7 +33,9 @@ pub const PODMAN: [Package; 4] = [
 /// Module images' labels, read by the cluster agent.
 pub const SKOPEO: Package = Package { name: "skopeo", provides: "skopeo" };
 /// What a node runs on, here as on a server (`deploy/install.sh` installs them too).
-pub const NODE: &[Package] = &[REDIS, PODMAN[0], PODMAN[1], PODMAN[2], PODMAN[3], SKOPEO];
+/// JSON in action steps written in shell (as NS8's use it).
+pub const JQ: Package = Package { name: "jq", provides: "jq" };
+pub const NODE: &[Package] = &[REDIS, PODMAN[0], PODMAN[1], PODMAN[2], PODMAN[3], SKOPEO, JQ];
 
 fn has_command(cmd: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file())).unwrap_or(false)

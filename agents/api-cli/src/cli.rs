@@ -93,6 +93,12 @@ pub struct RunArgs {
     /// With --endpoint: like `login --ca-file` (default: the file given at login).
     #[arg(long, value_name = "PEM", requires = "endpoint")]
     pub ca_file: Option<PathBuf>,
+    /// For an agent's steps: log in to the api-server (--endpoint, default
+    /// $API_ENDPOINT) as this agent, with its REDIS_USER and REDIS_PASSWORD, so that
+    /// the task runs with the agent's own roles. `--agent` may then also be
+    /// `<image>@node` (this node's default instance of the image, NS8's selector).
+    #[arg(long)]
+    pub as_agent: bool,
 }
 
 #[cfg(test)]

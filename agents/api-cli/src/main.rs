@@ -62,6 +62,18 @@ fn run_async(args: RunArgs) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::cli(format!("cannot start the async runtime: {e}")))?;
+    let mut args = args;
+    if args.as_agent {
+        if args.endpoint.as_deref().is_none_or(str::is_empty) {
+            args.endpoint = std::env::var(protocol::stepenv::API_ENDPOINT).ok().filter(|e| !e.is_empty());
+        }
+        if args.endpoint.is_none() {
+            return Err(Failure::cli("--as-agent needs --endpoint or API_ENDPOINT (the api-server's URL)"));
+        }
+        if let Some((image, "node")) = args.agent.split_once('@') {
+            args.agent = runtime.block_on(default_instance(image))?;
+        }
+    }
     // An empty API_CLI_ENDPOINT counts as unset.
     let outcome = match args.endpoint.clone().filter(|e| !e.is_empty()) {
         Some(_) if args.check_idle.is_some() => Err(Failure::cli(
@@ -73,6 +85,23 @@ fn run_async(args: RunArgs) -> Result<u8, Failure> {
     // After Ctrl-C the HTTP status poller may still be in a request: do not wait for it.
     runtime.shutdown_background();
     outcome
+}
+
+/// `<image>@node`: the agent of this node's default instance of `image` (NS8's
+/// `node/<N>/default_instance/<image>`, a public key).
+async fn default_instance(image: &str) -> Result<String, Failure> {
+    let node: u32 = std::env::var("NODE_ID")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Failure::cli(format!("{image}@node: NODE_ID is not set")))?;
+    let cfg = redis_config()?;
+    let redis = bus::connect(&cfg, CLIENT_NAME).await?;
+    let key = keys::node_default_instance(node, image);
+    let id: Option<String> = bus::fred::prelude::KeysInterface::get(&redis, &key).await.map_err(bus::BusError::from)?;
+    let _ = bus::fred::prelude::ClientLike::quit(&redis).await;
+    id.filter(|i| !i.is_empty())
+        .map(|i| format!("module/{i}"))
+        .ok_or_else(|| Failure::cli(format!("{image}@node: node {node} has no {image} module ({key} is not set)")))
 }
 
 /// Library logs (a lost Redis connection, say) go to stderr at `warn` and above,

@@ -154,6 +154,43 @@ pub fn logout(args: &LogoutArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// `--as-agent`: a cached session of this agent (REDIS_USER) that is not due for
+/// renewal, or a new login with its Redis credentials (which never touch the disk or
+/// the command line). The agent's user name.
+fn agent_login(endpoint: &str, ca_file: Option<&Path>) -> Result<String, Failure> {
+    let endpoint = api::normalize_endpoint(endpoint).map_err(Failure::cli)?;
+    let user = std::env::var("REDIS_USER").ok().filter(|u| !u.is_empty());
+    let password = std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty());
+    let (Some(user), Some(password)) = (user, password) else {
+        return Err(Failure::cli("--as-agent: REDIS_USER and REDIS_PASSWORD are not set (run it from an agent's step)"));
+    };
+    let cache = Cache::locate().map_err(Failure::cli)?;
+    if let Ok(Some(e)) = cache.load(&endpoint, &user)
+        && !e.refresh_due(cache::now())
+    {
+        return Ok(user);
+    }
+    let api = Api::new(&endpoint, ca_file).map_err(Failure::cli)?;
+    let body = json!({"username": user, "password": password});
+    let reply = api.post("/api/login", None, Some(&body)).map_err(Failure::cli)?;
+    drop(body);
+    if reply.status != 200 {
+        return Err(Failure::cli(login_refused(&endpoint, &user, &reply)));
+    }
+    let token = reply.body.get("token").and_then(Value::as_str).filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(Failure::cli(format!("the api-server at {endpoint} accepted the login but sent no token")));
+    };
+    let expire = reply.body.get("expire").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut entry = Entry::new(&endpoint, &user, token.to_owned(), expire, cache::now());
+    entry.ca_file = ca_file.map(Path::to_path_buf);
+    if let Err(e) = cache.store(&entry) {
+        let _ = api.post("/api/logout", Some(&entry.token), None);
+        return Err(Failure::cli(e));
+    }
+    Ok(user)
+}
+
 /// Why a request of a logged-in session did not get an answer to act on.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
@@ -310,7 +347,9 @@ impl Session {
 /// api-server.
 pub async fn run(args: RunArgs, endpoint: &str) -> Result<u8, Failure> {
     let (agent, data, extra, parent) = crate::task::task_input(&args)?;
-    let mut session = Session::open(endpoint, args.username.as_deref(), args.ca_file.as_deref())?;
+    let agent_user = if args.as_agent { Some(agent_login(endpoint, args.ca_file.as_deref())?) } else { None };
+    let username = agent_user.as_deref().or(args.username.as_deref());
+    let mut session = Session::open(endpoint, username, args.ca_file.as_deref())?;
     let base = format!("/api/{agent}");
     let mut body = json!({"action": args.action, "data": data, "extra": extra});
     if !parent.is_empty() {

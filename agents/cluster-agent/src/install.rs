@@ -261,6 +261,9 @@ async fn install(
         .map_err(|source| InstallError::AgentUser { agent: agent.clone(), source })?;
     let _: i64 = ctx.redis.hset(keys::MODULE_NODE, (id, t.node_id.to_string())).await?;
     let _: i64 = ctx.redis.hset(keys::MODULE_UUID, (id, t.uuid)).await?;
+    for key in [keys::node_default_instance(t.node_id, &img.name), keys::cluster_default_instance(&img.name)] {
+        let _: Option<String> = ctx.redis.set(key, id, None, Some(SetOptions::NX), false).await?;
+    }
     let mut flags: Vec<String> = needs.flags.clone();
     flags.push(if needs.rootfull { "rootfull" } else { "rootless" }.into());
     let _: i64 = ctx.redis.sadd(keys::module_flags(agent), flags).await?;

@@ -52,6 +52,17 @@ pub async fn forget(redis: &Client, agent: &AgentId, id: &str) -> Result<(), Red
         let _: i64 = redis.hdel(key, id).await?;
     }
     let _: i64 = redis.del(keys::module_authorizations(agent)).await?;
+    // The default instances it was (NS8's keys, one per node and image plus the cluster's).
+    let mut defaults = Vec::new();
+    for pattern in keys::DEFAULT_INSTANCE_PATTERNS {
+        defaults.extend(bus::scan(redis, pattern, None).await?);
+    }
+    for key in defaults {
+        let v: Option<String> = redis.get(&key).await?;
+        if v.as_deref() == Some(id) {
+            let _: i64 = redis.del(&key).await?;
+        }
+    }
     bus::grants::forget_agent(redis, agent).await?;
     // Deleting a user that does not exist answers 0, not an error.
     let _: i64 = redis.custom(acl(), vec!["DELUSER".to_owned(), agent.to_string()]).await?;

@@ -160,6 +160,34 @@ pub fn custom(env: &Env) -> Result<Vec<Info>, Failure> {
     Ok(out)
 }
 
+/// Whether an uploaded certificate covers the route's host.
+pub fn uploaded_for(env: &Env, r: &protocol::actions::traefik::SetRouteRequest) -> Result<bool, Failure> {
+    let Some(host) = &r.host else { return Ok(false) };
+    Ok(custom(env)?.iter().any(|c| covers(&c.names, host)))
+}
+
+/// Drop the certificates of `names` from Traefik's ACME store (Traefik stopped: it
+/// rewrites the file itself); whether any was there.
+fn forget_acme(env: &Env, names: &[String]) -> Result<bool, Failure> {
+    let Ok(text) = std::fs::read_to_string(env.acme_store()) else { return Ok(false) };
+    let Ok(mut store) = serde_json::from_str::<Value>(&text) else { return Ok(false) };
+    let mut dropped = false;
+    for resolver in store.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+        if let Some(list) = resolver.get_mut("Certificates").and_then(Value::as_array_mut) {
+            let before = list.len();
+            list.retain(|c| {
+                let main = c["domain"]["main"].as_str().unwrap_or_default();
+                !names.iter().any(|n| covers(std::slice::from_ref(n), main))
+            });
+            dropped |= list.len() != before;
+        }
+    }
+    if dropped {
+        write_atomic(&env.acme_store(), &crate::settings::pretty(&store), 0o600)?;
+    }
+    Ok(dropped)
+}
+
 /// The certificates Traefik's resolver holds.
 fn acme(env: &Env) -> Vec<Info> {
     let Ok(text) = std::fs::read_to_string(env.acme_store()) else { return Vec::new() };
@@ -285,12 +313,31 @@ pub fn upload(env: &Env, data: Value) -> Result<Value, Failure> {
     let id: String = Sha256::digest(leaf).iter().take(8).map(|b| format!("{b:02x}")).collect();
     let i = info(leaf, "custom", id.clone()).map_err(Failure::failed)?;
     let dir = custom_dir(env);
-    write_atomic(&dir.join(format!("{id}.key")), &key_pem, 0o600)?;
-    write_atomic(&dir.join(format!("{id}.crt")), &cert_pem, 0o644)?;
-    render::write_tls(env)?;
-    let https = env.load()?.https_port;
-    if let Some(probe) = i.names.first().map(|n| n.replace("*.", "probe.")) {
-        wait_served(https, &probe, leaf, Duration::from_secs(10))?;
+    let files = [dir.join(format!("{id}.key")), dir.join(format!("{id}.crt"))];
+    let install = || -> Result<(), Failure> {
+        write_atomic(&files[0], &key_pem, 0o600)?;
+        write_atomic(&files[1], &cert_pem, 0o644)?;
+        render::write_tls(env)?;
+        // Routes of these names stop asking the ACME resolver, whose certificate for
+        // them leaves the store (with Traefik stopped: it holds the file).
+        crate::routes::rerender(env)?;
+        if acme(env).iter().any(|a| a.names.iter().any(|n| covers(&i.names, n))) {
+            crate::settings::stopped(env, || forget_acme(env, &i.names).map(|_| ()))?;
+        }
+        let https = env.load()?.https_port;
+        match i.names.first().map(|n| n.replace("*.", "probe.")) {
+            Some(probe) => wait_served(https, &probe, leaf, Duration::from_secs(10)),
+            None => Ok(()),
+        }
+    };
+    if let Err(e) = install() {
+        // Nothing of it stays: the previous certificates and routes serve again.
+        for f in &files {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = render::write_tls(env);
+        let _ = crate::routes::rerender(env);
+        return Err(e);
     }
     changed(env, &i.names);
     Ok(json!({"names": i.names, "serial": i.serial, "valid_to": i.not_after}))
@@ -329,6 +376,8 @@ pub fn delete(env: &Env, data: Value) -> Result<Value, Failure> {
         }
     }
     render::write_tls(env)?;
+    // Their routes ask the ACME resolver again, where they had it.
+    crate::routes::rerender(env)?;
     let names: Vec<String> = gone.iter().flat_map(|i| i.names.clone()).collect();
     changed(env, &names);
     Ok(json!({"deleted": gone.iter().map(|i| &i.serial).collect::<Vec<_>>()}))

@@ -58,12 +58,16 @@ pub fn middlewares(r: &SetRouteRequest) -> (Vec<String>, Vec<String>) {
     (http, common)
 }
 
-pub fn route_config(r: &SetRouteRequest) -> Value {
+/// A route's configuration. `uploaded` says an uploaded certificate covers its host:
+/// that one is served, and the ACME resolver is not asked (Traefik would otherwise
+/// pick either of two certificates for the name).
+pub fn route_config(r: &SetRouteRequest, uploaded: bool) -> Value {
     let i = &r.instance;
     let [http_name, https_name] = routers(i);
     let (http_mw, https_mw) = middlewares(r);
     let mut tls = json!({});
     if r.lets_encrypt
+        && !uploaded
         && let Some(h) = &r.host
     {
         tls = json!({"certResolver": RESOLVER, "domains": [{"main": h}]});
@@ -157,13 +161,14 @@ mod tests {
             http2https: true,
             ..Default::default()
         };
-        let c = route_config(&r);
+        let c = route_config(&r, false);
         let http = &c["http"]["routers"]["dokuwiki1-http"];
         assert_eq!(http["rule"], "Host(`wiki.example.test`)");
         assert_eq!(http["middlewares"], json!(["dokuwiki1-redirect"]));
         let https = &c["http"]["routers"]["dokuwiki1-https"];
         assert_eq!(https["tls"]["certResolver"], RESOLVER);
         assert_eq!(https["priority"], 2000);
+        assert_eq!(route_config(&r, true)["http"]["routers"]["dokuwiki1-https"]["tls"], json!({}));
         assert_eq!(c["http"]["services"]["dokuwiki1"]["loadBalancer"]["servers"][0]["url"], "http://127.0.0.1:20001");
     }
 
@@ -180,7 +185,7 @@ mod tests {
             ip_allowlist: vec!["10.0.0.0/8".into()],
             ..Default::default()
         };
-        let c = route_config(&r);
+        let c = route_config(&r, false);
         assert_eq!(c["http"]["routers"]["app1-https"]["rule"], "PathPrefix(`/app`)");
         assert_eq!(
             c["http"]["routers"]["app1-https"]["middlewares"],

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::fail::Failure;
-use crate::render;
+use crate::{certs, render};
 use crate::settings::{Env, pretty, write_atomic};
 use crate::sync;
 use crate::validate;
@@ -195,7 +195,7 @@ fn apply(env: &Env, instance: &str, route: Option<&SetRouteRequest>) -> Result<(
     let file = render::route_file(env, instance);
     let before = std::fs::read_to_string(&file).ok();
     let result = match route {
-        Some(r) => write_atomic(&file, &pretty(&render::route_config(r)), 0o644)
+        Some(r) => write_atomic(&file, &pretty(&render::route_config(r, certs::uploaded_for(env, r)?)), 0o644)
             .and_then(|_| sync::wait_route(env, r, SYNC_TIMEOUT)),
         None => {
             match std::fs::remove_file(&file) {
@@ -221,6 +221,16 @@ fn apply(env: &Env, instance: &str, route: Option<&SetRouteRequest>) -> Result<(
             }
             other => other,
         });
+    }
+    Ok(())
+}
+
+/// Write every route's configuration again (the certificates changed) and wait until
+/// Traefik serves each.
+pub fn rerender(env: &Env) -> Result<(), Failure> {
+    let _lock = lock(env)?;
+    for rec in load_all(env)? {
+        apply(env, &rec.route.instance, Some(&rec.route))?;
     }
     Ok(())
 }

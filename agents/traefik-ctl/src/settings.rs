@@ -172,7 +172,8 @@ fn static_config(env: &Env, s: &Settings) -> Value {
         },
         "api": {"insecure": true, "dashboard": false},
         "ping": {"entryPoint": "traefik"},
-        "providers": {"file": {"directory": format!("{IN_CONTAINER}/configs"), "watch": true}},
+        // No throttle (2 s by default): a route is served as soon as its file is.
+        "providers": {"providersThrottleDuration": "0s", "file": {"directory": format!("{IN_CONTAINER}/configs"), "watch": true}},
         "certificatesResolvers": {RESOLVER: {"acme": acme}},
         "log": {"level": "INFO"},
     })
@@ -284,6 +285,15 @@ fn restart(env: &Env) -> Result<(), Failure> {
         .map_err(|e| Failure::failed(e.to_string()))?;
     hostcmd::Cmd::new("module-service").args(["restart", SERVICE]).run().map_err(|e| Failure::failed(e.to_string()))?;
     sync::wait_ready(env, Duration::from_secs(30))
+}
+
+/// Run `f` with Traefik stopped, then start it and wait until it answers.
+pub fn stopped(env: &Env, f: impl FnOnce() -> Result<(), Failure>) -> Result<(), Failure> {
+    hostcmd::Cmd::new("module-service").args(["stop", SERVICE]).run().map_err(|e| Failure::failed(e.to_string()))?;
+    let r = f();
+    hostcmd::Cmd::new("module-service").args(["start", SERVICE]).run().map_err(|e| Failure::failed(e.to_string()))?;
+    sync::wait_ready(env, Duration::from_secs(30))?;
+    r
 }
 
 #[derive(Deserialize)]

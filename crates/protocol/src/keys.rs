@@ -169,6 +169,20 @@ pub fn module_sequence(name: &str) -> String {
     format!("cluster/module_sequence/{name}")
 }
 
+/// String: the first installed instance of `image` on node `n` (NS8's; how a module
+/// finds `traefik@node`). Set at install if absent, removed with that instance.
+pub fn node_default_instance(n: u32, image: &str) -> String {
+    format!("node/{n}/default_instance/{image}")
+}
+
+/// String: the first installed instance of `image` in the cluster (NS8's).
+pub fn cluster_default_instance(image: &str) -> String {
+    format!("cluster/default_instance/{image}")
+}
+
+/// `SCAN` patterns of every default-instance key.
+pub const DEFAULT_INSTANCE_PATTERNS: [&str; 2] = ["node/*/default_instance/*", "cluster/default_instance/*"];
+
 /// Hash `module id -> node id`: the installed modules.
 pub const MODULE_NODE: &str = "cluster/module_node";
 

@@ -3,6 +3,9 @@
 //! run's leftover processes by them.
 
 pub const AGENT_ID: &str = "AGENT_ID";
+/// Beyond NS8: the api-server's URL, in every module agent's environment; a step
+/// calls another agent's action through it, logged in as its own agent.
+pub const API_ENDPOINT: &str = "API_ENDPOINT";
 pub const AGENT_INSTALL_DIR: &str = "AGENT_INSTALL_DIR";
 pub const AGENT_STATE_DIR: &str = "AGENT_STATE_DIR";
 /// The fd of the command channel: 3 for action steps, 2 for event handlers (ignored).

@@ -18,6 +18,14 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Path of one binary, or a clear failure if it was not built.
+/// Where tests keep what a person may want to look at afterwards (screenshots):
+/// `target/test-artifacts/`, made if missing.
+pub fn artifact_dir() -> PathBuf {
+    let dir = bin_dir().parent().map(|t| t.join("test-artifacts")).unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir).expect("create the artifact directory");
+    dir
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
@@ -51,6 +59,9 @@ pub struct LocalCluster {
     pub redis_port: u16,
     pub api_port: u16,
     pub registry_port: u16,
+    /// The edge proxy's ports (when `traefik` is among the modules).
+    pub http_port: u16,
+    pub https_port: u16,
     /// What `up` printed.
     pub up_output: String,
     /// The modules `up` builds into the repository.
@@ -94,6 +105,9 @@ impl LocalCluster {
         args.extend(["--registry-port".to_owned(), self.registry_port.to_string()]);
         args.extend(["--bin-dir".to_owned(), bin_dir().display().to_string()]);
         args.extend(["--modules".to_owned(), self.modules.join(",")]);
+        args.extend(["--http-port".to_owned(), self.http_port.to_string()]);
+        args.extend(["--https-port".to_owned(), self.https_port.to_string()]);
+        args.extend(["--id-base".to_owned(), self.id_base.to_string()]);
         args
     }
 
@@ -113,6 +127,8 @@ impl LocalCluster {
             redis_port: free_port(),
             api_port: free_port(),
             registry_port: free_port(),
+            http_port: free_port(),
+            https_port: free_port(),
             up_output: String::new(),
             modules: modules.iter().map(|m| m.to_string()).collect(),
             id_base: pick_id_base(),

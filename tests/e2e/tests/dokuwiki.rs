@@ -55,7 +55,9 @@ fn dokuwiki_install_configure_edit_crash_update_rollback_remove() {
     let work = tempfile::tempdir().unwrap();
 
     // One action installs it, by name, from the repository.
-    let out = run(&c, "add-module", "cluster", json!({"image": "dokuwiki", "node": 1})).unwrap();
+    // It asks to set its route on the node's edge proxy: the administrator accepts.
+    let install = json!({"image": "dokuwiki", "node": 1, "accept": {"authorizations": ["traefik@node:routeadm"]}});
+    let out = run(&c, "add-module", "cluster", install).unwrap();
     let id = out["module_id"].as_str().unwrap().to_owned();
     let agent = format!("module/{id}");
     let port = port_of(&c, &id);

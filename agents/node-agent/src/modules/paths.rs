@@ -139,6 +139,9 @@ impl ModulePaths {
         if let Some(a) = &setup.redis_address {
             env.push(("REDIS_ADDRESS".to_owned(), a.clone()));
         }
+        if let Some(a) = &setup.api_endpoint {
+            env.push((protocol::stepenv::API_ENDPOINT.to_owned(), a.clone()));
+        }
         env.extend(self.podman_env());
         env
     }

@@ -20,6 +20,9 @@ pub struct NodeSetup {
     /// Where `module-agent` and `module-service` are: beside this binary.
     pub bin_dir: PathBuf,
     pub redis_address: Option<String>,
+    /// The api-server's URL (`API_ENDPOINT`), handed to module agents: a module calls
+    /// another agent's actions through the API, as itself, and its roles are checked.
+    pub api_endpoint: Option<String>,
 }
 
 impl NodeSetup {
@@ -42,6 +45,7 @@ impl NodeSetup {
             state_dir: state_dir.to_path_buf(),
             bin_dir,
             redis_address: var("REDIS_ADDRESS"),
+            api_endpoint: var(protocol::stepenv::API_ENDPOINT),
         }
     }
 }
