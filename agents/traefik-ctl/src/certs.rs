@@ -120,7 +120,12 @@ fn info(der: &[u8], kind: &'static str, id: String) -> Result<Info, String> {
     }
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        B64.encode(der).as_bytes().chunks(64).map(|l| String::from_utf8_lossy(l).into_owned()).collect::<Vec<_>>().join("\n")
+        B64.encode(der)
+            .as_bytes()
+            .chunks(64)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     Ok(Info {
         id,
@@ -236,7 +241,8 @@ struct FqdnRequest {
 fn covers(names: &[String], fqdn: &str) -> bool {
     names.iter().any(|n| {
         n.eq_ignore_ascii_case(fqdn)
-            || n.strip_prefix("*.").is_some_and(|d| fqdn.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(d)))
+            || n.strip_prefix("*.")
+                .is_some_and(|d| fqdn.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(d)))
     })
 }
 
@@ -244,7 +250,8 @@ fn covers(names: &[String], fqdn: &str) -> bool {
 /// the private key: it never leaves the module).
 pub fn get(env: &Env, data: Value) -> Result<Value, Failure> {
     let req: FqdnRequest = validate::decode(data)?;
-    let found: Vec<Info> = all(env)?.into_iter().filter(|i| i.kind != "self-signed" && covers(&i.names, &req.fqdn)).collect();
+    let found: Vec<Info> =
+        all(env)?.into_iter().filter(|i| i.kind != "self-signed" && covers(&i.names, &req.fqdn)).collect();
     let kind = found.first().map(|i| i.kind).unwrap_or("selfsigned");
     Ok(json!({
         "fqdn": req.fqdn,
@@ -264,9 +271,8 @@ struct UploadRequest {
 }
 
 fn decode_b64(field: &str, v: &str) -> Result<String, Failure> {
-    let bytes = B64
-        .decode(v.trim())
-        .map_err(|_| Failure::invalid(field, json!("(base64)"), format!("{field}_not_base64")))?;
+    let bytes =
+        B64.decode(v.trim()).map_err(|_| Failure::invalid(field, json!("(base64)"), format!("{field}_not_base64")))?;
     String::from_utf8(bytes).map_err(|_| Failure::invalid(field, json!("(binary)"), format!("{field}_not_pem")))
 }
 
@@ -277,8 +283,7 @@ pub fn upload(env: &Env, data: Value) -> Result<Value, Failure> {
     let req: UploadRequest = validate::decode(data)?;
     let cert_pem = decode_b64("certFile", &req.certFile)?;
     let key_pem = decode_b64("keyFile", &req.keyFile)?;
-    let chain = parse_chain(&cert_pem)
-        .map_err(|m| Failure::refuse_with_field("certFile", "certFile_invalid", &m))?;
+    let chain = parse_chain(&cert_pem).map_err(|m| Failure::refuse_with_field("certFile", "certFile_invalid", &m))?;
     let Some(leaf) = chain.first() else {
         return Err(Failure::invalid("certFile", json!("(PEM)"), "certFile_empty"));
     };
@@ -437,7 +442,10 @@ fn wait_served(port: u16, sni: &str, leaf: &[u8], timeout: Duration) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err(Failure::failed(format!("Traefik does not serve the uploaded certificate for {sni} after {} s: {last}", timeout.as_secs())))
+    Err(Failure::failed(format!(
+        "Traefik does not serve the uploaded certificate for {sni} after {} s: {last}",
+        timeout.as_secs()
+    )))
 }
 
 /// Takes any certificate and keeps nothing: only to read which one is served.

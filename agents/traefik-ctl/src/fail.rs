@@ -23,7 +23,12 @@ impl Failure {
 
     /// One invalid field: `error` is `<parameter>_<reason>` as NS8 spells it.
     pub fn invalid(parameter: &str, value: Value, error: impl Into<String>) -> Self {
-        let e = ValidationError { field: parameter.to_owned(), parameter: parameter.to_owned(), value, error: error.into() };
+        let e = ValidationError {
+            field: parameter.to_owned(),
+            parameter: parameter.to_owned(),
+            value,
+            error: error.into(),
+        };
         Failure::Invalid(vec![serde_json::to_value(e).unwrap_or(Value::Null)])
     }
 
@@ -69,7 +74,11 @@ impl Failure {
                         .iter()
                         .filter_map(|k| Some(format!("; {k}: {}", e.get(*k)?.as_str()?)))
                         .collect();
-                    eprintln!("invalid {}: {}{more}", e["parameter"].as_str().unwrap_or(""), e["error"].as_str().unwrap_or(""));
+                    eprintln!(
+                        "invalid {}: {}{more}",
+                        e["parameter"].as_str().unwrap_or(""),
+                        e["error"].as_str().unwrap_or("")
+                    );
                 }
                 ExitCode::from(protocol::exit::VALIDATION_FAILED as u8)
             }

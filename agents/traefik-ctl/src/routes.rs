@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::fail::Failure;
-use crate::{certs, render};
 use crate::settings::{Env, pretty, write_atomic};
 use crate::sync;
 use crate::validate;
+use crate::{certs, render};
 
 /// How long Traefik may take to serve a changed file before the change is undone.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -334,8 +334,10 @@ mod tests {
 
     #[test]
     fn selectors_ignore_case_and_a_final_slash() {
-        let a = SetRouteRequest { host: Some("Wiki.Example.test".into()), path: Some("/a/".into()), ..Default::default() };
-        let b = SetRouteRequest { host: Some("wiki.example.test".into()), path: Some("/a".into()), ..Default::default() };
+        let a =
+            SetRouteRequest { host: Some("Wiki.Example.test".into()), path: Some("/a/".into()), ..Default::default() };
+        let b =
+            SetRouteRequest { host: Some("wiki.example.test".into()), path: Some("/a".into()), ..Default::default() };
         assert_eq!(selector(&a), selector(&b));
     }
 }

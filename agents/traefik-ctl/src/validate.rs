@@ -8,13 +8,12 @@ use serde_json::{Value, json};
 use crate::fail::Failure;
 
 /// Decode the input; a field of the wrong type or an unknown field is a validation
-/// error naming it.
+/// error naming it (its path, `headers.request` for a nested one).
 pub fn decode<T: DeserializeOwned>(data: Value) -> Result<T, Failure> {
-    serde_json::from_value(data.clone()).map_err(|e| {
-        let msg = e.to_string();
-        // serde says "unknown field `x`" or "invalid type: ... for key `x`"-like texts.
-        let field = msg.split('`').nth(1).unwrap_or("").to_owned();
-        let value = data.get(&field).cloned().unwrap_or(Value::Null);
+    serde_path_to_error::deserialize(data.clone()).map_err(|e| {
+        let msg = e.inner().to_string();
+        let mut path = e.path().to_string();
+        let named = msg.split('`').nth(1).unwrap_or("").to_owned();
         let reason = if msg.starts_with("unknown field") {
             "unknown"
         } else if msg.starts_with("missing field") {
@@ -22,7 +21,13 @@ pub fn decode<T: DeserializeOwned>(data: Value) -> Result<T, Failure> {
         } else {
             "invalid_type"
         };
-        let mut f = Failure::invalid(&field, value, format!("{field}_{reason}"));
+        // The path of a missing field is its object's.
+        if reason == "required" {
+            path = if path == "." { named } else { format!("{path}.{named}") };
+        }
+        let value = path.split('.').try_fold(&data, |v, k| v.get(k)).cloned().unwrap_or(Value::Null);
+        let leaf = path.rsplit('.').next().unwrap_or("").to_owned();
+        let mut f = Failure::invalid(&path, value, format!("{leaf}_{reason}"));
         if let Failure::Invalid(v) = &mut f
             && let Some(o) = v[0].as_object_mut()
         {
