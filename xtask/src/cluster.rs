@@ -277,6 +277,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         &root.join("registry"),
         None,
     )?;
+    proxy_token(&root)?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     program(
         &root,
@@ -287,6 +288,9 @@ pub fn up(args: UpArgs) -> Result<()> {
             "REDIS_ADDRESS": redis_address,
             "LISTEN_ADDRESS": format!("127.0.0.1:{api_port}"),
             "API_SECRET_FILE": root.join("api-server/secret"),
+            // The edge proxy, on this machine, proves itself with a token.
+            "TRUSTED_PROXIES": "127.0.0.1",
+            "PROXY_TOKEN_FILE": proxy_token_file(&root),
         }),
         &root.join("api-server"),
         Some(&core.api_server.file),
@@ -343,7 +347,15 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let with_proxy = args.modules.is_empty() || args.modules.iter().any(|m| m == "traefik");
     if with_proxy {
-        edge_proxy(&bin("api-cli"), &redis_address, &core.cluster, port, (args.http_port, args.https_port, api_port))?;
+        let token = proxy_token(&root)?;
+        edge_proxy(
+            &bin("api-cli"),
+            &redis_address,
+            &core.cluster,
+            port,
+            (args.http_port, args.https_port, api_port),
+            &token,
+        )?;
     }
     let password = first_admin(&bin("api-server"), &redis_address, &core.api_server)?;
     let cli = bin("api-cli");
@@ -371,6 +383,28 @@ pub fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+fn proxy_token_file(root: &Path) -> PathBuf {
+    root.join("api-server/proxy-token")
+}
+
+/// The token the edge proxy's cluster-admin route sends the api-server (made once,
+/// root-only).
+fn proxy_token(root: &Path) -> Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = proxy_token_file(root);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_owned());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    f.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
 /// The node's edge proxy: `traefik` installed on node 1 (once), configured with the
 /// ports and started; a production node gets it from the installer the same way.
 fn edge_proxy(
@@ -379,6 +413,7 @@ fn edge_proxy(
     cluster: &Identity,
     port: u16,
     (http, https, api_port): (u16, u16, u16),
+    token: &str,
 ) -> Result<()> {
     let installed = redis_cli(port, cluster, &["GET", &protocol::keys::node_default_instance(1, "traefik")])
         .map(|s| s.trim().to_owned())
@@ -413,6 +448,7 @@ fn edge_proxy(
     let route = json!({
         "instance": "cluster-admin", "url": format!("http://127.0.0.1:{api_port}"),
         "path": "/cluster-admin", "strip_prefix": true, "http2https": true,
+        "headers": {"request": {"X-Ns8rs-Proxy-Token": token}},
     });
     run(&agent, "set-route", &route)?;
     Ok(())

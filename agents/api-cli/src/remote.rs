@@ -162,7 +162,9 @@ fn agent_login(endpoint: &str, ca_file: Option<&Path>) -> Result<String, Failure
     let user = std::env::var("REDIS_USER").ok().filter(|u| !u.is_empty());
     let password = std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty());
     let (Some(user), Some(password)) = (user, password) else {
-        return Err(Failure::cli("--as-agent: REDIS_USER and REDIS_PASSWORD are not set (run it from an agent's step)"));
+        return Err(Failure::cli(
+            "--as-agent: REDIS_USER and REDIS_PASSWORD are not set (run it from an agent's step)",
+        ));
     };
     let cache = Cache::locate().map_err(Failure::cli)?;
     if let Ok(Some(e)) = cache.load(&endpoint, &user)

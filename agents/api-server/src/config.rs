@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// believed, and the TCP peer is the client.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = parse_proxies)]
     pub trusted_proxies: TrustedProxies,
+    /// A file whose content a trusted proxy sends in `X-Ns8rs-Proxy-Token` (the edge
+    /// proxy's cluster-admin route sets it). Set, a trusted address is not enough: on
+    /// one machine every local process shares 127.0.0.1 with the proxy.
+    #[arg(long, env = "PROXY_TOKEN_FILE")]
+    pub proxy_token_file: Option<PathBuf>,
     /// Key of the audit chain's HMAC (created, mode 0600, if missing). Default:
     /// `audit-key` beside API_SECRET_FILE.
     #[arg(long, env = "AUDIT_KEY_FILE")]

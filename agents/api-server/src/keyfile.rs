@@ -44,6 +44,34 @@ pub fn load_or_create(path: &Path, min_len: usize, exact: bool) -> Result<Vec<u8
     }
 }
 
+/// A token shared with another program (the edge proxy's `X-Ns8rs-Proxy-Token`):
+/// the file's text, trimmed, at least 32 visible ASCII characters, in a file only its
+/// owner reads. The other program's installer writes it.
+pub fn load_token(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    let key = load_or_create_never(path)?;
+    let text = String::from_utf8_lossy(&key).trim().to_owned();
+    if text.len() < 32 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KeyFileError::Length {
+            path: path.to_owned(),
+            len: text.len(),
+            expected: "at least 32 visible ASCII characters".into(),
+        });
+    }
+    Ok(text.into_bytes())
+}
+
+fn load_or_create_never(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    let key = std::fs::read(path).map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions { path: path.to_owned(), mode: mode & 0o777 });
+    }
+    Ok(key)
+}
+
 fn create(path: &Path, len: usize) -> Result<Vec<u8>, KeyFileError> {
     let err = |source| KeyFileError::Create { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

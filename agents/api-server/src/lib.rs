@@ -59,6 +59,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
         _ => None,
     };
+    let proxy_trust = match &args.proxy_token_file {
+        Some(path) => net::ProxyTrust::with_token(args.trusted_proxies.clone(), &keyfile::load_token(path)?),
+        None => net::ProxyTrust::from(args.trusted_proxies.clone()),
+    };
     let redis_config = bus::RedisConfig::from_env(CLIENT_NAME)?;
     let redis = bus::connect_bounded_retrying(&redis_config, CLIENT_NAME, REDIS_TIMEOUT).await;
     let subscriber = bus::connect_subscriber_retrying(&redis_config, CLIENT_NAME, 4096).await;
@@ -67,7 +71,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         audit,
         redis,
-        trusted_proxies: args.trusted_proxies.clone(),
+        trusted_proxies: proxy_trust,
         data_key: crypt::DataKey::new(&data_key),
         tokens: token::Tokens::new(&secret, args.token_lifetime, args.max_session),
         session_script: authz::session_script(),

@@ -16,6 +16,42 @@ impl TrustedProxies {
     }
 }
 
+/// The header a trusted proxy proves itself with, when a proxy token is set.
+pub const PROXY_TOKEN_HEADER: &str = "x-ns8rs-proxy-token";
+
+/// Who counts as a trusted proxy: its address, and (when set) the token it sends.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyTrust {
+    pub proxies: TrustedProxies,
+    /// SHA-256 of the token: compared in constant time, never kept in clear.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+impl From<TrustedProxies> for ProxyTrust {
+    fn from(proxies: TrustedProxies) -> Self {
+        ProxyTrust { proxies, token_sha256: None }
+    }
+}
+
+impl ProxyTrust {
+    pub fn with_token(proxies: TrustedProxies, token: &[u8]) -> Self {
+        use sha2::Digest;
+        ProxyTrust { proxies, token_sha256: Some(sha2::Sha256::digest(token).into()) }
+    }
+
+    fn believes(&self, peer: IpAddr, headers: &HeaderMap) -> bool {
+        if !self.proxies.contains(peer) {
+            return false;
+        }
+        let Some(want) = &self.token_sha256 else { return true };
+        let Some(sent) = headers.get(PROXY_TOKEN_HEADER) else { return false };
+        use sha2::Digest;
+        let got: [u8; 32] = sha2::Sha256::digest(sent.as_bytes()).into();
+        // Equal digests, compared without an early exit.
+        got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
 /// An entry of `TRUSTED_PROXIES` that is not an address or a network.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not an IP address or CIDR (expected e.g. 127.0.0.1,10.5.4.0/24)")]
@@ -41,11 +77,12 @@ impl std::str::FromStr for TrustedProxies {
 /// client. A hop that is not an IP address ends the walk as the unspecified address
 /// (0.0.0.0): an unknown source, allowed nowhere a network is required.
 /// `X-Real-IP` and `Forwarded` are never read.
-pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trust: &ProxyTrust) -> IpAddr {
     let peer = canonical(peer.ip());
-    if !trusted.contains(peer) {
+    if !trust.believes(peer, headers) {
         return peer;
     }
+    let trusted = &trust.proxies;
     let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
@@ -115,16 +152,16 @@ mod tests {
         let remote: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         let h = headers(&["203.0.113.9, 198.51.100.7"]);
         // Nobody is trusted by default, loopback included.
-        let none = TrustedProxies::default();
+        let none = ProxyTrust::default();
         assert_eq!(client_addr(local, &h, &none), ip("127.0.0.1"));
         assert_eq!(client_addr(remote, &h, &none), ip("192.0.2.1"));
-        let lo: TrustedProxies = "127.0.0.1".parse().unwrap();
+        let lo = ProxyTrust::from("127.0.0.1".parse::<TrustedProxies>().unwrap());
         assert_eq!(client_addr(local, &h, &lo), ip("198.51.100.7"), "the hop the proxy appended");
         assert_eq!(client_addr(remote, &h, &lo), ip("192.0.2.1"), "an untrusted peer's header is ignored");
         assert_eq!(client_addr(local, &HeaderMap::new(), &lo), ip("127.0.0.1"));
         // A chain of trusted proxies is walked through; the client cannot pose as one
         // of them by writing the left part itself.
-        let chain: TrustedProxies = "127.0.0.1, 10.0.0.0/8".parse().unwrap();
+        let chain = ProxyTrust::from("127.0.0.1, 10.0.0.0/8".parse::<TrustedProxies>().unwrap());
         let h = headers(&["127.0.0.1, 198.51.100.7", "10.1.1.1"]);
         assert_eq!(client_addr(local, &h, &chain), ip("198.51.100.7"));
         let h = headers(&["10.2.2.2, 10.1.1.1"]);
@@ -133,6 +170,20 @@ mod tests {
         assert_eq!(client_addr(local, &h, &lo), ip("0.0.0.0"), "a malformed hop is an unknown source");
         let v6: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         assert_eq!(client_addr(v6, &headers(&["2001:db8::1"]), &lo), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn with_a_token_the_address_is_not_enough() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let trust = ProxyTrust::with_token("127.0.0.1".parse().unwrap(), b"s3cret-token");
+        let mut h = headers(&["198.51.100.7"]);
+        assert_eq!(client_addr(local, &h, &trust), ip("127.0.0.1"), "a local process without the token");
+        h.insert(PROXY_TOKEN_HEADER, "wrong".parse().unwrap());
+        assert_eq!(client_addr(local, &h, &trust), ip("127.0.0.1"));
+        h.insert(PROXY_TOKEN_HEADER, "s3cret-token".parse().unwrap());
+        assert_eq!(client_addr(local, &h, &trust), ip("198.51.100.7"), "the proxy");
+        let remote: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert_eq!(client_addr(remote, &h, &trust), ip("192.0.2.1"), "the token from an untrusted address");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::token::Tokens;
 pub struct AppState {
     pub redis: Client,
     /// Whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: crate::net::TrustedProxies,
+    pub trusted_proxies: crate::net::ProxyTrust,
     /// Seals the secrets stored in Redis (TOTP secrets).
     pub data_key: crate::crypt::DataKey,
     pub tokens: Tokens,

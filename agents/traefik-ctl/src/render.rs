@@ -95,13 +95,15 @@ pub fn route_config(r: &SetRouteRequest, uploaded: bool) -> Value {
         mws.insert(format!("{i}-stripprefix"), json!({"stripPrefix": {"prefixes": [p]}}));
     }
     if !r.headers.is_empty() {
-        mws.insert(
-            format!("{i}-headers"),
-            json!({"headers": {
-                "customRequestHeaders": r.headers.request,
-                "customResponseHeaders": r.headers.response,
-            }}),
-        );
+        // Traefik refuses an empty map here.
+        let mut h = Map::new();
+        if !r.headers.request.is_empty() {
+            h.insert("customRequestHeaders".into(), json!(r.headers.request));
+        }
+        if !r.headers.response.is_empty() {
+            h.insert("customResponseHeaders".into(), json!(r.headers.response));
+        }
+        mws.insert(format!("{i}-headers"), json!({"headers": h}));
     }
     let mut service = json!({"loadBalancer": {"servers": [{"url": r.url}], "passHostHeader": true}});
     let mut http = json!({

@@ -185,7 +185,7 @@ pub fn set(env: &Env, data: Value) -> Result<Value, Failure> {
     }
     let rec = RouteRecord { route: r.clone(), owner: owner_of(env, previous.as_ref()) };
     apply(env, &r.instance, Some(&r))?;
-    write_atomic(&record_file(env, &r.instance), &pretty(&serde_json::to_value(&rec).unwrap_or_default()), 0o644)?;
+    write_atomic(&record_file(env, &r.instance), &pretty(&serde_json::to_value(&rec).unwrap_or_default()), 0o600)?;
     Ok(serde_json::to_value(SetRouteReply { instance: r.instance, owner: rec.owner }).unwrap_or_default())
 }
 
@@ -195,7 +195,7 @@ fn apply(env: &Env, instance: &str, route: Option<&SetRouteRequest>) -> Result<(
     let file = render::route_file(env, instance);
     let before = std::fs::read_to_string(&file).ok();
     let result = match route {
-        Some(r) => write_atomic(&file, &pretty(&render::route_config(r, certs::uploaded_for(env, r)?)), 0o644)
+        Some(r) => write_atomic(&file, &pretty(&render::route_config(r, certs::uploaded_for(env, r)?)), 0o600)
             .and_then(|_| sync::wait_route(env, r, SYNC_TIMEOUT)),
         None => {
             match std::fs::remove_file(&file) {
@@ -209,7 +209,7 @@ fn apply(env: &Env, instance: &str, route: Option<&SetRouteRequest>) -> Result<(
     if let Err(e) = result {
         match &before {
             Some(text) => {
-                let _ = write_atomic(&file, text, 0o644);
+                let _ = write_atomic(&file, text, 0o600);
             }
             None => {
                 let _ = std::fs::remove_file(&file);
@@ -235,6 +235,19 @@ pub fn rerender(env: &Env) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What a caller is shown of a route: header values that are secrets (the proxy
+/// token of the cluster-admin route) only to the core.
+fn shown(env: &Env, mut rec: RouteRecord) -> RouteRecord {
+    if !env.caller_is_core() {
+        for (k, v) in rec.route.headers.request.iter_mut().chain(rec.route.headers.response.iter_mut()) {
+            if protocol::secrets::is_secret_name(k) {
+                *v = protocol::secrets::MASK.to_owned();
+            }
+        }
+    }
+    rec
+}
+
 /// `get-route {instance}`.
 pub fn get(env: &Env, data: Value) -> Result<Value, Failure> {
     let req: InstanceRequest = validate::decode(data)?;
@@ -242,7 +255,7 @@ pub fn get(env: &Env, data: Value) -> Result<Value, Failure> {
         return Err(Failure::invalid("instance", json!(req.instance), "instance_invalid"));
     }
     match load(env, &req.instance)? {
-        Some(rec) => Ok(serde_json::to_value(rec).unwrap_or_default()),
+        Some(rec) => Ok(serde_json::to_value(shown(env, rec)).unwrap_or_default()),
         None => Err(Failure::refuse(GetRouteRefusal::NotFound, json!(req.instance))),
     }
 }
@@ -279,7 +292,7 @@ pub fn list(env: &Env, data: Value) -> Result<Value, Failure> {
     let req: ListRoutesRequest = validate::decode(data)?;
     let all = load_all(env)?;
     Ok(if req.expand_list {
-        serde_json::to_value(all).unwrap_or_default()
+        serde_json::to_value(all.into_iter().map(|r| shown(env, r)).collect::<Vec<_>>()).unwrap_or_default()
     } else {
         json!(all.into_iter().map(|r| r.route.instance).collect::<Vec<_>>())
     })

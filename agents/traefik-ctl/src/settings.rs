@@ -165,10 +165,13 @@ fn static_config(env: &Env, s: &Settings) -> Value {
     json!({
         "global": {"checkNewVersion": false, "sendAnonymousUsage": false},
         "entryPoints": {
-            "http": {"address": format!(":{}", s.http_port)},
-            "https": {"address": format!(":{}", s.https_port)},
+            // Headers whose names alias another's (X_Forwarded_For for
+            // X-Forwarded-For) are dropped: a PHP or CGI backend reads them as the one
+            // they alias, which would let a client spoof what the proxy sets.
+            "http": {"address": format!(":{}", s.http_port), "http": {"aliasHeadersStrategy": "delete"}},
+            "https": {"address": format!(":{}", s.https_port), "http": {"aliasHeadersStrategy": "delete"}},
             // Traefik's API, read back by the actions: loopback only.
-            "traefik": {"address": format!("127.0.0.1:{}", env.api_port)},
+            "traefik": {"address": format!("127.0.0.1:{}", env.api_port), "http": {"aliasHeadersStrategy": "delete"}},
         },
         "api": {"insecure": true, "dashboard": false},
         "ping": {"entryPoint": "traefik"},

@@ -57,11 +57,63 @@ fn custom_certificate() -> (String, String, String) {
 }
 
 fn b64(s: &str) -> String {
-    let out = Command::new("base64").arg("-w0").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn();
+    let out = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
     let mut child = out.unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+/// The source of the newest failed login in the audit trail.
+fn last_login_fail_source(c: &LocalCluster) -> String {
+    let out = c.redis(&["XREVRANGE", protocol::keys::AUDIT_STREAM, "+", "-", "COUNT", "1"]);
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines.iter().position(|l| *l == "source").expect("an audit record with a source");
+    assert!(out.contains("login-fail"), "{out}");
+    lines[at + 1].to_owned()
+}
+
+/// `X-Forwarded-For` is believed from the proxy only: it sends the api-server's token,
+/// which no local process has; what a client sends through the proxy is replaced.
+fn proxied_source_addresses(c: &LocalCluster, https: u16) {
+    let login = |via_proxy: bool, interface: &str, headers: &[String]| {
+        let url = if via_proxy {
+            format!("https://{HOST}:{https}/cluster-admin/api/login")
+        } else {
+            format!("http://127.0.0.1:{}/api/login", c.api_port)
+        };
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-o", "/dev/null", "--interface", interface, "--resolve"])
+            .arg(format!("{HOST}:{https}:127.0.0.1"))
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                r#"{"username":"nobody","password":"wrong one"}"#,
+            ]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        assert!(cmd.arg(url).status().unwrap().success());
+    };
+    // Through the proxy, from 127.0.0.2: the proxy's word is taken, a client's is not.
+    login(true, "127.0.0.2", &["X-Forwarded-For: 198.51.100.9".into()]);
+    assert_eq!(last_login_fail_source(c), "127.0.0.2");
+    // A local process posing as the proxy, without the token.
+    login(false, "127.0.0.2", &["X-Forwarded-For: 198.51.100.9".into()]);
+    assert_eq!(last_login_fail_source(c), "127.0.0.2", "a spoofed X-Forwarded-For was believed");
+    // With the token (only root and the proxy can read it), it is the proxy.
+    let token = std::fs::read_to_string(c.path().join("api-server/proxy-token")).unwrap();
+    login(
+        false,
+        "127.0.0.1",
+        &["X-Forwarded-For: 198.51.100.9".into(), format!("X-Ns8rs-Proxy-Token: {}", token.trim())],
+    );
+    assert_eq!(last_login_fail_source(c), "198.51.100.9");
 }
 
 #[test]
@@ -77,10 +129,12 @@ fn dokuwiki_behind_traefik_with_acme_custom_certificate_conflict_and_removal() {
     assert!(code == "405" || code == "400" || code == "401", "GET /cluster-admin/api/login: {code} {body}");
     let routes = run(&c, "list-routes", &proxy, json!({})).unwrap();
     assert_eq!(routes, json!(["cluster-admin"]));
+    proxied_source_addresses(&c, https);
 
     // A real ACME CA: Pebble validates HTTP-01 on the proxy's HTTP port.
     let pebble = testkit::Pebble::start(http, https).unwrap();
-    let acme = json!({"url": pebble.directory_url(), "email": "admin@example.test", "ca_certificate": pebble.server_ca_pem()});
+    let acme =
+        json!({"url": pebble.directory_url(), "email": "admin@example.test", "ca_certificate": pebble.server_ca_pem()});
     run(&c, "set-acme-server", &proxy, acme).unwrap();
     assert_eq!(run(&c, "get-acme-server", &proxy, json!({})).unwrap()["url"], pebble.directory_url());
 
@@ -106,7 +160,11 @@ fn dokuwiki_behind_traefik_with_acme_custom_certificate_conflict_and_removal() {
     let root = pebble.issuing_root_file();
     until("the wiki over TLS verified by the ACME CA's root", Duration::from_secs(90), || {
         let (code, body) = curl(https, "https", "/doku.php", Some(&root));
-        if code == "200" && body.contains("Acme Wiki") { Ok(()) } else { Err(format!("{code}: {}\n{}", pebble.log_tail(), c.log())) }
+        if code == "200" && body.contains("Acme Wiki") {
+            Ok(())
+        } else {
+            Err(format!("{code}: {}\n{}", pebble.log_tail(), c.log()))
+        }
     });
     let (code, _) = curl(http, "http", "/doku.php", None);
     assert!(code == "301" || code == "308", "plain HTTP is redirected: {code}");
@@ -119,7 +177,8 @@ fn dokuwiki_behind_traefik_with_acme_custom_certificate_conflict_and_removal() {
     // An uploaded certificate: checked, then served in place of the ACME one.
     let (chain, key, ca) = custom_certificate();
     let (_, other_key, _) = custom_certificate();
-    let err = run(&c, "upload-certificate", &proxy, json!({"certFile": b64(&chain), "keyFile": b64(&other_key)})).unwrap_err();
+    let err = run(&c, "upload-certificate", &proxy, json!({"certFile": b64(&chain), "keyFile": b64(&other_key)}))
+        .unwrap_err();
     assert!(err.contains("keyFile_does_not_match_certFile"), "{err}");
     run(&c, "upload-certificate", &proxy, json!({"certFile": b64(&chain), "keyFile": b64(&key)})).unwrap();
     let ca_file = c.path().join("custom-ca.pem");
@@ -128,7 +187,13 @@ fn dokuwiki_behind_traefik_with_acme_custom_certificate_conflict_and_removal() {
     assert_eq!(code, "200", "the uploaded certificate is served for {HOST}");
 
     // The same host for another module: refused, naming the wiki.
-    let out = run(&c, "add-module", "cluster", json!({"image": "dokuwiki", "node": 1, "accept": {"authorizations": ["traefik@node:routeadm"]}})).unwrap();
+    let out = run(
+        &c,
+        "add-module",
+        "cluster",
+        json!({"image": "dokuwiki", "node": 1, "accept": {"authorizations": ["traefik@node:routeadm"]}}),
+    )
+    .unwrap();
     let second = out["module_id"].as_str().unwrap().to_owned();
     let conf = json!({"title": "Other", "admin_user": "boss", "admin_password": "long enough pw", "host": HOST});
     let err = run(&c, "configure-module", &format!("module/{second}"), conf).unwrap_err();

@@ -8,17 +8,20 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 /// One keep-alive HTTP/1.1 connection: requests written whole, answers framed by
-/// `Content-Length` (what the server sends; anything else is an error).
+/// `Content-Length`, or by the end of the connection when the server closes it after
+/// the answer (`Connection: close`; chunked answers are an error).
 pub(super) struct Http {
     writer: TcpStream,
     reader: BufReader<TcpStream>,
     line: Vec<u8>,
     pub(super) body: Vec<u8>,
+    /// The last answer said the server closes the connection after it.
+    pub(super) closing: bool,
 }
 
 impl Http {
     pub(super) fn connect(port: u16) -> Result<Self> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).context("connect to the api-server")?;
+        let stream = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect to 127.0.0.1:{port}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(Http {
@@ -26,6 +29,7 @@ impl Http {
             writer: stream,
             line: Vec::with_capacity(256),
             body: Vec::with_capacity(1024),
+            closing: false,
         })
     }
 
@@ -38,33 +42,47 @@ impl Http {
     pub(super) fn read(&mut self) -> Result<u16> {
         self.line.clear();
         if self.reader.read_until(b'\n', &mut self.line)? == 0 {
-            bail!("the api-server closed the connection");
+            bail!("the server closed the connection");
         }
+        self.closing = self.line.starts_with(b"HTTP/1.0 ");
         let status = self
             .line
             .strip_prefix(b"HTTP/1.1 ")
+            .or_else(|| self.line.strip_prefix(b"HTTP/1.0 "))
             .and_then(|r| r.get(..3))
             .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-            .with_context(|| format!("not an HTTP/1.1 status line: {:?}", String::from_utf8_lossy(&self.line)))?;
+            .with_context(|| format!("not an HTTP/1.x status line: {:?}", String::from_utf8_lossy(&self.line)))?;
         let mut length = None;
         loop {
             self.line.clear();
             if self.reader.read_until(b'\n', &mut self.line)? == 0 {
-                bail!("the api-server closed the connection in the headers");
+                bail!("the server closed the connection in the headers");
             }
             let line = self.line.trim_ascii_end();
             if line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_at_checked(15)
-                && name.eq_ignore_ascii_case(b"content-length:")
-            {
-                length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = std::str::from_utf8(value).ok().and_then(|v| v.parse::<usize>().ok());
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                self.closing = value.eq_ignore_ascii_case(b"close");
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                bail!("a chunked answer");
             }
         }
-        let length = length.context("an answer without Content-Length")?;
-        self.body.resize(length, 0);
-        self.reader.read_exact(&mut self.body)?;
+        match length {
+            Some(length) => {
+                self.body.resize(length, 0);
+                self.reader.read_exact(&mut self.body)?;
+            }
+            None if self.closing => {
+                self.body.clear();
+                self.reader.read_to_end(&mut self.body)?;
+            }
+            None => bail!("an answer without Content-Length on a kept connection"),
+        }
         Ok(status)
     }
 

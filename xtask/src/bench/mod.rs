@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the agent's latency, throughput and memory against the NS8
-//! baseline, the api-server's reads and logins, module installs on a local cluster
-//! (docs/benchmarks.md has the figures). One file per part and per job: the part's
+//! baseline, the api-server's reads and logins, module installs on a local cluster,
+//! the edge proxy in front of a module (docs/benchmarks.md has the figures). One file per part and per job: the part's
 //! runs, its report, its client; `measure` and `fixture` are the leaves every part
 //! uses.
 
@@ -12,6 +12,7 @@ mod fixture;
 mod http;
 mod measure;
 mod modules;
+mod proxy;
 mod task_client;
 
 use std::process::Command;
@@ -30,6 +31,8 @@ pub struct BenchArgs {
     agent: agent::AgentArgs,
     #[command(flatten)]
     api: api::ApiArgs,
+    #[command(flatten)]
+    proxy: proxy::ProxyArgs,
 }
 
 /// The benchmark's parts.
@@ -41,12 +44,14 @@ pub enum Part {
     Api,
     /// Module installs on a local cluster, and the module agents' memory.
     Modules,
+    /// The edge proxy (Traefik) in front of hello: throughput, TLS handshakes, route changes.
+    Proxy,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     crate::packages::ensure(&[crate::packages::REDIS])?;
     let wants = |p: Part| args.only.is_none_or(|o| o == p);
-    let (agent, api, modules) = (wants(Part::Agent), wants(Part::Api), wants(Part::Modules));
+    let (agent, api, modules, proxy) = (wants(Part::Agent), wants(Part::Api), wants(Part::Modules), wants(Part::Proxy));
     let mut packages = Vec::new();
     if agent {
         packages.extend(["-p", "xtask", "-p", "module-agent"]);
@@ -54,7 +59,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if api {
         packages.extend(["-p", "api-server"]);
     }
-    if modules {
+    if modules || proxy {
         for b in crate::cluster::BINARIES {
             packages.extend(["-p", b]);
         }
@@ -79,6 +84,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if modules {
         modules::bench(&release, args.runs)?;
+    }
+    if proxy {
+        proxy::bench(&release, &args.proxy, args.runs)?;
     }
     Ok(())
 }

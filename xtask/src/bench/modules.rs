@@ -20,12 +20,14 @@ use serde_json::Value;
 
 use super::measure::median;
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct Cluster {
-    root: PathBuf,
+/// A local cluster under a scratch root, brought down and purged on drop (whatever
+/// happened, errors included).
+pub(super) struct Cluster {
+    pub(super) root: PathBuf,
     redis: String,
 }
 
@@ -37,22 +39,65 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn api_cli(&self, args: &[&str]) -> Result<Value> {
-        let out = Command::new(self.root.join("bin/api-cli"))
-            .args(args)
-            .env("REDIS_ADDRESS", &self.redis)
+    /// `xtask up` with the release binaries, `modules` built into its repository, free
+    /// loopback ports and the `extra` arguments.
+    pub(super) fn up(release: &Path, modules: &str, extra: &[String]) -> Result<Cluster> {
+        let root = super::fixture::tempfile_dir()?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let (redis_port, registry_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let up = Command::new(std::env::current_exe()?)
+            .args(["up", "--root"])
+            .arg(&root)
+            .arg("--bin-dir")
+            .arg(release)
+            .args(["--redis-port", &redis_port.to_string(), "--registry-port", &registry_port.to_string()])
+            .args(["--api-port", &api_port.to_string(), "--modules", modules])
+            .args(extra)
             .output()
-            .context("cannot run api-cli")?;
+            .context("cannot run xtask up")?;
+        let c = Cluster { root, redis: format!("127.0.0.1:{redis_port}") };
+        if !up.status.success() {
+            bail!("xtask up: {}", String::from_utf8_lossy(&up.stderr));
+        }
+        Ok(c)
+    }
+
+    pub(super) fn api_cli_command(&self) -> Command {
+        let mut cmd = Command::new(self.root.join("bin/api-cli"));
+        cmd.env("REDIS_ADDRESS", &self.redis);
+        cmd
+    }
+
+    pub(super) fn api_cli(&self, args: &[&str]) -> Result<Value> {
+        let out = self.api_cli_command().args(args).output().context("cannot run api-cli")?;
         if !out.status.success() {
             bail!("api-cli {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
         Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
     }
 
-    fn redis_cli(&self, args: &[&str]) -> String {
+    /// `redis-cli` as the cluster agent's user (its credentials file is root's); stdout.
+    pub(super) fn redis_cli(&self, args: &[&str]) -> String {
         let (host, port) = self.redis.split_once(':').expect("host:port");
-        let out = Command::new("redis-cli").args(["-h", host, "-p", port]).args(args).output();
+        let creds = std::fs::read_to_string(self.root.join("cluster/state/agent.env")).unwrap_or_default();
+        let creds = protocol::envfile::parse(&creds);
+        let var = |k: &str| creds.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        let out = Command::new("redis-cli")
+            .args(["-h", host, "-p", port, "--user", &var("REDIS_USER")])
+            .env("REDISCLI_AUTH", var("REDIS_PASSWORD"))
+            .args(args)
+            .output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    }
+
+    /// The loopback port the node gave module `id` (`TCP_PORT`).
+    pub(super) fn module_port(&self, id: &str) -> Result<u16> {
+        let environment = keys::environment(&AgentId::Module(id.to_owned()));
+        let port = self.redis_cli(&["HGET", &environment, "TCP_PORT"]);
+        port.parse().with_context(|| format!("module {id} has no TCP_PORT: {port:?}"))
     }
 }
 
@@ -68,15 +113,14 @@ fn answers_200(port: u16, path: &str) -> bool {
 }
 
 /// Seconds from the install request until `path` answers 200, and the module id.
-fn install(c: &Cluster, image: &str, path: &str) -> Result<(f64, String)> {
+pub(super) fn install(c: &Cluster, image: &str, path: &str) -> Result<(f64, String)> {
     let start = Instant::now();
     // What the benchmarked images ask for (hello: node:reader), accepted.
     let data =
         serde_json::json!({"image": image, "node": 1, "accept": {"authorizations": ["node:reader"]}}).to_string();
     let out = c.api_cli(&["run", "add-module", "--data", &data])?;
     let id = out["module_id"].as_str().context("add-module answered no module_id")?.to_owned();
-    let environment = keys::environment(&AgentId::Module(id.clone()));
-    let port: u16 = c.redis_cli(&["HGET", &environment, "TCP_PORT"]).parse()?;
+    let port = c.module_port(&id)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !answers_200(port, path) {
         if Instant::now() > deadline {
@@ -127,25 +171,7 @@ pub fn bench(release: &Path, runs: usize) -> Result<()> {
         let mut pulls = Vec::new();
         for i in 0..n {
             eprintln!("xtask: {module}: run {}/{n}", i + 1);
-            let root = super::fixture::tempfile_dir()?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
-            }
-            let (redis_port, registry_port, api_port) = (free_port()?, free_port()?, free_port()?);
-            let exe = std::env::current_exe()?;
-            let up = Command::new(&exe)
-                .args(["up", "--root"])
-                .arg(&root)
-                .arg("--bin-dir")
-                .arg(release)
-                .args(["--redis-port", &redis_port.to_string(), "--registry-port", &registry_port.to_string()])
-                .args(["--api-port", &api_port.to_string(), "--modules", module])
-                .output()?;
-            let c = Cluster { root, redis: format!("127.0.0.1:{redis_port}") };
-            if !up.status.success() {
-                bail!("xtask up: {}", String::from_utf8_lossy(&up.stderr));
-            }
+            let c = Cluster::up(release, module, &[])?;
             let (secs, id) = install(&c, module, path)?;
             totals.push(secs);
             pulls.push(pull_time(&c.root, &id)?);
