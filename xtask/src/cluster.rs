@@ -405,6 +405,19 @@ fn proxy_token(root: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// A rootless Traefik binds 80 and 443 only if unprivileged users may bind from there
+/// (NS8's node setup lowers the same sysctl to 80). Never raised here.
+fn unprivileged_ports_from(port: u16) -> Result<()> {
+    const KNOB: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let current: u16 = std::fs::read_to_string(KNOB).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(1024);
+    if port < current {
+        std::fs::write(KNOB, port.to_string())
+            .with_context(|| format!("cannot let the edge proxy bind port {port}: writing {KNOB}"))?;
+        eprintln!("xtask: unprivileged users may now bind ports from {port} ({KNOB}; was {current})");
+    }
+    Ok(())
+}
+
 /// The node's edge proxy: `traefik` installed on node 1 (once), configured with the
 /// ports and started; a production node gets it from the installer the same way.
 fn edge_proxy(
@@ -442,6 +455,7 @@ fn edge_proxy(
             reply["module_id"].as_str().context("add-module of traefik returned no module_id")?.to_owned()
         }
     };
+    unprivileged_ports_from(http.min(https))?;
     let agent = format!("module/{id}");
     run(&agent, "configure-module", &json!({"http_port": http, "https_port": https}))?;
     // The api-server at https://<node>/cluster-admin/ (NS8's route).

@@ -32,8 +32,88 @@ fn services_up() {
     }
 }
 
+/// One line of a module's `timers` file (`$AGENT_INSTALL_DIR/timers`): every
+/// `seconds`, the module's own `action` is queued, as a task of its own.
+#[derive(Debug, PartialEq)]
+struct Timer {
+    seconds: u64,
+    action: String,
+}
+
+/// The shortest interval a timer may have: a module cannot flood its own queue.
+const MIN_TIMER: u64 = 10;
+
+/// `<seconds> <action>` per line, `#` comments. Bad lines are said and skipped.
+fn parse_timers(text: &str) -> Vec<Timer> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let parsed = match (words.next().map(str::parse::<u64>), words.next(), words.next()) {
+            (Some(Ok(s)), Some(a), None) if s >= MIN_TIMER && protocol::validate_action_name(a).is_ok() => {
+                Some(Timer { seconds: s, action: a.to_owned() })
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(t) => out.push(t),
+            None => eprintln!(
+                "module-agent: timers line {}: {line:?} is not \"<seconds, at least {MIN_TIMER}> <action>\": ignored",
+                n + 1
+            ),
+        }
+    }
+    out
+}
+
+/// Queue each timer's action at its interval (NS8 modules use systemd user timers;
+/// a module agent here is not a systemd user session). The task goes on the agent's
+/// own queue through `api-cli`, as any task, so it runs with the module's rights only
+/// and its result is kept.
+fn timers() {
+    let Some(install) = std::env::var_os(protocol::stepenv::AGENT_INSTALL_DIR).map(PathBuf::from) else { return };
+    let Ok(text) = std::fs::read_to_string(install.join("timers")) else { return };
+    let Some(cli) = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("api-cli"))) else { return };
+    let Some(agent) = agent_id_of(std::env::args().skip(1), std::env::var(protocol::stepenv::AGENT_ID).ok()) else {
+        return;
+    };
+    for t in parse_timers(&text) {
+        let (cli, agent) = (cli.clone(), agent.clone());
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(t.seconds));
+                let run = hostcmd::Cmd::new(&cli)
+                    // No liveness check: this agent is the one that runs it (and a module
+                    // user may not list clients).
+                    .args(["run", &t.action, "--agent", &agent, "--no-wait", "--quiet", "--check-idle", "0"])
+                    .run();
+                if let Err(e) = run {
+                    eprintln!("module-agent: timer {}: {e}", t.action);
+                }
+            }
+        });
+    }
+}
+
+/// The agent id as the runtime reads it: `--agentid X` (or `=X`), else `AGENT_ID`.
+fn agent_id_of(mut args: impl Iterator<Item = String>, env: Option<String>) -> Option<String> {
+    while let Some(a) = args.next() {
+        if a == "--agentid" {
+            return args.next();
+        }
+        if let Some(v) = a.strip_prefix("--agentid=") {
+            return Some(v.to_owned());
+        }
+    }
+    env.filter(|e| !e.is_empty())
+}
+
 fn main() -> ExitCode {
     services_up();
+    timers();
     AgentBinary {
         name: "module-agent",
         about: "Runs the actions and event handlers of one module instance",
@@ -43,4 +123,32 @@ fn main() -> ExitCode {
         natives: |_| NativeActions::new(),
     }
     .main()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_id_from_the_arguments_or_the_environment() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>().into_iter();
+        assert_eq!(agent_id_of(args(&["--agentid", "module/a1"]), None).as_deref(), Some("module/a1"));
+        assert_eq!(agent_id_of(args(&["--agentid=module/a1"]), Some("x".into())).as_deref(), Some("module/a1"));
+        assert_eq!(agent_id_of(args(&[]), Some("module/b1".into())).as_deref(), Some("module/b1"));
+        assert_eq!(agent_id_of(args(&[]), None), None);
+    }
+
+    #[test]
+    fn timer_lines() {
+        let t = parse_timers(
+            "# check often\n60 check-certificates\n5 too-often\nx bad\n3600 a b\n\n120 list-actions # ok\n",
+        );
+        assert_eq!(
+            t,
+            [
+                Timer { seconds: 60, action: "check-certificates".into() },
+                Timer { seconds: 120, action: "list-actions".into() }
+            ]
+        );
+    }
 }

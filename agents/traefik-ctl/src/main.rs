@@ -6,10 +6,13 @@
 //! serves returns once Traefik serves it (read back from Traefik's API), and puts the
 //! previous files back when Traefik refuses the new ones.
 
+mod certificates;
 mod certs;
+mod env;
 mod fail;
 mod render;
 mod routes;
+mod service;
 mod settings;
 mod sync;
 mod validate;
@@ -45,9 +48,12 @@ enum Cmd {
     SetAcmeServer,
     GetAcmeServer,
     UploadCertificate,
+    SetCertificate,
     ListCertificates,
     GetCertificate,
     DeleteCertificate,
+    /// The module's timer: certificates issued, renewed or expiring, announced.
+    CheckCertificates,
     /// The `module-removed` event handler: the removed module's routes go.
     ModuleRemoved,
     /// Start Traefik if it is not running, and wait until it answers (the agent's start
@@ -78,12 +84,12 @@ fn input() -> Result<Value, Failure> {
 }
 
 fn run(cmd: Cmd, data: Value) -> Result<Value, Failure> {
-    let env = settings::Env::from_process()?;
+    let env = env::Env::from_process()?;
     match cmd {
         Cmd::Create => settings::create(&env).map(|_| Value::Null),
         Cmd::Configure => settings::configure(&env, data),
         Cmd::GetConfiguration => settings::get_configuration(&env),
-        Cmd::Up => settings::up(&env).map(|_| Value::Null),
+        Cmd::Up => service::up(&env).map(|_| Value::Null),
         Cmd::SetRoute => routes::set(&env, data),
         Cmd::GetRoute => routes::get(&env, data),
         Cmd::DeleteRoute => routes::delete(&env, data),
@@ -91,9 +97,11 @@ fn run(cmd: Cmd, data: Value) -> Result<Value, Failure> {
         Cmd::ModuleRemoved => routes::module_removed(&env, data),
         Cmd::SetAcmeServer => settings::set_acme_server(&env, data),
         Cmd::GetAcmeServer => settings::get_acme_server(&env),
-        Cmd::UploadCertificate => certs::upload(&env, data),
-        Cmd::ListCertificates => certs::list(&env, data),
-        Cmd::GetCertificate => certs::get(&env, data),
-        Cmd::DeleteCertificate => certs::delete(&env, data),
+        Cmd::UploadCertificate => certificates::upload(&env, data),
+        Cmd::SetCertificate => certificates::set(&env, data),
+        Cmd::ListCertificates => certificates::list(&env, data),
+        Cmd::GetCertificate => certificates::get(&env, data),
+        Cmd::DeleteCertificate => certificates::delete(&env, data),
+        Cmd::CheckCertificates => certificates::check(&env, data),
     }
 }

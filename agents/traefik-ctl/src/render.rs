@@ -5,8 +5,8 @@ use protocol::actions::traefik::SetRouteRequest;
 use serde_json::{Map, Value, json};
 
 use crate::certs;
+use crate::env::{Env, IN_CONTAINER, RESOLVER, pretty, write_atomic};
 use crate::fail::Failure;
-use crate::settings::{Env, IN_CONTAINER, RESOLVER, pretty, write_atomic};
 
 /// The file of a route's configuration.
 pub fn route_file(env: &Env, instance: &str) -> std::path::PathBuf {

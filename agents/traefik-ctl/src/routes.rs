@@ -13,8 +13,8 @@ use protocol::actions::traefik::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::env::{Env, pretty, write_atomic};
 use crate::fail::Failure;
-use crate::settings::{Env, pretty, write_atomic};
 use crate::sync;
 use crate::validate;
 use crate::{certs, render};

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use protocol::actions::traefik::SetRouteRequest;
 use serde_json::Value;
 
+use crate::env::Env;
 use crate::fail::Failure;
 use crate::render;
-use crate::settings::Env;
 
 /// The start of the message of a configuration Traefik refused.
 pub const REFUSED: &str = "Traefik refused the route";
@@ -35,19 +35,26 @@ fn get(agent: &ureq::Agent, url: &str) -> Option<(u16, Value)> {
     Some((status, body))
 }
 
-/// Wait until Traefik answers its ping.
+/// Wait until Traefik answers, and is this module's: its `https` entry point is on
+/// the configured port (another program on the API port must not pass for it).
 pub fn wait_ready(env: &Env, timeout: Duration) -> Result<(), Failure> {
     let a = agent();
     let deadline = Instant::now() + timeout;
-    let url = api(env, "/ping");
+    let want = format!(":{}", env.load()?.https_port);
+    let mut last = String::from("nothing answers");
     while Instant::now() < deadline {
-        if a.get(&url).call().is_ok_and(|r| r.status() == 200) {
-            return Ok(());
+        match get(&a, &api(env, "/api/entrypoints/https")) {
+            Some((200, body)) if body["address"] == want.as_str() => return Ok(()),
+            Some((status, body)) => {
+                last =
+                    format!("what answers there ({status}) has the HTTPS entry point {}, not {want}", body["address"])
+            }
+            None => {}
         }
         std::thread::sleep(POLL);
     }
     Err(Failure::failed(format!(
-        "Traefik does not answer on 127.0.0.1:{} within {} s: see the module's log (module-service list)",
+        "Traefik does not answer on 127.0.0.1:{} within {} s ({last}): see the module's log (podman logs traefik, as the module's user)",
         env.api_port,
         timeout.as_secs()
     )))

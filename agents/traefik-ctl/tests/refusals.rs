@@ -56,7 +56,7 @@ fn files(dir: &Path) -> Vec<String> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if !p.file_name().is_some_and(|n| n == ".lock") {
+            } else if p.file_name().is_none_or(|n| n != ".lock") {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 out.push(format!("{}:{}", p.strip_prefix(dir).unwrap().display(), text.len()));
             }
@@ -221,4 +221,52 @@ fn an_uploaded_certificate_is_checked_whole_before_anything_is_written() {
         assert!(!r.out.to_string().contains("PRIVATE KEY") && !r.err.contains("PRIVATE KEY"));
     }
     assert_eq!(files(s.path()), before);
+}
+
+#[test]
+fn new_and_expiring_certificates_are_announced_once() {
+    let redis = testkit::RedisServer::start().unwrap();
+    let password = redis.agent_user(&protocol::AgentId::Module("traefik1".into())).unwrap();
+    let mut sub = Command::new("redis-cli")
+        .arg("-s")
+        .arg(redis.socket())
+        .args(["PSUBSCRIBE", "module/traefik1/event/*"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // Traefik's store with a certificate for the wiki that ends in 5 days.
+    let s = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let c = cert(&["wiki.example.test"], (-80, 5), &key);
+    let store = json!({"acmeServer": {"Certificates": [{
+        "domain": {"main": "wiki.example.test"}, "certificate": b64(&c.pem()), "key": b64(&key.serialize_pem()), "Store": "default"
+    }]}});
+    std::fs::create_dir_all(s.path().join("traefik/acme")).unwrap();
+    std::fs::write(s.path().join("traefik/acme/acme.json"), store.to_string()).unwrap();
+
+    let address = redis.address();
+    let env =
+        [("REDIS_ADDRESS", address.as_str()), ("REDIS_USER", "module/traefik1"), ("REDIS_PASSWORD", password.as_str())];
+    let first = ctl(s.path(), "", "check-certificates", json!({}), &env);
+    assert_eq!(first.code, 0, "{}", first.err);
+    assert_eq!(first.out["changed"], json!(["wiki.example.test"]));
+    assert_eq!(first.out["expiring"][0]["names"], json!(["wiki.example.test"]));
+    let list = ctl(s.path(), "", "list-certificates", json!({}), &[]);
+    let acme: Vec<&Value> = list.out.as_array().unwrap().iter().filter(|c| c["type"] == "acme").collect();
+    assert_eq!(acme[0]["expiring"], true, "{}", list.out);
+    assert!(matches!(acme[0]["days_left"].as_i64(), Some(4 | 5)), "{}", list.out);
+    // A minute later: nothing new, and the day is not over.
+    let second = ctl(s.path(), "", "check-certificates", json!({}), &env);
+    assert_eq!(second.out["changed"], json!([]), "{}", second.err);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = sub.kill();
+    let mut text = String::new();
+    use std::io::Read;
+    sub.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let count = |channel: &str| text.lines().filter(|l| *l == channel).count();
+    assert_eq!(count("module/traefik1/event/certificate-changed"), 1, "{text}");
+    assert_eq!(count("module/traefik1/event/certificate-expiring"), 1, "{text}");
+    let _ = sub.wait();
 }

@@ -173,6 +173,24 @@ fn dokuwiki_behind_traefik_with_acme_custom_certificate_conflict_and_removal() {
     assert_eq!(issued.len(), 1, "{certs}");
     assert_eq!(issued[0]["names"], json!([HOST]));
     assert_eq!(issued[0]["expiring"], false);
+    // The proxy's timer (every minute) tells whoever listens that the name has a new
+    // certificate (NS8's certificate-changed), recorded in its event stream.
+    let stream = protocol::keys::event_stream(&protocol::AgentId::Module(traefik.clone()));
+    until("certificate-changed after the ACME issuance", Duration::from_secs(150), || {
+        let events = c.redis(&["XRANGE", &stream, "-", "+"]);
+        if events.contains("certificate-changed") && events.contains(HOST) { Ok(()) } else { Err(events) }
+    });
+
+    // A certificate for a name no route serves yet (a mail server's, say).
+    let err = run(&c, "set-certificate", &proxy, json!({"fqdn": "*.example.test"})).unwrap_err();
+    assert!(err.contains("fqdn_invalid"), "{err}");
+    let got = run(&c, "set-certificate", &proxy, json!({"fqdn": "mail.example.test", "sync_timeout": 90})).unwrap();
+    assert_eq!(got["obtained"], true, "{got}");
+    let certs = run(&c, "list-certificates", &proxy, json!({})).unwrap();
+    assert!(
+        certs.as_array().unwrap().iter().any(|c| c["type"] == "acme" && c["names"] == json!(["mail.example.test"])),
+        "{certs}"
+    );
 
     // An uploaded certificate: checked, then served in place of the ACME one.
     let (chain, key, ca) = custom_certificate();

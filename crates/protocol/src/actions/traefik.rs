@@ -20,6 +20,9 @@ pub const ROUTEADM: &str = "routeadm";
 pub const CERTADM: &str = "certadm";
 /// The event published when a certificate is issued, renewed, uploaded or removed.
 pub const CERTIFICATE_CHANGED: &str = "certificate-changed";
+/// Beyond NS8: published once a day for each certificate within 20 days of its end,
+/// until it is renewed or replaced (`names`, `serial`, `valid_to`, `days_left`).
+pub const CERTIFICATE_EXPIRING: &str = "certificate-expiring";
 
 action! {
     /// `set-route`: create or replace the route `instance`. Returns once Traefik serves it.
