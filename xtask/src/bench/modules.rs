@@ -31,10 +31,16 @@ pub(super) struct Cluster {
     redis: String,
 }
 
+/// This xtask, to run `up` and `down` with: the running executable even when a build
+/// has replaced target/debug/xtask since it started (`current_exe` would then name a
+/// deleted file, and the cluster would be left up).
+fn xtask() -> Command {
+    Command::new("/proc/self/exe")
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let exe = std::env::current_exe().expect("xtask path");
-        let _ = Command::new(exe).args(["down", "--purge", "--root"]).arg(&self.root).output();
+        let _ = xtask().args(["down", "--purge", "--root"]).arg(&self.root).output();
     }
 }
 
@@ -48,7 +54,7 @@ impl Cluster {
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
         }
         let (redis_port, registry_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let up = Command::new(std::env::current_exe()?)
+        let up = xtask()
             .args(["up", "--root"])
             .arg(&root)
             .arg("--bin-dir")

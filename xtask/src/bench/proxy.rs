@@ -60,6 +60,24 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 const RATIO_TARGET: f64 = 0.5;
 const ROUTE_P50_TARGET_MS: f64 = 1000.0;
 
+/// Where the CPU went during a series, per request (or handshake), µs.
+#[derive(Clone, Copy, Default)]
+struct CpuSplit {
+    /// Every process of hello's Unix user: httpd and the children it forks per
+    /// connection, conmon, the port forwarder.
+    hello: f64,
+    /// Every process of Traefik's user: Traefik and its conmon.
+    traefik: f64,
+    /// The benchmark's client.
+    client: f64,
+    /// The whole machine's busy time (all processes, the kernel's interrupts, where
+    /// loopback traffic is mostly handled; not the hypervisor's steal).
+    machine: f64,
+    idle_pct: f64,
+    /// Time the hypervisor gave other guests while this one wanted to run.
+    steal_pct: f64,
+}
+
 /// One HTTP series.
 #[derive(Clone, Default)]
 struct HttpSeries {
@@ -70,9 +88,7 @@ struct HttpSeries {
     connects: usize,
     errors: usize,
     first_error: Option<String>,
-    /// Traefik's CPU per counted request, µs.
-    traefik_us: f64,
-    idle_pct: f64,
+    cpu: CpuSplit,
 }
 
 /// One TLS series, as the Python client reports it.
@@ -83,10 +99,7 @@ struct TlsSeries {
     p99: f64,
     errors: usize,
     resumed: usize,
-    /// CPU per handshake, ms: Traefik's, the client's.
-    traefik_ms: f64,
-    client_ms: f64,
-    idle_pct: f64,
+    cpu: CpuSplit,
     what: String,
 }
 
@@ -141,17 +154,14 @@ fn measure(release: &Path, args: &ProxyArgs) -> Result<ProxyRun> {
     if get_once(http_port, HOST)? != page {
         bail!("Traefik does not serve hello's page for {HOST}");
     }
-    let traefik_pid = traefik_pid(&traefik);
-    if traefik_pid.is_none() {
-        eprintln!("xtask: Traefik's process not found: its CPU is not reported");
-    }
+    let users = Users { hello: uid_of(&hello)?, traefik: uid_of(&traefik)? };
 
     let mut run = ProxyRun::default();
     let (conns, secs) = (args.proxy_connections.max(1), Duration::from_secs_f64(args.proxy_secs));
     for round in 0..args.proxy_rounds {
         for proxied in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let (port, host) = if proxied { (http_port, HOST) } else { (hello_port, "localhost") };
-            let s = http_series(port, host, &page, conns, secs, traefik_pid);
+            let s = http_series(port, host, &page, conns, secs, users);
             eprintln!(
                 "xtask: {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
                 if proxied { "proxied" } else { "direct" },
@@ -165,7 +175,7 @@ fn measure(release: &Path, args: &ProxyArgs) -> Result<ProxyRun> {
             }
             if proxied { &mut run.proxied } else { &mut run.direct }.push(s);
         }
-        let t = tls_series(https_port, conns, secs, traefik_pid)?;
+        let t = tls_series(https_port, conns, secs, users)?;
         eprintln!("xtask: TLS: {:.0} handshakes/s, p50 {:.2} ms, {} errors", t.rate, t.p50, t.errors);
         run.tls.push(t);
     }
@@ -195,33 +205,72 @@ fn get_once(port: u16, host: &str) -> Result<Vec<u8>> {
     Ok(std::mem::take(&mut h.body))
 }
 
-/// Traefik's process: the module user's (container root in its user namespace).
-fn traefik_pid(module: &str) -> Option<u32> {
-    let uid = nix::unistd::User::from_name(module).ok()??.uid.as_raw();
-    std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let mut argv = cmdline.split(|&b| b == 0);
-        let is_traefik = argv.next().is_some_and(|a| a.ends_with(b"/traefik"));
-        is_traefik
-            && argv.any(|a| a.starts_with(b"--configfile"))
-            && std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
-                    == Some(uid)
-            })
-    })
+/// The Unix users of the two modules, whose processes' CPU is counted.
+#[derive(Clone, Copy)]
+struct Users {
+    hello: u32,
+    traefik: u32,
 }
 
-/// The machine's idle share between two readings of /proc/stat (idle and iowait).
-fn idle_pct(before: &[u64], after: &[u64]) -> f64 {
-    let d: Vec<f64> = before.iter().zip(after).map(|(a, b)| b.saturating_sub(*a) as f64).collect();
-    let total = d.iter().sum::<f64>().max(1.0);
-    100.0 * (d.get(3).unwrap_or(&0.0) + d.get(4).unwrap_or(&0.0)) / total
+fn uid_of(module: &str) -> Result<u32> {
+    Ok(nix::unistd::User::from_name(module)?.with_context(|| format!("no Unix user {module}"))?.uid.as_raw())
 }
 
-fn traefik_cpu_ms(pid: Option<u32>) -> f64 {
-    pid.map(|p| Cpu::of(p).own()).unwrap_or(f64::NAN)
+/// CPU readings, ms: each user's processes (their own time and their reaped
+/// children's), this process, and the machine's busy, stolen and total time.
+#[derive(Clone, Copy)]
+struct Reading {
+    hello: f64,
+    traefik: f64,
+    client: f64,
+    busy: f64,
+    steal: f64,
+    total: f64,
+}
+
+fn read_cpu(users: Users, client: Option<u32>) -> Reading {
+    let (mut hello, mut traefik) = (0.0, 0.0);
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    for pid in pids.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid: Option<u32> =
+            status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().next()?.parse().ok());
+        let of = |p: u32| {
+            let c = Cpu::of(p);
+            c.own() + c.children
+        };
+        match uid {
+            Some(u) if u == users.hello => hello += of(pid),
+            Some(u) if u == users.traefik => traefik += of(pid),
+            _ => {}
+        }
+    }
+    // /proc/stat: ticks of 10 ms summed over the CPUs: user, nice, system, idle,
+    // iowait, irq, softirq, steal (then guest times, already counted in user).
+    let ticks = system_cpu();
+    let ms = |fields: &[usize]| fields.iter().map(|&i| 10.0 * *ticks.get(i).unwrap_or(&0) as f64).sum::<f64>();
+    let client = client.map_or(f64::NAN, |p| Cpu::of(p).own());
+    Reading {
+        hello,
+        traefik,
+        client,
+        busy: ms(&[0, 1, 2, 5, 6]),
+        steal: ms(&[7]),
+        total: ms(&[0, 1, 2, 3, 4, 5, 6, 7]),
+    }
+}
+
+/// The CPU per request of `n` requests between two readings, µs.
+fn split(a: Reading, b: Reading, n: usize) -> CpuSplit {
+    let per = |x: f64, y: f64| (y - x) * 1000.0 / n.max(1) as f64;
+    CpuSplit {
+        hello: per(a.hello, b.hello),
+        traefik: per(a.traefik, b.traefik),
+        client: per(a.client, b.client),
+        machine: per(a.busy, b.busy),
+        idle_pct: 100.0 * (1.0 - (b.busy - a.busy + b.steal - a.steal) / (b.total - a.total).max(1.0)),
+        steal_pct: 100.0 * (b.steal - a.steal) / (b.total - a.total).max(1.0),
+    }
 }
 
 #[derive(Default)]
@@ -235,7 +284,7 @@ struct ThreadResult {
 /// `conns` client threads, each on its own connection, sending `GET /` one after the
 /// other until the end; answers started after the warm-up and done before the end
 /// are counted.
-fn http_series(port: u16, host: &str, page: &[u8], conns: usize, secs: Duration, pid: Option<u32>) -> HttpSeries {
+fn http_series(port: u16, host: &str, page: &[u8], conns: usize, secs: Duration, users: Users) -> HttpSeries {
     let request = get_request(host);
     let start = Instant::now() + WARMUP;
     let end = start + secs;
@@ -243,26 +292,24 @@ fn http_series(port: u16, host: &str, page: &[u8], conns: usize, secs: Duration,
         let handles: Vec<_> =
             (0..conns).map(|_| scope.spawn(|| client_thread(port, &request, page, start, end))).collect();
         std::thread::sleep(start.saturating_duration_since(Instant::now()));
-        let before = (traefik_cpu_ms(pid), system_cpu());
+        let before = read_cpu(users, Some(std::process::id()));
         std::thread::sleep(end.saturating_duration_since(Instant::now()));
-        let after = (traefik_cpu_ms(pid), system_cpu());
+        let after = read_cpu(users, Some(std::process::id()));
         let results: Vec<ThreadResult> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| ThreadResult { errors: 1, ..Default::default() }))
             .collect();
         (results, (before, after))
     });
-    let ((t0, m0), (t1, m1)) = cpu;
     let mut s = HttpSeries {
         connects: results.iter().map(|r| r.connects).sum(),
         errors: results.iter().map(|r| r.errors).sum(),
         first_error: results.iter().find_map(|r| r.first_error.clone()),
-        idle_pct: idle_pct(&m0, &m1),
         ..Default::default()
     };
     let latencies: Vec<f64> = results.into_iter().flat_map(|r| r.latencies_ms).collect();
     s.rate = latencies.len() as f64 / secs.as_secs_f64();
-    s.traefik_us = (t1 - t0) * 1000.0 / latencies.len().max(1) as f64;
+    s.cpu = split(cpu.0, cpu.1, latencies.len());
     let l = latency_of(latencies);
     (s.p50, s.p99) = (l.p50, l.p99);
     s
@@ -368,7 +415,7 @@ out["what"] += ", " + ssl.OPENSSL_VERSION
 print(json.dumps(out))
 "#;
 
-fn tls_series(port: u16, conns: usize, secs: Duration, pid: Option<u32>) -> Result<TlsSeries> {
+fn tls_series(port: u16, conns: usize, secs: Duration, users: Users) -> Result<TlsSeries> {
     let mut child = Command::new("python3")
         .args(["-c", TLS_CLIENT, &port.to_string(), HOST])
         .args([WARMUP.as_secs_f64().to_string(), secs.as_secs_f64().to_string(), conns.to_string()])
@@ -378,9 +425,9 @@ fn tls_series(port: u16, conns: usize, secs: Duration, pid: Option<u32>) -> Resu
     // Traefik's CPU over the client's measured window (its start-up is well within
     // the warm-up).
     std::thread::sleep(WARMUP);
-    let before = (traefik_cpu_ms(pid), system_cpu());
+    let before = read_cpu(users, None);
     std::thread::sleep(secs);
-    let after = (traefik_cpu_ms(pid), system_cpu());
+    let after = read_cpu(users, None);
     let out = {
         use std::io::Read;
         let mut s = String::new();
@@ -393,21 +440,20 @@ fn tls_series(port: u16, conns: usize, secs: Duration, pid: Option<u32>) -> Resu
     }
     let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("the TLS client printed {out:?}"))?;
     let ms: Vec<f64> = v["ms"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
-    let n = ms.len().max(1) as f64;
     let errors = v["errors"].as_u64().unwrap_or(0) as usize;
     if errors > 0 {
         eprintln!("xtask: TLS handshake errors: {errors}; the first: {}", v["first_error"]);
     }
     let l = latency_of(ms.clone());
+    let mut cpu = split(before, after, ms.len());
+    cpu.client = v["client_cpu_ms"].as_f64().unwrap_or(f64::NAN) * 1000.0 / ms.len().max(1) as f64;
     Ok(TlsSeries {
         rate: ms.len() as f64 / secs.as_secs_f64(),
         p50: l.p50,
         p99: l.p99,
         errors,
         resumed: v["resumed"].as_u64().unwrap_or(0) as usize,
-        traefik_ms: (after.0 - before.0) / n,
-        client_ms: v["client_cpu_ms"].as_f64().unwrap_or(f64::NAN) / n,
-        idle_pct: idle_pct(&before.1, &after.1),
+        cpu,
         what: v["what"].as_str().unwrap_or("").to_owned(),
     })
 }
@@ -512,25 +558,31 @@ fn print(runs: &[ProxyRun], args: &ProxyArgs) {
     println!("\n## Edge proxy (Traefik in rootless Podman, hello behind it, release build)\n");
     println!(
         "GET / of hello: {} keep-alive client connections, {} s per series after 0.5 s of warm-up, {} series each, \
-         direct and proxied alternated; medians of the series.\n",
+         direct and proxied alternated; medians of the series. CPU per request: hello's processes (httpd and its \
+         per-connection children, conmon, the port forwarder) / Traefik's / the client / everything else (the \
+         kernel's interrupt time, which carries loopback traffic, and every other process).\n",
         args.proxy_connections,
         args.proxy_secs,
         direct.len()
     );
     println!(
-        "| path | requests/s (median) | each series | p50 / p99 | connections opened per request | Traefik CPU per request | machine idle |"
+        "| path | requests/s | each series | p50 / p99 | TCP connects per request | CPU per request | machine idle / stolen |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (name, v) in [("direct to hello's port", &direct), ("through Traefik (HTTP, Host header)", &proxied)] {
-        let conns_per_req = med(v, &|s| s.connects as f64 / (s.rate * args.proxy_secs).max(1.0));
         println!(
-            "| {name} | {:.0} | {} | {:.2} / {:.2} ms | {conns_per_req:.2} | {:.0} µs | {:.0}% |",
+            "| {name} | {:.0} | {} | {:.2} / {:.2} ms | {:.2} | {:.0} / {:.0} / {:.0} / {:.0} µs | {:.0}% / {:.0}% |",
             med(v, &|s| s.rate),
             each(v),
             med(v, &|s| s.p50),
             med(v, &|s| s.p99),
-            med(v, &|s| s.traefik_us),
-            med(v, &|s| s.idle_pct)
+            med(v, &|s| s.connects as f64 / (s.rate * args.proxy_secs).max(1.0)),
+            med(v, &|s| s.cpu.hello),
+            med(v, &|s| s.cpu.traefik),
+            med(v, &|s| s.cpu.client),
+            med(v, &|s| s.cpu.machine - s.cpu.hello - s.cpu.traefik - s.cpu.client),
+            med(v, &|s| s.cpu.idle_pct),
+            med(v, &|s| s.cpu.steal_pct)
         );
     }
     let ratio = med(&proxied, &|s| s.rate) / med(&direct, &|s| s.rate);
@@ -543,33 +595,36 @@ fn print(runs: &[ProxyRun], args: &ProxyArgs) {
 
     let tmed = |f: &dyn Fn(&TlsSeries) -> f64| median(tls.iter().map(|s| f(s)).collect());
     println!(
-        "\nTLS handshakes (full, a new connection each, SNI {HOST}, {} concurrent; {}): {:.0}/s (each series {}), \
-         handshake p50 / p99 {:.2} / {:.2} ms; CPU per handshake: Traefik {:.2} ms, the client {:.2} ms; machine idle {:.0}%; \
-         resumed sessions: {}",
+        "\nTLS handshakes against Traefik (full, a new connection each, SNI {HOST}, {} concurrent; {}):\n\n\
+         | handshakes/s | each series | handshake p50 / p99 | CPU per handshake: Traefik / the client / everything else | machine idle / stolen | sessions resumed |\n\
+         | --- | --- | --- | --- | --- | --- |\n\
+         | {:.0} | {} | {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} ms | {:.0}% / {:.0}% | {} |",
         args.proxy_connections,
         tls.first().map_or("", |s| s.what.as_str()),
         tmed(&|s| s.rate),
         tls.iter().map(|s| format!("{:.0}", s.rate)).collect::<Vec<_>>().join(" / "),
         tmed(&|s| s.p50),
         tmed(&|s| s.p99),
-        tmed(&|s| s.traefik_ms),
-        tmed(&|s| s.client_ms),
-        tmed(&|s| s.idle_pct),
+        tmed(&|s| s.cpu.traefik) / 1000.0,
+        tmed(&|s| s.cpu.client) / 1000.0,
+        tmed(&|s| s.cpu.machine - s.cpu.hello - s.cpu.traefik - s.cpu.client) / 1000.0,
+        tmed(&|s| s.cpu.idle_pct),
+        tmed(&|s| s.cpu.steal_pct),
         tls.iter().map(|s| s.resumed).sum::<usize>()
     );
 
     let lat = |f: &dyn Fn(&RouteChange) -> f64| latency_of(routes.iter().map(f).collect());
     let (first, set, del, gone) =
         (lat(&|r| r.first_200), lat(&|r| r.set_returned), lat(&|r| r.delete_returned), lat(&|r| r.first_404));
-    println!("\nRoute changes ({} new routes, each deleted after):\n", routes.len());
-    println!("| from the request sent | p50 | max |");
+    println!("\nRoute changes ({} new routes, each deleted after), from the request sent:\n", routes.len());
+    println!("| | p50 | max |");
     println!("| --- | --- | --- |");
     println!("| set-route: first 200 through the proxy | {:.0} ms | {:.0} ms |", first.p50, first.max);
     println!("| set-route: api-cli returned | {:.0} ms | {:.0} ms |", set.p50, set.max);
     println!("| delete-route: first 404 through the proxy | {:.0} ms | {:.0} ms |", gone.p50, gone.max);
     println!("| delete-route: api-cli returned | {:.0} ms | {:.0} ms |", del.p50, del.max);
     println!(
-        "\nRoute served within p50 {:.0} ms of set-route; target < {ROUTE_P50_TARGET_MS:.0} ms: {}",
+        "\nA new route served after p50 {:.0} ms; target < {ROUTE_P50_TARGET_MS:.0} ms: {}",
         first.p50,
         ok(first.p50 < ROUTE_P50_TARGET_MS)
     );
