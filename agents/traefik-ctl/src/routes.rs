@@ -19,6 +19,23 @@ use crate::sync;
 use crate::validate;
 use crate::{certs, render};
 
+/// How long `lets_encrypt_check` waits for the ACME server.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether Traefik's store holds a certificate for `host` within `timeout`.
+fn certificate_within(env: &Env, host: &str, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if certs::acme(env).iter().any(|c| certs::covers(&c.names, host)) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// How long Traefik may take to serve a changed file before the change is undone.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -185,6 +202,26 @@ pub fn set(env: &Env, data: Value) -> Result<Value, Failure> {
     }
     let rec = RouteRecord { route: r.clone(), owner: owner_of(env, previous.as_ref()) };
     apply(env, &r.instance, Some(&r))?;
+    let host = r.host.clone().unwrap_or_default();
+    if r.lets_encrypt_check
+        && r.lets_encrypt
+        && !certs::uploaded_for(env, &r)?
+        && !certificate_within(env, &host, CHECK_TIMEOUT)
+    {
+        // Not half applied: the route it replaced serves again.
+        let _ = apply(env, &r.instance, previous.as_ref().map(|p| &p.route));
+        return Err(Failure::refuse_with(
+            SetRouteRefusal::CertificateNotObtained,
+            json!(host),
+            &[(
+                "detail",
+                format!(
+                    "no certificate for {host} from the ACME server within {} s; see Traefik's log",
+                    CHECK_TIMEOUT.as_secs()
+                ),
+            )],
+        ));
+    }
     write_atomic(&record_file(env, &r.instance), &pretty(&serde_json::to_value(&rec).unwrap_or_default()), 0o600)?;
     Ok(serde_json::to_value(SetRouteReply { instance: r.instance, owner: rec.owner }).unwrap_or_default())
 }

@@ -192,6 +192,14 @@ fn dokuwiki_behind_traefik_with_acme_custom_certificate_conflict_and_removal() {
         "{certs}"
     );
 
+    // NS8's lets_encrypt_check: set-route returns once the certificate is there.
+    let url = format!("http://127.0.0.1:{}", e2e::modules::port_of(&c, &wiki));
+    let check = json!({"instance": format!("{wiki}-check"), "url": url, "host": "check.example.test", "lets_encrypt": true, "lets_encrypt_check": true});
+    run(&c, "set-route", &proxy, check).unwrap();
+    let certs = run(&c, "list-certificates", &proxy, json!({})).unwrap();
+    assert!(certs.as_array().unwrap().iter().any(|c| c["names"] == json!(["check.example.test"])), "{certs}");
+    run(&c, "delete-route", &proxy, json!({"instance": format!("{wiki}-check")})).unwrap();
+
     // An uploaded certificate: checked, then served in place of the ACME one.
     let (chain, key, ca) = custom_certificate();
     let (_, other_key, _) = custom_certificate();

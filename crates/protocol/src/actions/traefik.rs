@@ -61,6 +61,14 @@ pub struct SetRouteRequest {
     /// Set by the portal for routes an administrator made by hand.
     #[serde(default)]
     pub user_created: bool,
+    /// With `lets_encrypt`: return only once the certificate is obtained, and refuse
+    /// the route (the previous one back) when it is not within a minute (NS8's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lets_encrypt_check: bool,
+    /// NS8's request to drop certificates no route uses any more: accepted; here
+    /// Traefik's store keeps them until they expire.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lets_encrypt_cleanup: bool,
 }
 
 /// Headers set on the request to the backend and on the response; an empty value
@@ -114,6 +122,8 @@ refusals! {
         HostTaken => ("host", "host_already_routed"),
         /// Traefik refused the configuration; the previous one keeps serving.
         Refused => ("instance", "instance_refused_by_traefik"),
+        /// `lets_encrypt_check`: no certificate within the time; the previous route is back.
+        CertificateNotObtained => ("lets_encrypt", "lets_encrypt_check_failed"),
     }
 }
 
@@ -188,7 +198,8 @@ mod tests {
     fn ns8s_set_route_input_decodes_and_unknown_fields_are_refused() {
         let r: SetRouteRequest = serde_json::from_value(json!({
             "instance": "dokuwiki1", "url": "http://127.0.0.1:20001", "host": "wiki.example.test",
-            "lets_encrypt": true, "http2https": true, "headers": {"request": {"X-A": "1"}}
+            "lets_encrypt": true, "http2https": true, "headers": {"request": {"X-A": "1"}},
+            "lets_encrypt_check": true, "lets_encrypt_cleanup": false, "user_created": false
         }))
         .unwrap();
         assert_eq!(r.host.as_deref(), Some("wiki.example.test"));
