@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    #[error("the token file {path} does not exist: whoever installs the trusted proxy writes it (`cargo xtask up` does)")]
+    Missing { path: PathBuf },
     #[error("cannot read the key file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot create the key file {path}: {source}")]
@@ -22,33 +24,20 @@ pub enum KeyFileError {
 /// The key in `path`, at least `min_len` bytes (exactly `min_len` when `exact`), or a
 /// new random one of `min_len` bytes written there.
 pub fn load_or_create(path: &Path, min_len: usize, exact: bool) -> Result<Vec<u8>, KeyFileError> {
-    match std::fs::read(path) {
-        Ok(key) => {
-            let mode = std::fs::metadata(path)
-                .map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::Permissions { path: path.to_owned(), mode: mode & 0o777 });
-            }
-            let bad_len = if exact { key.len() != min_len } else { key.len() < min_len };
-            if bad_len {
-                let expected =
-                    if exact { format!("expected exactly {min_len}") } else { format!("expected at least {min_len}") };
-                return Err(KeyFileError::Length { path: path.to_owned(), len: key.len(), expected });
-            }
-            Ok(key)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, min_len),
-        Err(source) => Err(KeyFileError::Read { path: path.to_owned(), source }),
+    let Some(key) = read_private(path)? else { return create(path, min_len) };
+    let bad_len = if exact { key.len() != min_len } else { key.len() < min_len };
+    if bad_len {
+        let expected = if exact { format!("expected exactly {min_len}") } else { format!("expected at least {min_len}") };
+        return Err(KeyFileError::Length { path: path.to_owned(), len: key.len(), expected });
     }
+    Ok(key)
 }
 
 /// A token shared with another program (the edge proxy's `X-Ns8rs-Proxy-Token`):
 /// the file's text, trimmed, at least 32 visible ASCII characters, in a file only its
 /// owner reads. The other program's installer writes it.
 pub fn load_token(path: &Path) -> Result<Vec<u8>, KeyFileError> {
-    let key = load_or_create_never(path)?;
+    let key = read_private(path)?.ok_or_else(|| KeyFileError::Missing { path: path.to_owned() })?;
     let text = String::from_utf8_lossy(&key).trim().to_owned();
     if text.len() < 32 || !text.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(KeyFileError::Length {
@@ -60,8 +49,13 @@ pub fn load_token(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     Ok(text.into_bytes())
 }
 
-fn load_or_create_never(path: &Path) -> Result<Vec<u8>, KeyFileError> {
-    let key = std::fs::read(path).map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?;
+/// The content of a file only its owner may read; `None` when it does not exist.
+fn read_private(path: &Path) -> Result<Option<Vec<u8>>, KeyFileError> {
+    let key = match std::fs::read(path) {
+        Ok(k) => k,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(KeyFileError::Read { path: path.to_owned(), source }),
+    };
     let mode = std::fs::metadata(path)
         .map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?
         .permissions()
@@ -69,7 +63,7 @@ fn load_or_create_never(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions { path: path.to_owned(), mode: mode & 0o777 });
     }
-    Ok(key)
+    Ok(Some(key))
 }
 
 fn create(path: &Path, len: usize) -> Result<Vec<u8>, KeyFileError> {
