@@ -40,28 +40,8 @@ pub fn login(args: &LoginArgs) -> Result<u8, Failure> {
     if let Some(otp) = &args.otp {
         body["otp"] = Value::String(otp.trim().to_owned());
     }
-    let reply = api.post("/api/login", None, Some(&body)).map_err(Failure::cli);
-    drop(body);
-    let reply = reply?;
-    if reply.status != 200 {
-        return Err(Failure::cli(login_refused(&endpoint, user, &reply)));
-    }
-    let Some(token) = reply.body.get("token").and_then(Value::as_str).filter(|t| !t.is_empty()) else {
-        return Err(Failure::cli(format!("the api-server at {endpoint} accepted the login but sent no token")));
-    };
-    let expire = reply.body.get("expire").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let mut entry = Entry::new(&endpoint, user, token.to_owned(), expire, cache::now());
-    entry.ca_file = ca_file;
-
     let previous = cache.load(&endpoint, user).ok().flatten();
-    let path = match cache.store(&entry) {
-        Ok(p) => p,
-        Err(e) => {
-            // A token nobody can use is better revoked at once.
-            let _ = api.post("/api/logout", Some(&entry.token), None);
-            return Err(Failure::cli(e));
-        }
-    };
+    let (entry, path) = new_session(&api, &cache, &endpoint, user, body, ca_file)?;
     // The session this one replaces is of no use any more: have the server revoke it.
     if let Some(old) = previous.filter(|old| old.token != entry.token) {
         let _ = api.post("/api/logout", Some(&old.token), None);
@@ -154,6 +134,38 @@ pub fn logout(args: &LogoutArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// `POST /api/login` with `body` (which is dropped at once: it holds the password),
+/// and the session kept in the cache; the entry and its file.
+fn new_session(
+    api: &Api,
+    cache: &Cache,
+    endpoint: &str,
+    user: &str,
+    body: Value,
+    ca_file: Option<PathBuf>,
+) -> Result<(Entry, PathBuf), Failure> {
+    let reply = api.post("/api/login", None, Some(&body)).map_err(Failure::cli);
+    drop(body);
+    let reply = reply?;
+    if reply.status != 200 {
+        return Err(Failure::cli(login_refused(endpoint, user, &reply)));
+    }
+    let Some(token) = reply.body.get("token").and_then(Value::as_str).filter(|t| !t.is_empty()) else {
+        return Err(Failure::cli(format!("the api-server at {endpoint} accepted the login but sent no token")));
+    };
+    let expire = reply.body.get("expire").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut entry = Entry::new(endpoint, user, token.to_owned(), expire, cache::now());
+    entry.ca_file = ca_file;
+    match cache.store(&entry) {
+        Ok(path) => Ok((entry, path)),
+        Err(e) => {
+            // A token nobody can use is better revoked at once.
+            let _ = api.post("/api/logout", Some(&entry.token), None);
+            Err(Failure::cli(e))
+        }
+    }
+}
+
 /// `--as-agent`: a cached session of this agent (REDIS_USER) that is not due for
 /// renewal, or a new login with its Redis credentials (which never touch the disk or
 /// the command line). The agent's user name.
@@ -174,22 +186,7 @@ fn agent_login(endpoint: &str, ca_file: Option<&Path>) -> Result<String, Failure
     }
     let api = Api::new(&endpoint, ca_file).map_err(Failure::cli)?;
     let body = json!({"username": user, "password": password});
-    let reply = api.post("/api/login", None, Some(&body)).map_err(Failure::cli)?;
-    drop(body);
-    if reply.status != 200 {
-        return Err(Failure::cli(login_refused(&endpoint, &user, &reply)));
-    }
-    let token = reply.body.get("token").and_then(Value::as_str).filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        return Err(Failure::cli(format!("the api-server at {endpoint} accepted the login but sent no token")));
-    };
-    let expire = reply.body.get("expire").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let mut entry = Entry::new(&endpoint, &user, token.to_owned(), expire, cache::now());
-    entry.ca_file = ca_file.map(Path::to_path_buf);
-    if let Err(e) = cache.store(&entry) {
-        let _ = api.post("/api/logout", Some(&entry.token), None);
-        return Err(Failure::cli(e));
-    }
+    new_session(&api, &cache, &endpoint, &user, body, ca_file.map(Path::to_path_buf))?;
     Ok(user)
 }
 
