@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use protocol::actions::{cluster as cluster_actions, traefik};
 use serde_json::json;
 
 use node_agent::install::{self, Identity};
@@ -431,41 +432,58 @@ fn edge_proxy(
     let installed = redis_cli(port, cluster, &["GET", &protocol::keys::node_default_instance(1, "traefik")])
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
-    let run = |agent: &str, action: &str, data: &serde_json::Value| -> Result<serde_json::Value> {
-        let out = Command::new(cli)
-            .args(["run", action, "--agent", agent, "--data", &data.to_string()])
-            .env("REDIS_ADDRESS", redis_address)
-            .envs(cluster.env())
-            .output()
-            .with_context(|| format!("cannot run {cli}"))?;
-        if !out.status.success() {
-            bail!(
-                "{action} on {agent} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
-    };
     let id = match installed {
         Some(id) => id,
         None => {
             eprintln!("xtask: installing the edge proxy (traefik) on node 1");
-            let reply = run("cluster", "add-module", &json!({"image": "traefik", "node": 1}))?;
-            reply["module_id"].as_str().context("add-module of traefik returned no module_id")?.to_owned()
+            let req =
+                cluster_actions::AddModuleRequest { image: "traefik".into(), node: 1, module_uuid: None, accept: None };
+            call::<cluster_actions::AddModule>(cli, redis_address, cluster, "cluster", &req)?.module_id
         }
     };
     unprivileged_ports_from(http.min(https))?;
     let agent = format!("module/{id}");
-    run(&agent, "configure-module", &json!({"http_port": http, "https_port": https}))?;
+    let ports = traefik::ConfigureRequest { http_port: Some(http), https_port: Some(https) };
+    call::<traefik::Configure>(cli, redis_address, cluster, &agent, &ports)?;
     // The api-server at https://<node>/cluster-admin/ (NS8's route).
-    let route = json!({
-        "instance": "cluster-admin", "url": format!("http://127.0.0.1:{api_port}"),
-        "path": "/cluster-admin", "strip_prefix": true, "http2https": true,
-        "headers": {"request": {"X-Ns8rs-Proxy-Token": token}},
-    });
-    run(&agent, "set-route", &route)?;
+    let mut route = traefik::SetRouteRequest {
+        instance: traefik::CLUSTER_ADMIN_ROUTE.into(),
+        url: format!("http://127.0.0.1:{api_port}"),
+        path: Some(traefik::CLUSTER_ADMIN_PATH.into()),
+        strip_prefix: true,
+        http2https: true,
+        ..Default::default()
+    };
+    route.headers.request.insert(traefik::PROXY_TOKEN_HEADER.into(), token.to_owned());
+    call::<traefik::SetRoute>(cli, redis_address, cluster, &agent, &route)?;
     Ok(())
+}
+
+/// Run action `A` on `agent` with root's `api-cli` over Redis, as the cluster agent.
+fn call<A: protocol::actions::Action>(
+    cli: &str,
+    redis_address: &str,
+    cluster: &Identity,
+    agent: &str,
+    req: &A::Request,
+) -> Result<A::Reply> {
+    let data = serde_json::to_string(req)?;
+    let out = Command::new(cli)
+        .args(["run", A::NAME, "--agent", agent, "--data", &data])
+        .env("REDIS_ADDRESS", redis_address)
+        .envs(cluster.env())
+        .output()
+        .with_context(|| format!("cannot run {cli}"))?;
+    if !out.status.success() {
+        bail!(
+            "{} on {agent} failed: {}{}",
+            A::NAME,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} on {agent} answered {}", A::NAME, String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The ids of the modules the node agent started (one supervisor file each).

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("the token file {path} does not exist: whoever installs the trusted proxy writes it (`cargo xtask up` does)")]
+    #[error(
+        "the token file {path} does not exist: whoever installs the trusted proxy writes it (`cargo xtask up` does)"
+    )]
     Missing { path: PathBuf },
     #[error("cannot read the key file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
@@ -27,7 +29,8 @@ pub fn load_or_create(path: &Path, min_len: usize, exact: bool) -> Result<Vec<u8
     let Some(key) = read_private(path)? else { return create(path, min_len) };
     let bad_len = if exact { key.len() != min_len } else { key.len() < min_len };
     if bad_len {
-        let expected = if exact { format!("expected exactly {min_len}") } else { format!("expected at least {min_len}") };
+        let expected =
+            if exact { format!("expected exactly {min_len}") } else { format!("expected at least {min_len}") };
         return Err(KeyFileError::Length { path: path.to_owned(), len: key.len(), expected });
     }
     Ok(key)

@@ -17,7 +17,7 @@ impl TrustedProxies {
 }
 
 /// The header a trusted proxy proves itself with, when a proxy token is set.
-pub const PROXY_TOKEN_HEADER: &str = "x-ns8rs-proxy-token";
+pub use protocol::actions::traefik::PROXY_TOKEN_HEADER;
 
 /// Who counts as a trusted proxy: its address, and (when set) the token it sends.
 #[derive(Clone, Debug, Default)]

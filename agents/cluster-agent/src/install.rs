@@ -18,6 +18,7 @@ use bus::fred::prelude::*;
 use protocol::actions::cluster::{AddModuleReply, AddModuleRequest};
 use protocol::actions::node::{self, AddModuleRefusal, RemoveModuleRefusal};
 use protocol::actions::{Action, Never, PortProtocol, module};
+use protocol::events::{self, ModuleEvent};
 use protocol::{AgentId, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -153,9 +154,10 @@ pub async fn add(ctx: ActionContext, req: AddModuleRequest, sagas: Sagas) -> Res
         let e = match outcome {
             Ok(reply) => {
                 locks::unlock(&ctx, &id).await;
-                let event = json!({"module": id, "node": node_id}).to_string();
+                let event = ModuleEvent { module: id.clone(), node: node_id };
+                let event = serde_json::to_string(&event).expect("a ModuleEvent always serializes");
                 let published: Result<i64, _> =
-                    ctx.redis.publish(keys::event_channel(&AgentId::Cluster, "module-added"), event).await;
+                    ctx.redis.publish(keys::event_channel(&AgentId::Cluster, events::MODULE_ADDED), event).await;
                 if let Err(e) = published {
                     tracing::warn!("{id} is installed, but module-added was not published: {e}");
                 }

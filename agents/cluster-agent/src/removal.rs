@@ -10,6 +10,7 @@ use bus::fred::prelude::*;
 use protocol::actions::cluster::{RemoveModuleReply, RemoveModuleRequest};
 use protocol::actions::node::{self, RemoveModuleRefusal};
 use protocol::actions::{Action, Never, PortProtocol, module};
+use protocol::events::{self, ModuleEvent};
 use protocol::{AgentId, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -115,8 +116,10 @@ async fn release_ports(
 }
 
 async fn publish(ctx: &ActionContext, id: &str, node: u32) {
-    let event = json!({"module": id, "node": node}).to_string();
-    let sent: Result<i64, _> = ctx.redis.publish(keys::event_channel(&AgentId::Cluster, "module-removed"), event).await;
+    let event = ModuleEvent { module: id.to_owned(), node };
+    let event = serde_json::to_string(&event).expect("a ModuleEvent always serializes");
+    let sent: Result<i64, _> =
+        ctx.redis.publish(keys::event_channel(&AgentId::Cluster, events::MODULE_REMOVED), event).await;
     if let Err(e) = sent {
         tracing::warn!("{id} is removed, but module-removed was not published: {e}");
     }

@@ -288,11 +288,16 @@ pub fn check(env: &Env, _data: Value) -> Result<Value, Failure> {
 }
 
 fn expiring_event(env: &Env, c: &Info, t: i64) -> bool {
-    let payload = json!({
-        "node_id": env.node_id, "module_id": env.module_id, "names": c.names, "serial": c.serial,
-        "valid_to": c.not_after, "days_left": (c.not_after - t) / DAY, "type": c.kind,
-    });
-    publish(env, protocol::actions::traefik::CERTIFICATE_EXPIRING, &payload)
+    let payload = protocol::actions::traefik::CertificateExpiring {
+        node_id: env.node_id,
+        module_id: env.module_id.clone(),
+        names: c.names.clone(),
+        serial: c.serial.clone(),
+        valid_to: c.not_after,
+        days_left: (c.not_after - t) / DAY,
+        kind: c.kind.to_owned(),
+    };
+    publish(env, protocol::actions::traefik::CERTIFICATE_EXPIRING, &serde_json::to_value(payload).unwrap_or_default())
 }
 
 /// The leaf certificate served on `port` for the name `sni`.

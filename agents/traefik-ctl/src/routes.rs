@@ -10,7 +10,6 @@ use protocol::actions::traefik::{
     CLUSTER_ADMIN_PATH, CLUSTER_ADMIN_ROUTE, DeleteRouteRefusal, GetRouteRefusal, InstanceRequest, ListRoutesRequest,
     RouteRecord, SetRouteRefusal, SetRouteReply, SetRouteRequest,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::env::{Env, pretty, write_atomic};
@@ -335,11 +334,6 @@ pub fn list(env: &Env, data: Value) -> Result<Value, Failure> {
     })
 }
 
-#[derive(Deserialize)]
-struct ModuleRemoved {
-    module: String,
-}
-
 /// The `module-removed` handler: only the cluster's event counts (a module may publish
 /// an event of that name on its own channel; it removes nothing).
 pub fn module_removed(env: &Env, data: Value) -> Result<Value, Failure> {
@@ -347,7 +341,7 @@ pub fn module_removed(env: &Env, data: Value) -> Result<Value, Failure> {
         eprintln!("module-removed from {:?} ignored: only the cluster's counts", env.event_source);
         return Ok(Value::Null);
     }
-    let ev: ModuleRemoved =
+    let ev: protocol::events::ModuleEvent =
         serde_json::from_value(data).map_err(|e| Failure::failed(format!("module-removed payload: {e}")))?;
     let _lock = lock(env)?;
     let mut failed = Vec::new();

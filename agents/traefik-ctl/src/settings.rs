@@ -102,16 +102,9 @@ pub fn create(env: &Env) -> Result<(), Failure> {
     define_roles(env)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigureRequest {
-    http_port: Option<u16>,
-    https_port: Option<u16>,
-}
-
 /// `configure-module {http_port, https_port}`: both default to what is set (80, 443).
 pub fn configure(env: &Env, data: Value) -> Result<Value, Failure> {
-    let req: ConfigureRequest = validate::decode(data)?;
+    let req: protocol::actions::traefik::ConfigureRequest = validate::decode(data)?;
     let mut s = env.load()?;
     for (name, port) in [("http_port", req.http_port), ("https_port", req.https_port)] {
         if port == Some(0) || (port.is_some() && port == Some(env.api_port)) {
@@ -131,7 +124,8 @@ pub fn configure(env: &Env, data: Value) -> Result<Value, Failure> {
 
 pub fn get_configuration(env: &Env) -> Result<Value, Failure> {
     let s = env.load()?;
-    Ok(json!({"http_port": s.http_port, "https_port": s.https_port}))
+    let reply = protocol::actions::traefik::ConfigureReply { http_port: s.http_port, https_port: s.https_port };
+    Ok(serde_json::to_value(reply).unwrap_or_default())
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@ pub mod acl;
 pub mod actions;
 pub mod comfd;
 pub mod envfile;
+pub mod events;
 pub mod exit;
 pub mod functions;
 mod id;

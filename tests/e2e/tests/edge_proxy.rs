@@ -111,7 +111,10 @@ fn proxied_source_addresses(c: &LocalCluster, https: u16) {
     login(
         false,
         "127.0.0.1",
-        &["X-Forwarded-For: 198.51.100.9".into(), format!("X-Ns8rs-Proxy-Token: {}", token.trim())],
+        &[
+            "X-Forwarded-For: 198.51.100.9".into(),
+            format!("{}: {}", protocol::actions::traefik::PROXY_TOKEN_HEADER, token.trim()),
+        ],
     );
     assert_eq!(last_login_fail_source(c), "198.51.100.9");
 }

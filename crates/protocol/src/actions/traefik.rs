@@ -13,6 +13,9 @@ use super::Never;
 pub const CLUSTER_ADMIN_ROUTE: &str = "cluster-admin";
 /// Its path.
 pub const CLUSTER_ADMIN_PATH: &str = "/cluster-admin";
+/// The header the cluster-admin route adds to every request: the token that proves
+/// to the api-server the request came through this node's proxy (`PROXY_TOKEN_FILE`).
+pub const PROXY_TOKEN_HEADER: &str = "X-Ns8rs-Proxy-Token";
 /// The role of the route actions (NS8's), which a module asks for with
 /// `traefik@node:routeadm`.
 pub const ROUTEADM: &str = "routeadm";
@@ -179,6 +182,42 @@ action! {
 pub struct ListRoutesRequest {
     #[serde(default)]
     pub expand_list: bool,
+}
+
+action! {
+    /// `configure-module` of the proxy: its listening ports (default 80 and 443).
+    Configure = "configure-module", ConfigureRequest => ConfigureReply, Never
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+}
+
+/// The ports in use (also `get-configuration`'s answer).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigureReply {
+    pub http_port: u16,
+    pub https_port: u16,
+}
+
+/// `certificate-expiring`'s payload (ours).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CertificateExpiring {
+    pub node_id: u32,
+    pub module_id: String,
+    pub names: Vec<String>,
+    pub serial: String,
+    /// Unix time.
+    pub valid_to: i64,
+    pub days_left: i64,
+    /// `acme` or `custom`.
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// `certificate-changed`'s payload (NS8's).
