@@ -244,25 +244,17 @@ pub fn changed(env: &Env, names: &[String]) -> bool {
 }
 
 pub fn publish(env: &Env, event: &str, payload: &Value) -> bool {
-    let agent = protocol::AgentId::Module(env.module_id.clone());
-    let names = payload["names"].clone();
-    let publish = || -> Result<(), String> {
-        let cfg = bus::RedisConfig::from_env(&agent.to_string()).map_err(|e| e.to_string())?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            use bus::fred::prelude::*;
-            let redis = bus::connect(&cfg, &agent.to_string()).await.map_err(|e| e.to_string())?;
-            let channel = protocol::keys::event_channel(&agent, event);
-            let text = serde_json::to_string(payload).unwrap_or_default();
-            let r: Result<i64, _> = redis.publish(channel, text).await;
-            let _ = redis.quit().await;
-            r.map(|_| ()).map_err(|e| e.to_string())
-        })
-    };
-    match publish() {
+    let channel = protocol::keys::event_channel(&env.agent(), event);
+    let text = serde_json::to_string(payload).unwrap_or_default();
+    let sent = env.with_redis(|redis| async move {
+        use bus::fred::prelude::*;
+        let r: Result<i64, _> = redis.publish(channel, text).await;
+        r.map(|_| ()).map_err(|e| e.to_string())
+    });
+    match sent {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("{event} for {names} not published: {e}");
+            eprintln!("{event} for {} not published: {e}", payload["names"]);
             false
         }
     }

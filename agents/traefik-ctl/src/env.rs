@@ -70,6 +70,30 @@ impl Env {
         self.state.join("traefik-settings.json")
     }
 
+    /// This module's agent id.
+    pub fn agent(&self) -> protocol::AgentId {
+        protocol::AgentId::Module(self.module_id.clone())
+    }
+
+    /// Run `f` on a Redis connection of this module's agent (its credentials are in
+    /// the step's environment), then close it.
+    pub fn with_redis<T, F, Fut>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(bus::fred::prelude::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let agent = self.agent().to_string();
+        let cfg = bus::RedisConfig::from_env(&agent).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            use bus::fred::prelude::ClientLike;
+            let redis = bus::connect(&cfg, &agent).await.map_err(|e| e.to_string())?;
+            let out = f(redis.clone()).await;
+            let _ = redis.quit().await;
+            out
+        })
+    }
+
     /// The module id of the caller when it is a module.
     pub fn calling_module(&self) -> Option<&str> {
         self.caller.strip_prefix("module/")

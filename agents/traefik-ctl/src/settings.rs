@@ -68,25 +68,17 @@ const ROLES: [(&str, &[&str]); 2] = [
 ];
 
 fn define_roles(env: &Env) -> Result<(), Failure> {
-    let agent = protocol::AgentId::Module(env.module_id.clone());
-    let cfg = bus::RedisConfig::from_env(&agent.to_string()).map_err(|e| Failure::failed(e.to_string()))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::failed(e.to_string()))?;
-    rt.block_on(async {
+    let agent = env.agent();
+    env.with_redis(|redis| async move {
         use bus::fred::prelude::*;
-        let redis = bus::connect(&cfg, &agent.to_string()).await.map_err(|e| Failure::failed(e.to_string()))?;
         for (role, actions) in ROLES {
             let key = protocol::keys::role(&agent, role);
-            let _: i64 = redis
-                .sadd(&key, actions.to_vec())
-                .await
-                .map_err(|e| Failure::failed(format!("cannot define the role {key}: {e}")))?;
+            let _: i64 =
+                redis.sadd(&key, actions.to_vec()).await.map_err(|e| format!("cannot define the role {key}: {e}"))?;
         }
-        let _ = redis.quit().await;
         Ok(())
     })
+    .map_err(Failure::failed)
 }
 
 /// `create-module`.
