@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agent_runtime::{AgentBinary, NativeActions};
+use agent_runtime::{ActionContext, AgentBinary, NativeActions};
 use protocol::AgentId;
 
 /// Bring the module's enabled services up, in the background: `module-service up`,
@@ -69,58 +69,47 @@ fn parse_timers(text: &str) -> Vec<Timer> {
     out
 }
 
+/// At most this many timers per module: each is a task of its own.
+const MAX_TIMERS: usize = 16;
+
 /// Queue each timer's action at its interval (NS8 modules use systemd user timers;
-/// a module agent here is not a systemd user session). The task goes on the agent's
-/// own queue through `api-cli`, as any task, so it runs with the module's rights only
-/// and its result is kept.
-fn timers() {
+/// a module agent here is no systemd user session), from the agent's start hook: the
+/// task goes on the agent's own queue like any other, runs with the module's rights
+/// only (its `user` is the module itself) and its result is kept.
+async fn start_timers(ctx: ActionContext) {
     let Some(install) = std::env::var_os(protocol::stepenv::AGENT_INSTALL_DIR).map(PathBuf::from) else { return };
     let Ok(text) = std::fs::read_to_string(install.join("timers")) else { return };
-    let Some(cli) = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("api-cli"))) else { return };
-    let Some(agent) = agent_id_of(std::env::args().skip(1), std::env::var(protocol::stepenv::AGENT_ID).ok()) else {
-        return;
-    };
-    for t in parse_timers(&text) {
-        let (cli, agent) = (cli.clone(), agent.clone());
-        std::thread::spawn(move || {
+    let timers = parse_timers(&text);
+    if timers.len() > MAX_TIMERS {
+        eprintln!("module-agent: {} timers, only the first {MAX_TIMERS} run", timers.len());
+    }
+    for t in timers.into_iter().take(MAX_TIMERS) {
+        let (redis, agent) = (ctx.redis.clone(), ctx.agent.clone());
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(t.seconds);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(t.seconds));
-                let run = hostcmd::Cmd::new(&cli)
-                    // No liveness check: this agent is the one that runs it (and a module
-                    // user may not list clients).
-                    .args(["run", &t.action, "--agent", &agent, "--no-wait", "--quiet", "--check-idle", "0"])
-                    .run();
-                if let Err(e) = run {
-                    eprintln!("module-agent: timer {}: {e}", t.action);
+                tick.tick().await;
+                let mut task = protocol::task::Task::new(t.action.clone(), serde_json::json!({}));
+                task.user = agent.to_string();
+                if let Err(e) = bus::push_task(&redis, &agent, &mut task).await {
+                    eprintln!("module-agent: timer {}: cannot queue it: {e}", t.action);
                 }
             }
         });
     }
 }
 
-/// The agent id as the runtime reads it: `--agentid X` (or `=X`), else `AGENT_ID`.
-fn agent_id_of(mut args: impl Iterator<Item = String>, env: Option<String>) -> Option<String> {
-    while let Some(a) = args.next() {
-        if a == "--agentid" {
-            return args.next();
-        }
-        if let Some(v) = a.strip_prefix("--agentid=") {
-            return Some(v.to_owned());
-        }
-    }
-    env.filter(|e| !e.is_empty())
-}
-
 fn main() -> ExitCode {
     services_up();
-    timers();
     AgentBinary {
         name: "module-agent",
         about: "Runs the actions and event handlers of one module instance",
         default_id: None,
         expected: "module/<id>",
         accepts: |id| matches!(id, AgentId::Module(_)),
-        natives: |_| NativeActions::new(),
+        natives: |_| NativeActions::new().on_start(start_timers),
     }
     .main()
 }
@@ -128,15 +117,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_agent_id_from_the_arguments_or_the_environment() {
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>().into_iter();
-        assert_eq!(agent_id_of(args(&["--agentid", "module/a1"]), None).as_deref(), Some("module/a1"));
-        assert_eq!(agent_id_of(args(&["--agentid=module/a1"]), Some("x".into())).as_deref(), Some("module/a1"));
-        assert_eq!(agent_id_of(args(&[]), Some("module/b1".into())).as_deref(), Some("module/b1"));
-        assert_eq!(agent_id_of(args(&[]), None), None);
-    }
 
     #[test]
     fn timer_lines() {

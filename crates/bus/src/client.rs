@@ -52,6 +52,16 @@ fn ensure_id(task: &mut Task) {
     }
 }
 
+/// `LPUSH` the task on the agent's queue, giving it an id first if it has none (for
+/// a caller that does not wait for the result).
+pub async fn push_task(client: &Client, agent: &AgentId, task: &mut Task) -> Result<(), BusError> {
+    ensure_id(task);
+    // Strings and JSON values only: serializing cannot fail.
+    let json = serde_json::to_string(task).expect("a Task always serializes");
+    let _: i64 = client.lpush(keys::tasks(agent), json).await?;
+    Ok(())
+}
+
 pub struct TaskClient {
     client: Client,
     subscriber: SubscriberClient,
@@ -79,11 +89,7 @@ impl TaskClient {
 
     /// `LPUSH` the task on the agent's queue, giving it an id first if it has none.
     pub async fn push(&self, agent: &AgentId, task: &mut Task) -> Result<(), BusError> {
-        ensure_id(task);
-        // Strings and JSON values only: serializing cannot fail.
-        let json = serde_json::to_string(task).expect("a Task always serializes");
-        let _: i64 = self.client.lpush(keys::tasks(agent), json).await?;
-        Ok(())
+        push_task(&self.client, agent, task).await
     }
 
     /// The stored result, or `None` while the task has not finished.

@@ -18,7 +18,7 @@ mod error;
 pub mod functions;
 pub mod grants;
 
-pub use client::{TaskClient, agent_is_alive, list_has_live_agent};
+pub use client::{TaskClient, agent_is_alive, list_has_live_agent, push_task};
 pub use commands::{blocking_move, scan};
 pub use config::{Address, RedisConfig};
 pub use connect::{
