@@ -164,6 +164,48 @@ fn check(env: &Env, r: &mut SetRouteRequest) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A module may send the LAN to this node's loopback only on the ports the node gave
+/// it (`TCP_PORT` and `TCP_PORTS_RANGE` in its environment, read from Redis): another
+/// module's port, or Redis's, is not its to publish.
+fn loopback_port_owned(env: &Env, url: &str) -> Result<(), Failure> {
+    let Some(id) = env.calling_module() else { return Ok(()) };
+    let Ok(u) = url::Url::parse(url) else { return Ok(()) };
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback() || a.is_unspecified(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback() || a.is_unspecified(),
+        None => false,
+    };
+    if !loopback {
+        return Ok(());
+    }
+    let port = u.port_or_known_default().unwrap_or(0);
+    let agent = protocol::AgentId::Module(id.to_owned());
+    let ports: Vec<Option<String>> = env
+        .with_redis(|redis| async move {
+            use bus::fred::prelude::*;
+            redis
+                .hmget(protocol::keys::environment(&agent), vec!["TCP_PORT", "TCP_PORTS_RANGE"])
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| Failure::failed(format!("cannot read the ports of {id}: {e}")))?;
+    let single = ports[0].as_deref().and_then(|p| p.parse::<u16>().ok());
+    let range = ports[1]
+        .as_deref()
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)));
+    let owned = single == Some(port) || range.is_some_and(|(a, b)| (a..=b).contains(&port));
+    if owned {
+        return Ok(());
+    }
+    Err(Failure::refuse_with(
+        SetRouteRefusal::PortNotOwned,
+        json!(url),
+        &[("detail", format!("port {port} on this node's loopback is not one of {id}'s"))],
+    ))
+}
+
 /// Who owns a route set now: the calling module, or the owner it had.
 fn owner_of(env: &Env, previous: Option<&RouteRecord>) -> String {
     match env.calling_module() {
@@ -199,6 +241,7 @@ pub fn set(env: &Env, data: Value) -> Result<Value, Failure> {
             &[("owner", holder), ("detail", format!("route {} has it", other.route.instance))],
         ));
     }
+    loopback_port_owned(env, &r.url)?;
     let rec = RouteRecord { route: r.clone(), owner: owner_of(env, previous.as_ref()) };
     apply(env, &r.instance, Some(&r))?;
     let host = r.host.clone().unwrap_or_default();

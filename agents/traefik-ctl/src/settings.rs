@@ -63,7 +63,9 @@ const ROLES: [(&str, &[&str]); 2] = [
     (protocol::actions::traefik::ROUTEADM, &["set-route", "get-route", "delete-route", "list-routes"]),
     (
         protocol::actions::traefik::CERTADM,
-        &["set-certificate", "get-certificate", "list-certificates", "delete-certificate", "upload-certificate"],
+        // Not upload-certificate: as in NS8 it is the owner's (a module could otherwise
+        // serve its own certificate for another module's host name).
+        &["set-certificate", "get-certificate", "list-certificates", "delete-certificate"],
     ),
 ];
 

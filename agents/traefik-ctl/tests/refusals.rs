@@ -143,17 +143,42 @@ fn bad_input_is_named_in_ns8s_shape_and_changes_nothing() {
     assert_eq!(files(s.path()), before);
 }
 
+/// A Redis whose `module/hello1` has the port the node gave it (20002), and the
+/// variables that reach it as traefik1.
+fn redis_with_hello_port() -> (testkit::RedisServer, Vec<(&'static str, String)>) {
+    let redis = testkit::RedisServer::start().unwrap();
+    let password = redis.agent_user(&protocol::AgentId::Module("traefik1".into())).unwrap();
+    redis.cli(&["HSET", "module/hello1/environment", "TCP_PORT", "20002"]).unwrap();
+    let env = vec![
+        ("REDIS_ADDRESS", redis.address()),
+        ("REDIS_USER", "module/traefik1".into()),
+        ("REDIS_PASSWORD", password),
+    ];
+    (redis, env)
+}
+
+#[test]
+fn a_module_publishes_only_its_own_loopback_ports() {
+    let s = state_with_wiki_route();
+    let before = files(s.path());
+    let (_redis, env) = redis_with_hello_port();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for url in ["http://127.0.0.1:6379", "http://localhost:20001", "http://[::1]:20003", "http://127.0.0.1"] {
+        let data = json!({"instance": "hello1", "url": url, "host": "h.example.test"});
+        let r = ctl(s.path(), "module/hello1", "set-route", data, &env);
+        assert_eq!(refused(&r), ("url".to_owned(), "url_port_not_owned".to_owned()), "{url}: {}", r.out);
+    }
+    assert_eq!(files(s.path()), before);
+}
+
 #[test]
 fn a_route_traefik_does_not_take_leaves_nothing_behind() {
     let s = state_with_wiki_route();
     let before = files(s.path());
-    let r = ctl(
-        s.path(),
-        "module/hello1",
-        "set-route",
-        json!({"instance": "hello1", "url": URL, "host": "h.example.test"}),
-        &[],
-    );
+    let (_redis, env) = redis_with_hello_port();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let data = json!({"instance": "hello1", "url": URL, "host": "h.example.test"});
+    let r = ctl(s.path(), "module/hello1", "set-route", data, &env);
     assert_eq!(r.code, 1, "{} {}", r.out, r.err);
     assert!(
         r.err.contains("did not take the route hello1") && r.err.contains("previous configuration is back"),

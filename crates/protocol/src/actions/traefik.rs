@@ -123,6 +123,8 @@ refusals! {
         Reserved => ("instance", "instance_reserved"),
         /// Another route already has this host and path.
         HostTaken => ("host", "host_already_routed"),
+        /// A module's backend on this node's loopback, on a port the node did not give it.
+        PortNotOwned => ("url", "url_port_not_owned"),
         /// Traefik refused the configuration; the previous one keeps serving.
         Refused => ("instance", "instance_refused_by_traefik"),
         /// `lets_encrypt_check`: no certificate within the time; the previous route is back.
