@@ -271,17 +271,17 @@ pub fn check(env: &Env, _data: Value) -> Result<Value, Failure> {
     if !changed_names.is_empty() && changed(env, &changed_names) {
         seen.acme = acme_now.iter().map(|c| (c.names.join(","), c.serial.clone())).collect();
     }
+    let held = all(env)?;
     let mut expiring = Vec::new();
-    for c in all(env)?.into_iter().filter(|c| c.kind != "self-signed" && c.not_after - t < EXPIRING_DAYS * DAY) {
+    for c in held.iter().filter(|c| c.kind != "self-signed" && c.not_after - t < EXPIRING_DAYS * DAY) {
         let last = seen.expiring_announced.get(&c.serial).copied().unwrap_or(0);
-        if t - last >= DAY && expiring_event(env, &c, t) {
+        if t - last >= DAY && expiring_event(env, c, t) {
             seen.expiring_announced.insert(c.serial.clone(), t);
         }
         expiring.push(json!({"names": c.names, "serial": c.serial, "valid_to": c.not_after}));
     }
     // Certificates that are gone need no more reminders.
-    let serials: Vec<String> = all(env)?.into_iter().map(|c| c.serial).collect();
-    seen.expiring_announced.retain(|s, _| serials.contains(s));
+    seen.expiring_announced.retain(|s, _| held.iter().any(|c| c.serial == *s));
     out["expiring"] = Value::Array(expiring);
     write_atomic(&path, &crate::env::pretty(&serde_json::to_value(&seen).unwrap_or_default()), 0o600)?;
     Ok(out)

@@ -57,15 +57,8 @@ fn custom_certificate() -> (String, String, String) {
 }
 
 fn b64(s: &str) -> String {
-    let out = Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn();
-    let mut child = out.unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 /// The source of the newest failed login in the audit trail.
