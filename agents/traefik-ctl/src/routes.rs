@@ -274,15 +274,22 @@ fn apply(env: &Env, instance: &str, route: Option<&SetRouteRequest>) -> Result<(
     let file = render::route_file(env, instance);
     let before = std::fs::read_to_string(&file).ok();
     let result = match route {
-        Some(r) => write_atomic(&file, &pretty(&render::route_config(r, certs::uploaded_for(env, r)?)), 0o600)
-            .and_then(|_| sync::wait_route(env, r, SYNC_TIMEOUT)),
+        Some(r) => {
+            write_atomic(&file, &pretty(&render::route_config(r, certs::uploaded_for(env, r)?)), 0o600)?;
+            sync::wait_route(env, r, SYNC_TIMEOUT).map_err(|e| match e {
+                sync::RouteError::Refused { .. } => {
+                    Failure::refuse_with(SetRouteRefusal::Refused, json!(instance), &[("detail", e.to_string())])
+                }
+                sync::RouteError::NotTaken(e) => Failure::failed(e.to_string()),
+            })
+        }
         None => {
             match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Failure::failed(format!("cannot remove {}: {e}", file.display()))),
             }
-            sync::wait_gone(env, instance, SYNC_TIMEOUT)
+            sync::wait_gone(env, instance, SYNC_TIMEOUT).map_err(|e| Failure::failed(e.to_string()))
         }
     };
     if let Err(e) = result {
@@ -294,12 +301,7 @@ fn apply(env: &Env, instance: &str, route: Option<&SetRouteRequest>) -> Result<(
                 let _ = std::fs::remove_file(&file);
             }
         }
-        return Err(match e {
-            Failure::Failed(m) if route.is_some() && m.starts_with(sync::REFUSED) => {
-                Failure::refuse_with(SetRouteRefusal::Refused, json!(instance), &[("detail", m)])
-            }
-            other => other,
-        });
+        return Err(e);
     }
     Ok(())
 }

@@ -10,8 +10,20 @@ use crate::env::Env;
 use crate::fail::Failure;
 use crate::render;
 
-/// The start of the message of a configuration Traefik refused.
-pub const REFUSED: &str = "Traefik refused the route";
+/// Why a route Traefik was given is not served as written.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Traefik loaded it and says what is wrong with it.
+    #[error("Traefik refused the route {instance}: {errors}")]
+    Refused { instance: String, errors: String },
+    #[error(transparent)]
+    NotTaken(#[from] NotTaken),
+}
+
+/// Traefik did not show the change in time (or did not answer).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotTaken(String);
 
 const POLL: Duration = Duration::from_millis(25);
 
@@ -68,7 +80,7 @@ fn without_provider(names: &Value) -> Vec<String> {
 }
 
 /// Wait until both routers of `r` are loaded as written and enabled.
-pub fn wait_route(env: &Env, r: &SetRouteRequest, timeout: Duration) -> Result<(), Failure> {
+pub fn wait_route(env: &Env, r: &SetRouteRequest, timeout: Duration) -> Result<(), RouteError> {
     let a = agent();
     let deadline = Instant::now() + timeout;
     let (http_mw, https_mw) = render::middlewares(r);
@@ -85,7 +97,7 @@ pub fn wait_route(env: &Env, r: &SetRouteRequest, timeout: Duration) -> Result<(
                         .unwrap_or_default();
                     let loaded = body["rule"] == want_rule.as_str() && without_provider(&body["middlewares"]) == *mw;
                     if loaded && (!errors.is_empty() || body["status"] == "disabled") {
-                        return Err(Failure::failed(format!("{REFUSED} {}: {}", r.instance, errors.join("; "))));
+                        return Err(RouteError::Refused { instance: r.instance.clone(), errors: errors.join("; ") });
                     }
                     if loaded && body["status"] == "enabled" {
                         ready += 1;
@@ -102,15 +114,16 @@ pub fn wait_route(env: &Env, r: &SetRouteRequest, timeout: Duration) -> Result<(
         }
         std::thread::sleep(POLL);
     }
-    Err(Failure::failed(format!(
+    Err(NotTaken(format!(
         "Traefik did not take the route {} within {} s ({last}); the previous configuration is back",
         r.instance,
         timeout.as_secs()
-    )))
+    ))
+    .into())
 }
 
 /// Wait until Traefik no longer has the routers of `instance`.
-pub fn wait_gone(env: &Env, instance: &str, timeout: Duration) -> Result<(), Failure> {
+pub fn wait_gone(env: &Env, instance: &str, timeout: Duration) -> Result<(), NotTaken> {
     let a = agent();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -122,5 +135,8 @@ pub fn wait_gone(env: &Env, instance: &str, timeout: Duration) -> Result<(), Fai
         }
         std::thread::sleep(POLL);
     }
-    Err(Failure::failed(format!("Traefik still serves the route {instance} after {} s", timeout.as_secs())))
+    Err(NotTaken(format!(
+        "Traefik still serves the route {instance} after {} s; its configuration is back",
+        timeout.as_secs()
+    )))
 }
