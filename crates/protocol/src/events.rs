@@ -1,0 +1,29 @@
+//! The payloads of events one agent publishes and others handle (reference section
+//! 6): typed here, so the publisher and every handler agree on the fields.
+
+use serde::{Deserialize, Serialize};
+
+/// `cluster/event/module-added`: a module was installed.
+pub const MODULE_ADDED: &str = "module-added";
+/// `cluster/event/module-removed`: a module was removed (its routes, grants... go).
+pub const MODULE_REMOVED: &str = "module-removed";
+
+/// The payload of [`MODULE_ADDED`] and [`MODULE_REMOVED`] (NS8's `{module, node}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleEvent {
+    pub module: String,
+    pub node: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns8s_module_event_shape() {
+        let e = ModuleEvent { module: "dokuwiki1".into(), node: 1 };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(text, r#"{"module":"dokuwiki1","node":1}"#);
+        assert_eq!(serde_json::from_str::<ModuleEvent>(&text).unwrap(), e);
+    }
+}
