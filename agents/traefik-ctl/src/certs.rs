@@ -249,7 +249,7 @@ pub fn publish(env: &Env, event: &str, payload: &Value) -> bool {
     let sent = env.with_redis(|redis| async move {
         use bus::fred::prelude::*;
         let r: Result<i64, _> = redis.publish(channel, text).await;
-        r.map(|_| ()).map_err(|e| e.to_string())
+        r.map(|_| ())
     });
     match sent {
         Ok(()) => true,

@@ -77,18 +77,18 @@ impl Env {
 
     /// Run `f` on a Redis connection of this module's agent (its credentials are in
     /// the step's environment), then close it.
-    pub fn with_redis<T, F, Fut>(&self, f: F) -> Result<T, String>
+    pub fn with_redis<T, F, Fut>(&self, f: F) -> Result<T, RedisError>
     where
         F: FnOnce(bus::fred::prelude::Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, bus::fred::prelude::Error>>,
     {
         let agent = self.agent().to_string();
-        let cfg = bus::RedisConfig::from_env(&agent).map_err(|e| e.to_string())?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let cfg = bus::RedisConfig::from_env(&agent).map_err(RedisError::Connect)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RedisError::Runtime)?;
         rt.block_on(async {
             use bus::fred::prelude::ClientLike;
-            let redis = bus::connect(&cfg, &agent).await.map_err(|e| e.to_string())?;
-            let out = f(redis.clone()).await;
+            let redis = bus::connect(&cfg, &agent).await.map_err(RedisError::Connect)?;
+            let out = f(redis.clone()).await.map_err(RedisError::Command);
             let _ = redis.quit().await;
             out
         })
@@ -115,6 +115,17 @@ impl Env {
     pub fn save(&self, s: &Settings) -> Result<(), Failure> {
         write_atomic(&self.settings_file(), &pretty(&serde_json::to_value(s).unwrap_or_default()), 0o600)
     }
+}
+
+/// Why a step could not do its work on Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("{0}")]
+    Connect(bus::BusError),
+    #[error("cannot start the Redis client: {0}")]
+    Runtime(std::io::Error),
+    #[error("{0}")]
+    Command(bus::fred::prelude::Error),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

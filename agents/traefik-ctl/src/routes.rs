@@ -184,10 +184,7 @@ fn loopback_port_owned(env: &Env, url: &str) -> Result<(), Failure> {
     let ports: Vec<Option<String>> = env
         .with_redis(|redis| async move {
             use bus::fred::prelude::*;
-            redis
-                .hmget(protocol::keys::environment(&agent), vec!["TCP_PORT", "TCP_PORTS_RANGE"])
-                .await
-                .map_err(|e| e.to_string())
+            redis.hmget(protocol::keys::environment(&agent), vec!["TCP_PORT", "TCP_PORTS_RANGE"]).await
         })
         .map_err(|e| Failure::failed(format!("cannot read the ports of {id}: {e}")))?;
     let single = ports[0].as_deref().and_then(|p| p.parse::<u16>().ok());

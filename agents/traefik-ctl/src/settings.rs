@@ -74,13 +74,11 @@ fn define_roles(env: &Env) -> Result<(), Failure> {
     env.with_redis(|redis| async move {
         use bus::fred::prelude::*;
         for (role, actions) in ROLES {
-            let key = protocol::keys::role(&agent, role);
-            let _: i64 =
-                redis.sadd(&key, actions.to_vec()).await.map_err(|e| format!("cannot define the role {key}: {e}"))?;
+            let _: i64 = redis.sadd(protocol::keys::role(&agent, role), actions.to_vec()).await?;
         }
         Ok(())
     })
-    .map_err(Failure::failed)
+    .map_err(|e| Failure::failed(format!("cannot define the roles of {}: {e}", env.agent())))
 }
 
 /// `create-module`.
