@@ -44,7 +44,8 @@ pub struct ServeArgs {
     pub trusted_proxies: TrustedProxies,
     /// A file whose content a trusted proxy sends in `X-Ns8rs-Proxy-Token` (the edge
     /// proxy's cluster-admin route sets it). Set, a trusted address is not enough: on
-    /// one machine every local process shares 127.0.0.1 with the proxy.
+    /// one machine every local process shares 127.0.0.1 with the proxy. Created
+    /// (random, mode 0600) if missing; the proxy's installer reads it from there.
     #[arg(long, env = "PROXY_TOKEN_FILE")]
     pub proxy_token_file: Option<PathBuf>,
     /// Key of the audit chain's HMAC (created, mode 0600, if missing). Default:

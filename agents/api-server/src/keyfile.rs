@@ -9,10 +9,6 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error(
-        "the token file {path} does not exist: whoever installs the trusted proxy writes it (`cargo xtask up` does)"
-    )]
-    Missing { path: PathBuf },
     #[error("cannot read the key file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot create the key file {path}: {source}")]
@@ -38,15 +34,22 @@ pub fn load_or_create(path: &Path, min_len: usize, exact: bool) -> Result<Vec<u8
 
 /// A token shared with another program (the edge proxy's `X-Ns8rs-Proxy-Token`):
 /// the file's text, trimmed, at least 32 visible ASCII characters, in a file only its
-/// owner reads. The other program's installer writes it.
-pub fn load_token(path: &Path) -> Result<Vec<u8>, KeyFileError> {
-    let key = read_private(path)?.ok_or_else(|| KeyFileError::Missing { path: path.to_owned() })?;
+/// owner reads. Missing, a new one (64 hex digits) is written there: the proxy's
+/// installer reads it back (a unit's dynamic user cannot read a file root made).
+pub fn load_or_create_token(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    let key = match read_private(path)? {
+        Some(key) => key,
+        None => {
+            let hex: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+            write_new(path, hex.as_bytes())?
+        }
+    };
     let text = String::from_utf8_lossy(&key).trim().to_owned();
     if text.len() < 32 || !text.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(KeyFileError::Length {
             path: path.to_owned(),
             len: text.len(),
-            expected: "at least 32 visible ASCII characters".into(),
+            expected: "expected at least 32 visible ASCII characters".into(),
         });
     }
     Ok(text.into_bytes())
@@ -70,15 +73,18 @@ fn read_private(path: &Path) -> Result<Option<Vec<u8>>, KeyFileError> {
 }
 
 fn create(path: &Path, len: usize) -> Result<Vec<u8>, KeyFileError> {
+    write_new(path, &(0..len).map(|_| rand::random::<u8>()).collect::<Vec<u8>>())
+}
+
+fn write_new(path: &Path, key: &[u8]) -> Result<Vec<u8>, KeyFileError> {
     let err = |source| KeyFileError::Create { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let key: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
     // create_new: two processes starting at once never overwrite each other's key.
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
-    f.write_all(&key).and_then(|()| f.sync_all()).map_err(err)?;
-    Ok(key)
+    f.write_all(key).and_then(|()| f.sync_all()).map_err(err)?;
+    Ok(key.to_vec())
 }
 
 /// `name` in the directory of `anchor` (the token signing key file).
@@ -106,5 +112,19 @@ mod tests {
         let e = load_or_create(&path, 32, true).unwrap_err().to_string();
         assert!(e.contains("holds 5 bytes, expected exactly 32"), "{e}");
         assert_eq!(beside(Path::new("/var/lib/x/secret"), "audit-key"), Path::new("/var/lib/x/audit-key"));
+    }
+
+    #[test]
+    fn token_made_once_as_hex_and_a_short_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy-token");
+        let token = load_or_create_token(&path).unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(token.iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+        std::fs::write(&path, b"  abc\n").unwrap();
+        let e = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(e.contains("holds 3 bytes, expected at least 32 visible ASCII"), "{e}");
     }
 }

@@ -60,7 +60,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let proxy_trust = match &args.proxy_token_file {
-        Some(path) => net::ProxyTrust::with_token(args.trusted_proxies.clone(), &keyfile::load_token(path)?),
+        Some(path) => net::ProxyTrust::with_token(args.trusted_proxies.clone(), &keyfile::load_or_create_token(path)?),
         None => net::ProxyTrust::from(args.trusted_proxies.clone()),
     };
     let redis_config = bus::RedisConfig::from_env(CLIENT_NAME)?;

@@ -261,7 +261,8 @@ impl Engine {
     }
 
     /// Pull `image` unless it is present. TLS is verified except for a registry on
-    /// loopback (the local repository). A pull is reported on stderr with its
+    /// loopback (the local repository) and those the node's registries.conf marks
+    /// insecure (a LAN registry: an explicit `tlsVerify` would override it). A pull is reported on stderr with its
     /// duration (it lands in the task's log; the install benchmark reads it).
     pub async fn ensure_image(&self, image: &str) -> Result<(), ServiceError> {
         if self.podman.images().get(image).exists().await.unwrap_or(false) {
@@ -269,11 +270,11 @@ impl Engine {
         }
         let started = Instant::now();
         use futures_util::StreamExt;
-        let opts = PullOpts::builder()
-            .reference(image)
-            .tls_verify(!protocol::image::on_loopback_registry(image))
-            .quiet(true)
-            .build();
+        let mut opts = PullOpts::builder().reference(image).quiet(true);
+        if protocol::image::on_loopback_registry(image) {
+            opts = opts.tls_verify(false);
+        }
+        let opts = opts.build();
         let images = self.podman.images();
         let mut stream = images.pull(&opts);
         while let Some(report) = stream.next().await {
