@@ -1,9 +1,10 @@
-//! A private OCI registry (Debian's `docker-registry`) on a free loopback port, with
-//! its storage in a temp dir: what a software repository's image store is, for tests
-//! and benchmarks. Killed on drop.
+//! A private OCI registry (Debian's `docker-registry`) on a free loopback port (or a
+//! given address: a LAN registry as a container sees it), with its storage in a temp
+//! dir: what a software repository's image store is, for tests and benchmarks. Killed
+//! on drop.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,16 +13,22 @@ use anyhow::{Context, Result, bail};
 pub struct Registry {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    ip: IpAddr,
     port: u16,
 }
 
 impl Registry {
     pub fn start() -> Result<Self> {
+        Self::start_on(Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// On a free port of `ip`, an address of this machine.
+    pub fn start_on(ip: IpAddr) -> Result<Self> {
         let mut last = None;
         // The free port is found by binding and releasing it; another process may take
         // it in between, so try a few.
         for _ in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(ip) {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
             }
@@ -29,16 +36,17 @@ impl Registry {
         Err(last.expect("at least one attempt"))
     }
 
-    fn try_start() -> Result<Self> {
+    fn try_start(ip: IpAddr) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = TcpListener::bind((ip, 0))?.local_addr()?.port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
+                 http:\n  addr: {}\n",
+                dir.path().join("data").display(),
+                std::net::SocketAddr::new(ip, port)
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -50,7 +58,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("cannot start docker-registry: is the docker-registry package installed?")?;
-        let mut registry = Registry { dir, child: Some(child), port };
+        let mut registry = Registry { dir, child: Some(child), ip, port };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if registry.get("/v2/").is_ok_and(|(status, _)| status == 200) {
@@ -66,9 +74,9 @@ impl Registry {
         }
     }
 
-    /// `127.0.0.1:<port>`, the host part of image names pushed here.
+    /// `127.0.0.1:<port>` (or the address given), the host part of image names pushed here.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
     }
 
     pub fn log(&self) -> String {
@@ -77,7 +85,7 @@ impl Registry {
 
     /// A plain HTTP GET on the registry API: status and body.
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        let mut s = TcpStream::connect((self.ip, self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host())?;
         let mut reply = String::new();

@@ -5,12 +5,22 @@
 //! The root has Debian's Redis enabled (as its package leaves it) and lacks one of the
 //! packages, so the script's apt path and the port collision are real.
 //!
+//! The edge proxy comes from a module repository as on a real server: the `traefik`
+//! image is built and pushed to a registry on the host's side of Podman's bridge (a LAN
+//! registry without TLS, which the machine's registries.conf marks insecure, as its
+//! admin would), its index copied in; the module's rootless containers run in the
+//! booted machine under systemd, their storage on a host directory (overlay cannot
+//! stack on the machine's own overlay root).
+//!
 //! What is checked: every unit active and Debian's Redis masked; Redis refusing the
 //! anonymous user a write and a private read, answering the cluster's user; root-only
 //! credentials and only SHA-256 hashes in the ACL file, even after Redis's `ACL SAVE`;
 //! `api-cli` as root finding the cluster's credentials; the printed admin password
 //! logging in to the API and found in no file; a second run changing no password; and
-//! the units' `systemd-analyze security` exposure no worse than `deploy/README.md` says.
+//! the units' `systemd-analyze security` exposure no worse than `deploy/README.md` says;
+//! without a repository no proxy and a note saying how; with one, `traefik1` under
+//! `module-agent@traefik1`, serving the API at `https://<node>/cluster-admin/` on 443
+//! with plain HTTP redirected, its token root's alone; a run after it keeping the same proxy.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -39,16 +49,20 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// A booted container and its image, both removed on drop, passed or not.
+/// A booted container, its image and its /home, all removed on drop, passed or not.
 struct Machine {
     name: String,
     image: String,
+    home: tempfile::TempDir,
 }
 
 impl Drop for Machine {
     fn drop(&mut self) {
         let _ = podman(&["rm", "-f", "-t", "5", &self.name]);
         let _ = podman(&["rmi", "-f", &self.image]);
+        // The modules' files belong to their uids and sub-uids: root removes them
+        // (TempDir's own removal would then find nothing).
+        let _ = std::fs::remove_dir_all(self.home.path());
     }
 }
 
@@ -89,7 +103,16 @@ impl Machine {
     }
 
     fn install(&self) -> Output {
-        self.sh("/opt/ns8rs/deploy/install.sh /opt/ns8rs/bin")
+        self.install_with("")
+    }
+
+    fn install_with(&self, options: &str) -> Output {
+        self.sh(&format!("/opt/ns8rs/deploy/install.sh {options} /opt/ns8rs/bin"))
+    }
+
+    /// HTTP status of `curl <args>` inside.
+    fn status(&self, args: &str) -> String {
+        self.ok(&format!("curl -s -o /dev/null -w '%{{http_code}}' {args}"))
     }
 
     fn var(&self, file: &str, name: &str) -> String {
@@ -137,7 +160,12 @@ fn boot() -> Machine {
     let tarball = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
     let id = std::process::id();
-    let m = Machine { name: format!("ns8rs-installer-{id}"), image: format!("localhost/ns8rs-installer-test:{id}") };
+    // Under the target dir: a disk file system, which rootless overlay can sit on.
+    let scratch = workspace().join("target/tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let home = tempfile::Builder::new().prefix("installer-home-").tempdir_in(&scratch).unwrap();
+    let m =
+        Machine { name: format!("ns8rs-installer-{id}"), image: format!("localhost/ns8rs-installer-test:{id}"), home };
     let out = podman(&["import", "-q", &tarball, &m.image]);
     assert!(out.status.success(), "podman import: {}", text(&out));
     // systemd needs its mounts and the units' sandboxing needs namespaces: privileged.
@@ -146,6 +174,7 @@ fn boot() -> Machine {
     let mut args: Vec<String> =
         ["run", "-d", "--name", &m.name, "--hostname", "ns8rs-test", "--systemd=always"].map(str::to_owned).to_vec();
     args.push("--privileged".into());
+    args.push(format!("--volume={}:/home", m.home.path().display()));
     let host = node_agent::podman::probe();
     if !host.cap_sys_resource {
         args.push(format!("--ulimit=nofile={0}:{0}", host.nofile_hard));
@@ -170,6 +199,35 @@ fn boot() -> Machine {
     assert!(out.status.success(), "podman cp deploy: {}", text(&out));
     m
 }
+
+/// The repository the proxy comes from: `traefik` built and pushed to a registry on the
+/// bridge's gateway (the host as the machine sees it), the index copied in to
+/// [`REPOSITORY`], the registry marked insecure in the machine's registries.conf.d.
+fn repository(m: &Machine) -> testkit::Registry {
+    let out = podman(&["network", "inspect", "podman"]);
+    assert!(out.status.success(), "podman network inspect: {}", text(&out));
+    let nets: serde_json::Value = serde_json::from_slice(&out.stdout).expect("podman network inspect: JSON");
+    let gateway = nets[0]["subnets"][0]["gateway"].as_str().unwrap_or_else(|| panic!("no gateway in {nets}"));
+    let registry = testkit::Registry::start_on(gateway.parse().expect("an address")).expect("registry");
+    let index = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("xtask"))
+        .args(["images", "--registry", &registry.host(), "--out"])
+        .arg(index.path())
+        .arg("traefik")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "xtask images traefik: {}", text(&out));
+    let out = podman(&["cp", &index.path().display().to_string(), &format!("{}:{REPOSITORY}", m.name)]);
+    assert!(out.status.success(), "podman cp repository: {}", text(&out));
+    m.ok(&format!(
+        "printf '[[registry]]\nlocation = \"{}\"\ninsecure = true\n' >/etc/containers/registries.conf.d/50-lan-registry.conf",
+        registry.host()
+    ));
+    registry
+}
+
+/// Where the machine has the repository's index.
+const REPOSITORY: &str = "/opt/ns8rs/repository";
 
 fn copy_binaries(m: &Machine) {
     for b in BINARIES {
@@ -246,6 +304,17 @@ fn install_sh_sets_up_a_debian_server_with_systemd() {
     m.ok("test ! -e /usr/local/bin/node-agent && test ! -e /etc/ns8rs && test ! -e /var/lib/nethserver");
     assert_eq!(m.state("is-active redis-server.service"), "active", "a refusal changes nothing");
 
+    for (options, says) in [
+        ("--http-port 0", "--http-port takes a port"),
+        ("--repository ftp://x", "--repository takes a URL"),
+        ("--https-port 80", "must differ"),
+    ] {
+        let out = m.install_with(options);
+        assert!(!out.status.success(), "install.sh {options} succeeded:\n{}", text(&out));
+        assert!(text(&out).contains(says), "install.sh {options}: {}", text(&out));
+    }
+    m.ok("test ! -e /etc/ns8rs");
+
     copy_binaries(&m);
     let out = m.install();
     let said = text(&out);
@@ -256,6 +325,7 @@ fn install_sh_sets_up_a_debian_server_with_systemd() {
         .find_map(|l| l.split_once(PASSWORD_LINE).map(|(_, p)| p.trim().to_owned()))
         .unwrap_or_else(|| panic!("no admin password printed:\n{said}"));
     assert!(password.len() >= 16, "a generated password");
+    assert!(said.contains("No edge proxy: no module repository was given"), "{said}");
     assert_eq!(said.matches(&password).count(), 1, "the password is printed once");
 
     // Services: ours up, Debian's Redis out of the way, the left-out package installed.
@@ -309,9 +379,12 @@ fn install_sh_sets_up_a_debian_server_with_systemd() {
     assert!(m.sh_in(search, &passwords[0]).status.success(), "the search finds the cluster's password in its file");
     assert!(!m.sh_in(search, &password).status.success(), "the admin password is written in a file");
 
-    // Again: succeeds, keeps every password and the admin's, restarts everything.
+    // Again, with a repository: succeeds, keeps every password and the admin's,
+    // restarts everything, and installs the edge proxy.
+    let _registry = repository(&m);
+    let with_repository = format!("--repository file://{REPOSITORY}");
     let sums = m.ok(&format!("sha256sum {}", CREDENTIALS.join(" ")));
-    let out = m.install();
+    let out = m.install_with(&with_repository);
     let again = text(&out);
     assert!(out.status.success(), "second install.sh failed:\n{again}\n{}", m.journal());
     eprintln!("--- install.sh, second run:\n{again}");
@@ -322,6 +395,44 @@ fn install_sh_sets_up_a_debian_server_with_systemd() {
     assert_eq!(active.lines().collect::<Vec<_>>(), vec!["active"; UNITS.len()], "{active}");
     assert!(m.login(&password)["token"].is_string(), "the admin's password still logs in");
     m.ok("api-cli run get-info --agent node/1 >/dev/null");
+
+    // The edge proxy: traefik1's agent a unit of its own, the API through it on 443
+    // (the machine's own network: the real ports), plain HTTP sent to HTTPS.
+    assert!(again.contains("Edge proxy traefik1"), "{again}");
+    assert_eq!(m.state("is-active module-agent@traefik1.service"), "active", "{}", m.journal());
+    assert_eq!(m.ok(&format!("{cluster} --no-auth-warning GET node/1/default_instance/traefik")), "traefik1");
+    // The api-server's own (dynamic user), only it reads it.
+    let token_file = "/var/lib/ns8rs/api-server/proxy-token";
+    let (mode, uid) = m
+        .ok(&format!("stat -c '%a %u' {token_file}"))
+        .split_once(' ')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    assert_eq!(mode, "600");
+    assert_ne!(uid, "0", "the api-server's dynamic user owns its token");
+    let openapi = "https://127.0.0.1/cluster-admin/api/openapi.json";
+    assert_eq!(m.status(&format!("-k {openapi}")), "200", "the API through the proxy\n{}", m.journal());
+    let redirect = m.status("http://127.0.0.1/cluster-admin/api/openapi.json");
+    assert!(redirect == "301" || redirect == "308", "plain HTTP redirected, not {redirect}");
+    let body = serde_json::json!({"username": "admin", "password": password}).to_string();
+    let out = m.sh_in(
+        "curl -sk -X POST https://127.0.0.1/cluster-admin/api/login -H 'Content-Type: application/json' --data-binary @-",
+        &body,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"token\""), "login through the proxy: {}", text(&out));
+    // The proxy's token is a secret: in no unit's environment, in no process's arguments.
+    let token = m.ok(&format!("cat {token_file}"));
+    assert!(token.len() >= 32, "a long random token");
+    let search = "grep -qsF -f - /proc/[0-9]*/cmdline /proc/[0-9]*/environ";
+    assert!(!m.sh_in(search, &token).status.success(), "the proxy token in a process's arguments or environment");
+
+    // A third run keeps the proxy (no second one) and its route.
+    let out = m.install_with(&with_repository);
+    let third = text(&out);
+    assert!(out.status.success(), "third install.sh failed:\n{third}\n{}", m.journal());
+    assert!(third.contains("Edge proxy traefik1") && !third.contains("installing traefik"), "{third}");
+    assert_eq!(m.ok(&format!("{cluster} --no-auth-warning EXISTS module/traefik2/environment")), "0");
+    assert_eq!(m.status(&format!("-k {openapi}")), "200", "the API through the proxy after an update");
 
     // Exposure, no worse than documented.
     let measured = exposure(&m);
