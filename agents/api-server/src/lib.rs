@@ -10,7 +10,7 @@ pub mod config;
 pub mod crypt;
 pub mod error;
 pub mod hub;
-pub mod keyfile;
+pub use seal::keyfile;
 pub mod net;
 pub mod password;
 pub mod routes;

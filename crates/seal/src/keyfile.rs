@@ -1,7 +1,7 @@
-//! The api-server's key files: created with random content (mode 0600) at first
-//! start, refused when others may read them. They live next to the token signing key
-//! (`API_SECRET_FILE`'s directory) and never in Redis: a Redis dump or replica alone
-//! must not hold what protects Redis's own content.
+//! Key files: created with random content (mode 0600) when missing, refused when
+//! others may read them. The api-server keeps its signing, audit and data keys in its
+//! state directory; the cluster agent its sealing key in its own. Never in Redis: a
+//! Redis dump or replica alone must not hold what protects Redis's own content.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -39,10 +39,7 @@ pub fn load_or_create(path: &Path, min_len: usize, exact: bool) -> Result<Vec<u8
 pub fn load_or_create_token(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let key = match read_private(path)? {
         Some(key) => key,
-        None => {
-            let hex: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-            write_new(path, hex.as_bytes())?
-        }
+        None => write_new(path, crate::random_hex(32).as_bytes())?,
     };
     let text = String::from_utf8_lossy(&key).trim().to_owned();
     if text.len() < 32 || !text.bytes().all(|b| b.is_ascii_graphic()) {
