@@ -20,7 +20,7 @@ set -euo pipefail
 # cgroups), slirp4netns and newuidmap (uidmap) for rootless containers, skopeo (module
 # images' labels), curl (the API check below). xtask's tests check that this list holds
 # what `cargo xtask up` installs for a cluster.
-PACKAGES=(redis-server podman runc slirp4netns uidmap skopeo curl jq)
+PACKAGES=(redis-server podman runc slirp4netns uidmap skopeo curl jq restic rclone)
 BINARIES=(cluster-agent node-agent module-agent module-service api-cli api-server)
 UNITS=(redis.service cluster-agent.service node-agent.service api-server.service)
 AGENTS=(cluster-agent.service node-agent.service api-server.service)

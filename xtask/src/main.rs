@@ -93,6 +93,8 @@ const TEST_PACKAGES: &[packages::Package] = &[
     packages::PODMAN[1],
     packages::PODMAN[2],
     packages::PODMAN[3],
+    packages::RESTIC,
+    packages::RCLONE,
 ];
 
 fn main() -> Result<()> {
@@ -113,6 +115,8 @@ fn main() -> Result<()> {
             packages::ensure(images::PACKAGES)?;
             // The api-server's fuzz test runs schemathesis (PyPI) from a venv in target/.
             packages::ensure_schemathesis()?;
+            // The backup tests' S3 server (moto, PyPI), likewise.
+            packages::ensure_moto()?;
             // Before the build and the suite: seconds to fail, not hours.
             gates::run()?;
             // The end-to-end tests drive the binaries themselves: build them all first.

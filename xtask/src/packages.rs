@@ -35,7 +35,10 @@ pub const SKOPEO: Package = Package { name: "skopeo", provides: "skopeo" };
 /// What a node runs on, here as on a server (`deploy/install.sh` installs them too).
 /// JSON in action steps written in shell (as NS8's use it).
 pub const JQ: Package = Package { name: "jq", provides: "jq" };
-pub const NODE: &[Package] = &[REDIS, PODMAN[0], PODMAN[1], PODMAN[2], PODMAN[3], SKOPEO, JQ];
+/// Backups: restic makes the repositories, rclone checks destinations.
+pub const RESTIC: Package = Package { name: "restic", provides: "restic" };
+pub const RCLONE: Package = Package { name: "rclone", provides: "rclone" };
+pub const NODE: &[Package] = &[REDIS, PODMAN[0], PODMAN[1], PODMAN[2], PODMAN[3], SKOPEO, JQ, RESTIC, RCLONE];
 
 fn has_command(cmd: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(cmd).is_file())).unwrap_or(false)
@@ -149,6 +152,32 @@ pub fn ensure_schemathesis() -> Result<()> {
         Some(v) if v == SCHEMATHESIS_VERSION => Ok(()),
         other => bail!("{} reports version {other:?} after installing {SCHEMATHESIS_VERSION}", exe.display()),
     }
+}
+
+/// The moto release whose S3 server the backup tests run.
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// Make sure `target/tools/moto` is a virtual environment holding `moto[server]`
+/// [`MOTO_VERSION`] (PyPI), installed only when missing or another version is there.
+/// The tests find `target/tools/moto/bin/moto_server` (testkit's `S3Server`).
+pub fn ensure_moto() -> Result<()> {
+    let venv = crate::workspace().join("target/tools/moto");
+    let stamp = venv.join("ns8rs-moto-version");
+    if venv.join("bin/moto_server").is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(MOTO_VERSION) {
+        return Ok(());
+    }
+    ensure_venv(&venv)?;
+    eprintln!("xtask: installing moto[server] {MOTO_VERSION} in {}", venv.display());
+    crate::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("moto[server]=={MOTO_VERSION}")),
+    )?;
+    if !venv.join("bin/moto_server").is_file() {
+        bail!("moto[server] {MOTO_VERSION} was installed but {}/bin/moto_server is missing", venv.display());
+    }
+    std::fs::write(&stamp, MOTO_VERSION)?;
+    Ok(())
 }
 
 /// A virtual environment of pip alone, `target/tools/pip`, made when missing: its `pip`

@@ -1,6 +1,6 @@
 //! The cluster agent's native actions: the cluster's name and its software
-//! repositories, and the modules' install, update and removal. Later issues add nodes
-//! and backups here.
+//! repositories, the modules' install, update and removal, and backup destinations.
+//! Later issues add nodes here.
 //!
 //! Layout: `install.rs`, `update.rs` and `removal.rs` are the three module actions,
 //! each a saga (`agent_runtime::saga`) whose steps they define; `recovery.rs` finishes
@@ -9,6 +9,7 @@
 //! image's labels; `repository.rs` the software repositories; `failure.rs` the failures'
 //! text. Dependencies go one way: the actions use the helpers, never each other.
 
+pub mod backup;
 pub mod consent;
 mod failure;
 pub mod image;
@@ -23,7 +24,7 @@ pub mod update;
 use agent_runtime::saga::Sagas;
 use agent_runtime::{ActionContext, ActionError, AgentConfig, NativeActions};
 use bus::fred::prelude::*;
-use protocol::actions::cluster;
+use protocol::actions::{backup as destinations, cluster};
 use protocol::keys;
 use serde_json::{Value, json};
 
@@ -50,6 +51,10 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .add("list-modules", None, Some(json!({"type": "array"})), repository::list_modules)
         .add("list-installed-modules", None, Some(json!({"type": "object"})), repository::list_installed)
         .add("clean-repositories-cache", None, None, repository::clean_cache)
+        .typed::<destinations::AddBackupRepository, _, _>(backup::add)
+        .typed::<destinations::AlterBackupRepository, _, _>(backup::alter)
+        .typed::<destinations::RemoveBackupRepository, _, _>(backup::remove)
+        .typed::<destinations::ListBackupRepositories, _, _>(backup::list)
         .typed::<cluster::GetName, _, _>(get_name)
         .typed::<cluster::SetName, _, _>(set_name)
 }

@@ -2,6 +2,7 @@
 //! node's half of installing and removing modules; and `install`, the node's first
 //! setup (`node-agent install`). Later issues add the firewall.
 
+pub mod backup;
 mod blocking;
 pub mod error;
 pub mod extract;
@@ -51,6 +52,7 @@ pub fn natives(cfg: &agent_runtime::AgentConfig) -> NativeActions {
         .typed_with::<node::RemoveModule, _, _, _>(setup.clone(), modules::remove::remove)
         .typed_with::<node::UpdateModule, _, _, _>(setup.clone(), update::update)
         .typed_with::<node::FinishUpdate, _, _, _>(setup, update::finish)
+        .typed::<protocol::actions::backup::ValidateBackupDestination, _, _>(backup::validate)
         .typed::<node::AllocatePorts, _, _>(ports::allocate)
         .typed::<node::DeallocatePorts, _, _>(ports::deallocate)
         .add_with(

@@ -15,6 +15,16 @@ pub struct ModuleEvent {
     pub node: u32,
 }
 
+/// `cluster/event/backup-destination-changed`: destinations were added, altered or
+/// removed.
+pub const BACKUP_DESTINATION_CHANGED: &str = "backup-destination-changed";
+
+/// The payload of [`BACKUP_DESTINATION_CHANGED`] (NS8's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationsChanged {
+    pub destination_ids: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,18 @@ pub fn repository(name: &str) -> String {
     format!("cluster/repository/{name}")
 }
 
+/// Hash of a backup destination's public attributes (`name`, `url`, `provider`,
+/// `basepath`), NS8's key.
+pub fn backup_repository(id: &str) -> String {
+    format!("cluster/backup_repository/{id}")
+}
+
+/// Hash of a backup destination's sealed secrets (`password`: the restic password,
+/// `parameters`: the provider credentials as JSON), which only the cluster opens.
+pub fn backup_destination_secrets(id: &str) -> String {
+    format!("private/backup_destination/{id}")
+}
+
 /// Hash `data` (the fetched repodata.json) of a repository, with a TTL.
 pub fn repository_cache(name: &str) -> String {
     format!("cluster/repository_cache/{name}")
@@ -385,7 +397,7 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
     {
         all.push(ex(key, cluster, Readers::Everyone));
     }
-    for key in [repository("r"), repository_cache("r"), ports_demand("tcp")] {
+    for key in [repository("r"), repository_cache("r"), ports_demand("tcp"), backup_repository("d1")] {
         all.push(ex(key, cluster, Readers::Everyone));
     }
     all.push(ex("private/agents/backup_destination/restic_password".into(), cluster, Readers::Agents));
@@ -401,6 +413,7 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         AUDIT_ANCHOR.to_owned(),
         otp_used("admin", "123456"),
         AUDIT_STREAM.to_owned(),
+        backup_destination_secrets("d1"),
     ] {
         all.push(ex(key, None, Readers::Core));
     }

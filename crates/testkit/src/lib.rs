@@ -13,9 +13,11 @@ pub mod agent;
 mod outcome;
 mod pebble;
 mod registry;
+mod s3;
 pub use outcome::Outcome;
 pub use pebble::Pebble;
 pub use registry::{Registry, oci_digest, push_oci};
+pub use s3::S3Server;
 
 pub struct RedisServer {
     dir: tempfile::TempDir,

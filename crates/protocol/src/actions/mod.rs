@@ -45,6 +45,7 @@ macro_rules! refusals {
     };
 }
 
+pub mod backup;
 pub mod cluster;
 pub mod module;
 pub mod node;

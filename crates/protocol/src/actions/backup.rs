@@ -1,0 +1,320 @@
+//! Backup destinations (NS8 reference 11.1): the cluster's `add-`, `alter-`,
+//! `remove-` and `list-backup-repositories`, and the node's
+//! `validate-backup-destination` that checks one before it is saved.
+//!
+//! A destination is a local directory of a node (a USB disk, a mounted share) or an
+//! S3 bucket (AWS or any S3-compatible endpoint). Its public part is
+//! `cluster/backup_repository/<id>` (`name`, `url`, `provider`, `basepath`, as NS8);
+//! its credentials and restic password are sealed in `private/backup_destination/<id>`
+//! and no read action returns them (NS8's `list-backup-repositories` returns the restic
+//! password).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a destination is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    /// A directory on the node (`url` is `local:<absolute path>`): NS8 has its
+    /// `cluster` provider (a WebDAV volume) instead.
+    Local,
+    /// Amazon S3 (`s3:s3.amazonaws.com/<bucket>/<path>`).
+    Aws,
+    /// Any S3-compatible endpoint (`s3:<host[:port]>/<bucket>/<path>`; `s3:http://...`
+    /// for a LAN endpoint without TLS).
+    GenericS3,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Local => "local",
+            Provider::Aws => "aws",
+            Provider::GenericS3 => "generic-s3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        [Provider::Local, Provider::Aws, Provider::GenericS3].into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Provider credentials and settings, NS8's field names. `local` takes none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parameters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), regex(pattern = r"^[^\s]*$"))]
+    pub aws_access_key_id: Option<String>,
+    /// Empty in `alter-backup-repository`: keep the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), regex(pattern = r"^[^\s]*$"), extend("writeOnly" = true))]
+    pub aws_secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = r"^[a-z0-9-]*$"))]
+    pub aws_default_region: Option<String>,
+}
+
+impl Parameters {
+    /// The same, with the secret blanked (what a read action shows, as NS8 does).
+    pub fn public(&self) -> Parameters {
+        Parameters { aws_secret_access_key: self.aws_secret_access_key.as_ref().map(|_| String::new()), ..self.clone() }
+    }
+}
+
+/// Where a destination's `url` points, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// An absolute, normalised directory path.
+    Local { path: String },
+    /// `endpoint` with its scheme (`https://` unless the URL said `http://`).
+    S3 { endpoint: String, bucket: String, prefix: String },
+}
+
+/// Why a `url` is not one of its provider's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("a {provider} destination's url starts with {prefix}")]
+    Scheme { provider: &'static str, prefix: &'static str },
+    #[error("the path must be absolute, without `.`, `..`, empty or control-character components")]
+    Path,
+    #[error(
+        "expected s3:<endpoint>/<bucket>[/<path>], with a bucket of 3-63 lowercase letters, digits, dots and dashes"
+    )]
+    S3,
+}
+
+impl Location {
+    pub fn parse(provider: Provider, url: &str) -> Result<Location, UrlError> {
+        match provider {
+            Provider::Local => {
+                let path = url
+                    .strip_prefix("local:")
+                    .ok_or(UrlError::Scheme { provider: provider.as_str(), prefix: "local:" })?;
+                let normal = path.starts_with('/')
+                    && path.len() > 1
+                    && path
+                        .trim_end_matches('/')
+                        .split('/')
+                        .skip(1)
+                        .all(|c| !c.is_empty() && c != "." && c != ".." && !c.chars().any(char::is_control));
+                if !normal {
+                    return Err(UrlError::Path);
+                }
+                Ok(Location::Local { path: path.trim_end_matches('/').to_owned() })
+            }
+            Provider::Aws | Provider::GenericS3 => {
+                let rest =
+                    url.strip_prefix("s3:").ok_or(UrlError::Scheme { provider: provider.as_str(), prefix: "s3:" })?;
+                let (scheme, rest) = match rest.strip_prefix("http://") {
+                    Some(r) => ("http://", r),
+                    None => ("https://", rest.strip_prefix("https://").unwrap_or(rest)),
+                };
+                let mut parts = rest.splitn(3, '/');
+                let host = parts.next().unwrap_or("");
+                let bucket = parts.next().unwrap_or("");
+                let prefix = parts.next().unwrap_or("").trim_matches('/');
+                let host_ok = !host.is_empty()
+                    && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+                let bucket_ok = (3..=63).contains(&bucket.len())
+                    && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-'));
+                let prefix_ok =
+                    prefix.split('/').all(|c| c != "." && c != "..") && !prefix.chars().any(char::is_control);
+                if !(host_ok && bucket_ok && prefix_ok) || prefix.contains("//") {
+                    return Err(UrlError::S3);
+                }
+                Ok(Location::S3 {
+                    endpoint: format!("{scheme}{host}"),
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.into(),
+                })
+            }
+        }
+    }
+}
+
+action! {
+    /// `add-backup-repository`: check a destination, then save it.
+    AddBackupRepository = "add-backup-repository", AddBackupRepositoryRequest => AddBackupRepositoryReply, DestinationRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AddBackupRepositoryRequest {
+    pub provider: Provider,
+    /// Empty: a name made from the provider and the URL.
+    #[serde(default)]
+    #[schemars(length(max = 128), regex(pattern = "^[^\\u0000-\\u001f]*$"))]
+    pub name: String,
+    #[schemars(length(min = 4, max = 1024))]
+    pub url: String,
+    /// The restic password of the destination's repositories; empty: a random one.
+    #[serde(default)]
+    #[schemars(length(max = 4096), extend("writeOnly" = true))]
+    pub password: String,
+    #[serde(default)]
+    pub parameters: Parameters,
+}
+
+/// NS8's `{id, password}`; `password` is always masked (`XXX`): a secret is not
+/// returned, not even here. The cluster backup holds it, and an administrator who
+/// wants to know it gives their own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AddBackupRepositoryReply {
+    pub id: String,
+    pub password: String,
+}
+
+action! {
+    /// `alter-backup-repository`: rename it, or change its credentials (checked again).
+    AlterBackupRepository = "alter-backup-repository", AlterBackupRepositoryRequest => (), DestinationRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AlterBackupRepositoryRequest {
+    #[schemars(length(min = 1, max = 64))]
+    pub id: String,
+    /// Must be the destination's own.
+    pub provider: Provider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128), regex(pattern = "^[^\\u0000-\\u001f]*$"))]
+    pub name: Option<String>,
+    /// Given fields replace the stored ones; an empty secret keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+}
+
+action! {
+    /// `remove-backup-repository`.
+    RemoveBackupRepository = "remove-backup-repository", DestinationId => (), DestinationRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DestinationId {
+    #[schemars(length(min = 1, max = 64))]
+    pub id: String,
+}
+
+action! {
+    /// `list-backup-repositories`: the destinations, without their secrets. Its input
+    /// is ignored.
+    ListBackupRepositories = "list-backup-repositories", serde_json::Value => BackupRepositories, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupRepositories {
+    pub repositories: Vec<BackupRepository>,
+    /// Whether a cluster backup passphrase is set (NS8's field).
+    pub password_exists: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupRepository {
+    pub id: String,
+    pub provider: Provider,
+    pub name: String,
+    pub url: String,
+    /// NS8's field; always empty here (it is for NS8's raw rclone destinations).
+    pub basepath: String,
+    /// With the secret blanked.
+    pub parameters: Parameters,
+}
+
+action! {
+    /// `validate-backup-destination` on a node: it can list, write, read back and
+    /// delete there, and has room.
+    ValidateBackupDestination = "validate-backup-destination", ValidateRequest => ValidateReply, DestinationRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ValidateRequest {
+    #[schemars(length(min = 1, max = 64))]
+    pub id: String,
+    pub provider: Provider,
+    #[schemars(length(min = 4, max = 1024))]
+    pub url: String,
+    #[serde(default)]
+    pub parameters: Parameters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ValidateReply {
+    pub node_id: u32,
+    /// Free space at the destination, where it reports it (a local disk does, S3 does
+    /// not).
+    pub free_bytes: Option<u64>,
+}
+
+/// Below this, a destination is refused as full.
+pub const MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+
+refusals! {
+    /// Why a destination is refused; the value says what failed, in the store's words.
+    DestinationRefusal {
+        /// The same provider, URL and parameters are a destination already.
+        Exists => ("", "backup_repository_exists"),
+        NotFound => ("id", "backup_repository_not_found"),
+        ProviderMismatch => ("provider", "backup_provider_mismatch"),
+        BadUrl => ("url", "url_format"),
+        /// `aws_access_key_id` and `aws_secret_access_key` are needed for S3, nothing
+        /// for a local path.
+        BadParameters => ("parameters", "parameters_format"),
+        /// A local path that does not exist (a disk not mounted).
+        PathNotFound => ("url", "backup_path_not_found"),
+        /// A local path through a symlink, or that someone other than root may change.
+        PathUnsafe => ("url", "backup_path_unsafe"),
+        NotAccessible => ("parameters", "backup_repository_not_accessible"),
+        NoWrite => ("parameters", "no_write_permission"),
+        NoRead => ("parameters", "no_read_permission"),
+        NoDelete => ("parameters", "no_delete_permission"),
+        NoSpace => ("parameters", "not_enough_space"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::{Refusal, schema_of};
+
+    #[test]
+    fn locations() {
+        let l = |u| Location::parse(Provider::Local, u);
+        assert_eq!(l("local:/mnt/usb/"), Ok(Location::Local { path: "/mnt/usb".into() }));
+        for bad in ["local:", "local:/", "local:rel", "local:/a/../b", "local:/a//b", "/mnt", "local:/a/./b"] {
+            assert!(l(bad).is_err(), "{bad}");
+        }
+        let s = |u| Location::parse(Provider::GenericS3, u);
+        assert_eq!(
+            s("s3:http://127.0.0.1:9000/bkt/a/b"),
+            Ok(Location::S3 { endpoint: "http://127.0.0.1:9000".into(), bucket: "bkt".into(), prefix: "a/b".into() })
+        );
+        assert_eq!(
+            s("s3:s3.amazonaws.com/my-bucket"),
+            Ok(Location::S3 {
+                endpoint: "https://s3.amazonaws.com".into(),
+                bucket: "my-bucket".into(),
+                prefix: "".into()
+            })
+        );
+        for bad in ["s3:", "s3:host", "s3:host/B", "s3:host/ab", "s3:host/bkt/../x", "b2:x/y", "s3:ho st/bkt"] {
+            assert!(s(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ns8_shapes_and_secrets_marked() {
+        let req: AddBackupRepositoryRequest = serde_json::from_value(serde_json::json!({
+            "provider": "generic-s3", "name": "", "url": "s3:minio.lan/b1", "password": "",
+            "parameters": {"aws_access_key_id": "k", "aws_secret_access_key": "s", "aws_default_region": "eu-west-1"},
+        }))
+        .unwrap();
+        assert_eq!(req.provider, Provider::GenericS3);
+        assert_eq!(req.parameters.public().aws_secret_access_key.as_deref(), Some(""));
+        let s = schema_of::<AddBackupRepositoryRequest>();
+        assert_eq!(s["properties"]["password"]["writeOnly"], true);
+        let text = s.to_string();
+        assert!(text.contains(r#""writeOnly":true"#) && text.contains("aws_secret_access_key"), "{text}");
+        assert_eq!(DestinationRefusal::Exists.error(), "backup_repository_exists");
+        assert_eq!(DestinationRefusal::NoWrite.field(), "parameters");
+    }
+}
