@@ -200,7 +200,12 @@ pub async fn alter(ctx: ActionContext, req: AlterBackupRepositoryRequest) -> Res
     Ok(())
 }
 
+/// The destination and the plans that use it (as NS8).
 pub async fn remove(ctx: ActionContext, req: DestinationId) -> Result<(), ActionError> {
+    if !ctx.redis.exists::<bool, _>(keys::backup_repository(&req.id)).await? {
+        return Err(refuse(DestinationRefusal::NotFound, req.id));
+    }
+    crate::plans::remove_of_destination(&ctx, &req.id).await?;
     let removed: i64 =
         ctx.redis.del(vec![keys::backup_repository(&req.id), keys::backup_destination_secrets(&req.id)]).await?;
     if removed == 0 {

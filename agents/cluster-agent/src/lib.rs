@@ -6,15 +6,18 @@
 //! each a saga (`agent_runtime::saga`) whose steps they define; `recovery.rs` finishes
 //! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
-//! image's labels; `repository.rs` the software repositories; `failure.rs` the failures'
+//! image's labels; `repository.rs` the software repositories; `backup.rs` the backup
+//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules; `failure.rs` the failures'
 //! text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod backup;
+pub mod calendar;
 pub mod consent;
 mod failure;
 pub mod image;
 pub mod install;
 pub mod locks;
+pub mod plans;
 pub mod records;
 pub mod recovery;
 pub mod removal;
@@ -55,6 +58,10 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed::<destinations::AlterBackupRepository, _, _>(backup::alter)
         .typed::<destinations::RemoveBackupRepository, _, _>(backup::remove)
         .typed::<destinations::ListBackupRepositories, _, _>(backup::list)
+        .typed::<destinations::AddBackup, _, _>(plans::add)
+        .typed::<destinations::AlterBackup, _, _>(plans::alter)
+        .typed::<destinations::RemoveBackup, _, _>(plans::remove)
+        .typed::<destinations::ListBackups, _, _>(plans::list)
         .typed::<cluster::GetName, _, _>(get_name)
         .typed::<cluster::SetName, _, _>(set_name)
 }

@@ -25,6 +25,26 @@ pub struct DestinationsChanged {
     pub destination_ids: Vec<String>,
 }
 
+/// `cluster/event/backup-schedule-changed`: plans were added, altered or removed.
+pub const BACKUP_SCHEDULE_CHANGED: &str = "backup-schedule-changed";
+
+/// The payload of [`BACKUP_SCHEDULE_CHANGED`] (NS8's: the ids as strings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulesChanged {
+    pub backup_ids: Vec<String>,
+}
+
+/// `node/<N>/event/backup-status-changed`: a module's run of a plan ended.
+pub const BACKUP_STATUS_CHANGED: &str = "backup-status-changed";
+
+/// The payload of [`BACKUP_STATUS_CHANGED`] (NS8's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStatusChanged {
+    pub node_id: u32,
+    pub module_id: String,
+    pub backup_id: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,6 +145,35 @@ pub fn backup_destination_secrets(id: &str) -> String {
     format!("private/backup_destination/{id}")
 }
 
+/// Hash of backup plan `id` (NS8's fields: `name`, `repository`, `schedule`,
+/// `schedule_hint`, `retention`, `enabled`, `instances`; ours: the keep rules and the
+/// webhook).
+pub fn backup_plan(id: u64) -> String {
+    format!("cluster/backup/{id}")
+}
+
+/// The pattern of every plan's key.
+pub const BACKUP_PLAN_PATTERN: &str = "cluster/backup/*";
+
+/// The last plan id given (NS8's counter).
+pub const BACKUP_SEQUENCE: &str = "cluster/backup_sequence";
+
+/// Hash of node `n`'s last run of plan `id`: module id → its `RunStatus` JSON (NS8's).
+pub fn backup_status(n: u32, id: u64) -> String {
+    format!("node/{n}/backup_status/{id}")
+}
+
+/// List of plan `id`'s last runs, newest first, each a JSON report of one module's
+/// run; trimmed to the last 100.
+pub fn backup_runs(id: u64) -> String {
+    format!("cluster/backup_runs/{id}")
+}
+
+/// String: the task running plan `id`, while it runs (one run at a time).
+pub fn backup_lock(id: u64) -> String {
+    format!("cluster/backup_lock/{id}")
+}
+
 /// Hash `data` (the fetched repodata.json) of a repository, with a TTL.
 pub fn repository_cache(name: &str) -> String {
     format!("cluster/repository_cache/{name}")
@@ -388,6 +417,7 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         }
         if let AgentId::Node(n) = a {
             all.push(ex(node_ports(*n, "tcp"), w, Readers::Everyone));
+            all.push(ex(backup_status(*n, 1), w, Readers::Everyone));
         }
         all.push(ex(grants(&a.to_string()), None, Readers::Core));
     }
@@ -397,7 +427,16 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
     {
         all.push(ex(key, cluster, Readers::Everyone));
     }
-    for key in [repository("r"), repository_cache("r"), ports_demand("tcp"), backup_repository("d1")] {
+    for key in [
+        repository("r"),
+        repository_cache("r"),
+        ports_demand("tcp"),
+        backup_repository("d1"),
+        backup_plan(1),
+        BACKUP_SEQUENCE.to_owned(),
+        backup_runs(1),
+        backup_lock(1),
+    ] {
         all.push(ex(key, cluster, Readers::Everyone));
     }
     all.push(ex("private/agents/backup_destination/restic_password".into(), cluster, Readers::Agents));

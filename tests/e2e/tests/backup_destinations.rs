@@ -240,3 +240,95 @@ async fn destinations_are_checked_sealed_and_refused_with_their_cause() {
     assert_eq!(c.stored(), vec![s3_id.clone()]);
     assert_eq!(c.redis.cli(&["EXISTS", &format!("private/backup_destination/{local_id}")]).unwrap(), "0");
 }
+
+#[tokio::test]
+async fn plans_check_their_schedule_modules_and_destination() {
+    let c = start().await;
+    let disk = tempfile::tempdir().unwrap();
+    let r = c.run("add-backup-repository", local(disk.path())).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let dest = r.output["id"].as_str().unwrap().to_owned();
+    // Three installed modules, as the cluster records them; one without data.
+    for (m, flag) in [("dokuwiki1", ""), ("hello1", ""), ("proxy1", "no_data_backup")] {
+        c.redis.cli(&["HSET", "cluster/module_node", m, "1"]).unwrap();
+        c.redis.cli(&["HSET", "cluster/module_uuid", m, &format!("uuid-{m}")]).unwrap();
+        let image = format!("127.0.0.1:5000/ns8rs/{}:1.0.0", m.trim_end_matches(char::is_numeric));
+        c.redis.cli(&["HSET", &format!("module/{m}/environment"), "IMAGE_URL", &image]).unwrap();
+        c.redis.cli(&["SET", &format!("module/{m}/ui_name"), &format!("My {m}")]).unwrap();
+        if !flag.is_empty() {
+            c.redis.cli(&["SADD", &format!("module/{m}/flags"), flag]).unwrap();
+        }
+    }
+    let plan = |schedule: &str, instances: Value, repository: &str| {
+        json!({"name": "", "repository": repository, "schedule": schedule, "retention": 7,
+               "instances": instances, "enabled": true, "schedule_hint": {"interval": "daily"}})
+    };
+    let why =
+        refused(&c.run("add-backup", plan("Funday 25:00", json!(["dokuwiki1"]), &dest)).await, "bad_schedule_format");
+    assert!(why.contains("is not a weekday"), "{why}");
+    let why =
+        refused(&c.run("add-backup", plan("*-*-* 25:00", json!(["dokuwiki1"]), &dest)).await, "bad_schedule_format");
+    assert!(why.contains("25 is outside 0..23 in the hour"), "{why}");
+    refused(&c.run("add-backup", plan("daily", json!(["ghost1"]), &dest)).await, "module_not_found");
+    refused(&c.run("add-backup", plan("daily", json!(["dokuwiki1"]), "nope")).await, "backup_repository_not_found");
+    assert_eq!(c.redis.cli(&["EXISTS", "cluster/backup_sequence"]).unwrap(), "0", "nothing counted for a refusal");
+
+    let r = c.run("add-backup", plan("Mon..Fri 02:30", json!(["dokuwiki1", "dokuwiki1"]), &dest)).await;
+    assert_eq!((r.exit_code, &r.output), (0, &json!(1)), "{r:?}");
+    let stored = c.redis.cli(&["HGET", "cluster/backup/1", "instances"]).unwrap();
+    assert_eq!(stored, "dokuwiki1", "deduplicated, NS8's space-separated list");
+    let r = c.run("list-backups", Value::Null).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let b = &r.output["backups"][0];
+    assert_eq!((b["id"].as_u64(), b["name"].as_str(), b["retention"].as_u64()), (Some(1), Some("Backup 1"), Some(7)));
+    assert_eq!(b["instances"][0]["repository_path"], "dokuwiki/uuid-dokuwiki1");
+    assert_eq!(b["instances"][0]["ui_name"], "My dokuwiki1");
+    assert!(b["instances"][0]["status"].is_null(), "never ran: {b}");
+    assert_eq!(b["schedule_hint"], json!({"interval": "daily"}));
+    // The next run, as systemd computes it for the same expression.
+    // (The node's zone is the test's; systemd is asked for UTC, as next_run is.)
+    let out = Command::new("systemd-analyze").args(["calendar", "Mon..Fri 02:30"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let next = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("(in UTC): "))
+        .or_else(|| text.lines().find_map(|l| l.trim().strip_prefix("Next elapse: ")).filter(|l| l.ends_with(" UTC")))
+        .unwrap_or_else(|| panic!("{text}"));
+    let ours = b["next_run"].as_str().unwrap();
+    // "Fri 2026-12-04 02:30:00 UTC" against "2026-12-04T02:30:00Z"
+    let theirs: Vec<&str> = next.split_whitespace().collect();
+    assert_eq!(ours, format!("{}T{}Z", theirs[1], theirs[2]), "{text}");
+    let unconfigured: Vec<&str> =
+        r.output["unconfigured_instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(unconfigured, ["hello1"], "proxy1 has no data to back up");
+
+    // Alter: unknown id; a change kept.
+    let mut alter = plan("weekly", json!(["dokuwiki1", "hello1"]), &dest);
+    alter["id"] = json!(9);
+    alter["name"] = json!("Nightly");
+    refused(&c.run("alter-backup", alter.clone()).await, "backup_object_not_found");
+    alter["id"] = json!(1);
+    alter["keep_daily"] = json!(7);
+    let r = c.run("alter-backup", alter).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let r = c.run("list-backups", Value::Null).await;
+    let b = &r.output["backups"][0];
+    assert_eq!(
+        (b["name"].as_str(), b["schedule"].as_str(), b["keep_daily"].as_u64()),
+        (Some("Nightly"), Some("weekly"), Some(7))
+    );
+    assert_eq!(b["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(r.output["unconfigured_instances"], json!([]));
+
+    // The destination goes, and its plans with it.
+    refused(&c.run("remove-backup", json!({"id": 5})).await, "backup_not_found");
+    let r = c.run("add-backup", plan("daily", json!([]), &dest)).await;
+    assert_eq!(r.output, json!(2), "{r:?}");
+    let r = c.run("remove-backup", json!({"id": 2})).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let r = c.run("remove-backup-repository", json!({"id": dest})).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(c.redis.cli(&["EXISTS", "cluster/backup/1"]).unwrap(), "0");
+    let r = c.run("list-backups", Value::Null).await;
+    assert_eq!(r.output["backups"], json!([]), "{r:?}");
+}

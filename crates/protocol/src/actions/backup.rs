@@ -271,6 +271,197 @@ refusals! {
     }
 }
 
+/// The pattern of a module id in a plan's `instances` (any agent id's module part).
+pub const INSTANCE_PATTERN: &str = "^[a-z][a-z0-9_-]*[0-9]+$";
+
+/// When a plan's webhook is called.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookWhen {
+    /// After every run: success reports too (what NS8 lacks).
+    #[default]
+    Always,
+    Failure,
+}
+
+/// What a plan keeps: NS8's `retention` (keep-last), plus restic's calendar rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KeepRules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_monthly: Option<u32>,
+}
+
+action! {
+    /// `add-backup`: a plan; its reply is the new id (NS8's bare integer).
+    AddBackup = "add-backup", AddBackupRequest => u64, PlanRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AddBackupRequest {
+    /// Empty: `Backup <id>`.
+    #[serde(default)]
+    #[schemars(length(max = 128), regex(pattern = "^[^\\u0000-\\u001f]*$"))]
+    pub name: String,
+    /// The destination's id.
+    #[schemars(length(min = 1, max = 64))]
+    pub repository: String,
+    /// A systemd calendar expression (`OnCalendar=`).
+    #[schemars(length(min = 1, max = 256))]
+    pub schedule: String,
+    /// The portal's own description of the schedule, kept as given (NS8's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_hint: Option<serde_json::Value>,
+    /// Keep the last this many snapshots of each module.
+    #[schemars(range(min = 1, max = 1000))]
+    pub retention: u32,
+    #[serde(default, flatten)]
+    pub keep: KeepRules,
+    #[schemars(length(max = 256))]
+    pub instances: Vec<Instance>,
+    pub enabled: bool,
+    /// Called with a JSON report of each run (`http(s)://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^https?://[^\\s]+$"), length(max = 2048))]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub webhook_when: WebhookWhen,
+}
+
+/// A module id in a plan.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Instance(#[schemars(regex(pattern = INSTANCE_PATTERN), length(max = 64))] pub String);
+
+action! {
+    /// `alter-backup`: everything but the destination.
+    AlterBackup = "alter-backup", AlterBackupRequest => (), PlanRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AlterBackupRequest {
+    #[schemars(range(min = 1))]
+    pub id: u64,
+    #[schemars(length(min = 1, max = 128), regex(pattern = "^[^\\u0000-\\u001f]*$"))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 256))]
+    pub schedule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_hint: Option<serde_json::Value>,
+    #[schemars(range(min = 1, max = 1000))]
+    pub retention: u32,
+    #[serde(default, flatten)]
+    pub keep: KeepRules,
+    #[schemars(length(max = 256))]
+    pub instances: Vec<Instance>,
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^https?://[^\\s]+$"), length(max = 2048))]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub webhook_when: WebhookWhen,
+}
+
+action! {
+    /// `remove-backup`.
+    RemoveBackup = "remove-backup", PlanId => (), PlanRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanId {
+    #[schemars(range(min = 1))]
+    pub id: u64,
+}
+
+action! {
+    /// `list-backups`: the plans with each module's last run, and the modules in no
+    /// plan. Its input is ignored.
+    ListBackups = "list-backups", serde_json::Value => BackupPlans, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupPlans {
+    pub backups: Vec<BackupPlan>,
+    /// Installed modules in no plan (NS8's `{id, ui_name}` items).
+    pub unconfigured_instances: Vec<UnconfiguredInstance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BackupPlan {
+    pub id: u64,
+    pub name: String,
+    pub repository: String,
+    pub schedule: String,
+    pub schedule_hint: Option<serde_json::Value>,
+    pub retention: u32,
+    #[serde(flatten)]
+    pub keep: KeepRules,
+    pub enabled: bool,
+    pub instances: Vec<PlanInstance>,
+    pub webhook_url: Option<String>,
+    pub webhook_when: WebhookWhen,
+    /// The next scheduled run (RFC 3339), when enabled.
+    pub next_run: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanInstance {
+    pub module_id: String,
+    pub ui_name: String,
+    /// `<image name>/<MODULE_UUID>`: where its repository is in the destination.
+    pub repository_path: String,
+    /// Its last run in this plan; `null` before the first.
+    pub status: Option<RunStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UnconfiguredInstance {
+    pub id: String,
+    pub ui_name: String,
+}
+
+/// One module's run of a plan (NS8's status fields, and ours: the snapshot, the
+/// bytes added and the exact error).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunStatus {
+    /// Unix seconds.
+    pub start: u64,
+    pub end: u64,
+    pub success: bool,
+    /// NS8's count: 0 on success.
+    pub errors: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// What the run added to the repository.
+    pub data_added: u64,
+    /// The latest snapshot's restore size and files.
+    pub total_size: u64,
+    pub total_file_count: u64,
+    pub snapshots_count: u64,
+}
+
+refusals! {
+    /// Why a plan action is refused.
+    PlanRefusal {
+        RepositoryNotFound => ("repository", "backup_repository_not_found"),
+        BadSchedule => ("schedule", "bad_schedule_format"),
+        ModuleNotFound => ("instances", "module_not_found"),
+        /// `alter-backup`'s, as NS8 spells it.
+        ObjectNotFound => ("id", "backup_object_not_found"),
+        NotFound => ("id", "backup_not_found"),
+        /// `run-backup` while a run of the same plan goes on: the value names it.
+        Running => ("id", "backup_running"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
