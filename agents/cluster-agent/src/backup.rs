@@ -12,8 +12,8 @@ use bus::fred::prelude::*;
 use protocol::AgentId;
 use protocol::actions::backup::{
     AddBackupRepositoryReply, AddBackupRepositoryRequest, AlterBackupRepositoryRequest, BackupRepositories,
-    BackupRepository, DestinationId, DestinationRefusal, Location, Parameters, Provider, ValidateBackupDestination,
-    ValidateRequest,
+    BackupRepository, DestinationAccess, DestinationId, DestinationRefusal, Location, Parameters, Provider,
+    ValidateBackupDestination, ValidateRequest,
 };
 use protocol::events::{self, DestinationsChanged};
 use protocol::keys;
@@ -157,6 +157,25 @@ async fn stored(ctx: &ActionContext, key: &SealKey, id: &str) -> Result<Option<S
         None => return Err(ActionError::failed(format!("backup destination {id} has no stored secrets"))),
     };
     Ok(Some(Stored { provider, name: get("name"), url: get("url"), parameters }))
+}
+
+/// Destination `id` with its secrets opened, for a node's run.
+pub async fn access(ctx: &ActionContext, id: &str) -> Result<Option<DestinationAccess>, ActionError> {
+    let key = seal_key(ctx)?;
+    let Some(d) = stored(ctx, &key, id).await? else { return Ok(None) };
+    let sealed: Option<String> = ctx.redis.hget(keys::backup_destination_secrets(id), "password").await?;
+    let sealed =
+        sealed.ok_or_else(|| ActionError::failed(format!("backup destination {id} has no restic password")))?;
+    let password = key
+        .open_sealed(&owner(id, "password"), &sealed, &format!("restic password of backup destination {id}"))
+        .map_err(|e| ActionError::failed(e.to_string()))?;
+    Ok(Some(DestinationAccess {
+        id: id.to_owned(),
+        provider: d.provider,
+        url: d.url,
+        parameters: d.parameters,
+        password,
+    }))
 }
 
 pub async fn alter(ctx: ActionContext, req: AlterBackupRepositoryRequest) -> Result<(), ActionError> {

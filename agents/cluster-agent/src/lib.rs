@@ -7,7 +7,7 @@
 //! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
 //! image's labels; `repository.rs` the software repositories; `backup.rs` the backup
-//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules; `failure.rs` the failures'
+//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs` their runs; `failure.rs` the failures'
 //! text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod backup;
@@ -22,6 +22,7 @@ pub mod records;
 pub mod recovery;
 pub mod removal;
 mod repository;
+pub mod runs;
 pub mod update;
 
 use agent_runtime::saga::Sagas;
@@ -62,6 +63,7 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed::<destinations::AlterBackup, _, _>(plans::alter)
         .typed::<destinations::RemoveBackup, _, _>(plans::remove)
         .typed::<destinations::ListBackups, _, _>(plans::list)
+        .typed::<destinations::RunBackup, _, _>(runs::run)
         .typed::<cluster::GetName, _, _>(get_name)
         .typed::<cluster::SetName, _, _>(set_name)
 }

@@ -12,19 +12,25 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use agent_runtime::{ActionContext, ActionError};
+use bus::fred::prelude::*;
 use hostcmd::Cmd;
 use protocol::AgentId;
 use protocol::actions::backup::{
-    DestinationRefusal, Location, MIN_FREE_BYTES, Parameters, Provider, ValidateReply, ValidateRequest,
+    DestinationRefusal, Location, MIN_FREE_BYTES, ModuleRun, ModuleToBackUp, NodeRunBackupReply, NodeRunBackupRequest,
+    Parameters, Provider, ResticSummary, Retention, RunStatus, ValidateReply, ValidateRequest,
 };
+use protocol::events::{self, BackupStatusChanged};
+use protocol::keys;
 use serde_json::Value;
 
 use crate::blocking;
+use crate::modules::{ModulePaths, NodeSetup};
 
 /// The remote's name in rclone's environment configuration.
 const REMOTE: &str = "dest";
 
 /// A destination as rclone reaches it.
+#[derive(Clone)]
 pub struct Remote {
     env: Vec<(String, String)>,
     /// `dest:<path>`, the destination's root.
@@ -32,9 +38,9 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn new(provider: Provider, url: &str, p: &Parameters) -> Result<Remote, ActionError> {
-        let location = Location::parse(provider, url)
-            .map_err(|e| ActionError::refuse(DestinationRefusal::BadUrl, e.to_string().into()))?;
+    /// The remote, or the refusal that says why it cannot be.
+    pub fn new(provider: Provider, url: &str, p: &Parameters) -> Result<Remote, (DestinationRefusal, String)> {
+        let location = Location::parse(provider, url).map_err(|e| (DestinationRefusal::BadUrl, e.to_string()))?;
         let var = |k: &str, v: &str| (format!("RCLONE_CONFIG_{}_{k}", REMOTE.to_uppercase()), v.to_owned());
         match location {
             Location::Local { path } => {
@@ -43,7 +49,7 @@ impl Remote {
             Location::S3 { endpoint, bucket, prefix } => {
                 let (Some(key), Some(secret)) = (p.aws_access_key_id.as_deref(), p.aws_secret_access_key.as_deref())
                 else {
-                    return Err(ActionError::refuse(
+                    return Err((
                         DestinationRefusal::BadParameters,
                         "aws_access_key_id and aws_secret_access_key are required".into(),
                     ));
@@ -119,7 +125,8 @@ impl From<tokio::task::JoinError> for Failed {
 
 /// The checks, in NS8's order of blame: reach, write, read, delete; then the room.
 fn check(req: &ValidateRequest, probe: &str) -> Result<Option<u64>, ActionError> {
-    let remote = Remote::new(req.provider, &req.url, &req.parameters)?;
+    let remote =
+        Remote::new(req.provider, &req.url, &req.parameters).map_err(|(r, why)| ActionError::refuse(r, why.into()))?;
     if let Ok(Location::Local { path }) = Location::parse(req.provider, &req.url) {
         root_owned_dir(Path::new(&path))?;
     }
@@ -200,4 +207,357 @@ fn root_owned_dir(path: &Path) -> Result<(), ActionError> {
         }
     }
     Ok(())
+}
+
+/// The node's restic gateway for one module's run: `rclone serve restic` on a free
+/// loopback port, serving that module's repository alone (append-only: a module
+/// cannot delete or rewrite its past snapshots), behind a user and password made for
+/// this run. The destination's credentials stay in rclone's environment (root's);
+/// the module gets only the gateway's URL and this run's password. Killed on drop.
+struct Gateway {
+    child: std::process::Child,
+    port: u16,
+    user: String,
+    password: String,
+    /// What rclone logs (errors only), drained as it comes so it never blocks.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Gateway {
+    fn start(remote: &Remote, path: &str) -> Result<Gateway, String> {
+        let user = seal_free_token(8);
+        let password = seal_free_token(24);
+        let mut last = String::new();
+        // The free port is found by binding and releasing it; another process may
+        // take it in between, so try a few.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("no free loopback port: {e}"))?
+                .port();
+            let mut cmd = remote
+                .rclone(&["serve", "restic", "--append-only", "--addr", &format!("127.0.0.1:{port}")])
+                .arg(format!("{}/{path}", remote.root))
+                .env("RCLONE_USER", &user)
+                .env("RCLONE_PASS", &password)
+                .to_std();
+            let mut child = cmd
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run rclone serve restic: {e}"))?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                    if let Some(stderr) = child.stderr.take() {
+                        let log = log.clone();
+                        std::thread::spawn(move || {
+                            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                                if l.len() < 64 * 1024 {
+                                    l.push_str(&line);
+                                    l.push('\n');
+                                }
+                            }
+                        });
+                    }
+                    return Ok(Gateway { child, port, user, password, log });
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    last = format!("rclone serve restic exited ({status}): {}", err.trim());
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = "rclone serve restic did not listen within 20 s".into();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        Err(last)
+    }
+
+    /// The last error rclone logged, if any.
+    fn last_error(&self) -> Option<String> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned)
+    }
+
+    /// `rest:http://<user>:<password>@127.0.0.1:<port>/`: given to the backup in its
+    /// environment only.
+    fn url_with_credentials(&self) -> String {
+        format!("rest:http://{}:{}@127.0.0.1:{}/", self.user, self.password, self.port)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Letters and digits only (what the gateway's user and password may hold).
+fn seal_free_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    if std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"), &mut bytes).is_err() {
+        panic!("/dev/urandom gave no bytes");
+    }
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// restic as root on a module's repository, straight through rclone (never through
+/// the module's files): retention, unlocking, statistics.
+fn restic(remote: &Remote, path: &str, password: &str, cache: &Path, args: &[&str]) -> Cmd {
+    let cmd = Cmd::new("restic").env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    remote
+        .env
+        .iter()
+        .fold(cmd, |cmd, (k, v)| cmd.env(k, v))
+        .env("RESTIC_REPOSITORY", format!("rclone:{}/{path}", remote.root))
+        .env("RESTIC_PASSWORD", password)
+        .env("RESTIC_CACHE_DIR", cache)
+        .env("HOME", cache)
+        .args(["-o", "rclone.args=serve restic --stdio --b2-hard-delete --config /dev/null"])
+        .args(args)
+}
+
+fn restic_error(e: &hostcmd::CmdError) -> String {
+    e.stderr().lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("restic failed").to_owned()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub async fn run_backup(
+    ctx: ActionContext,
+    req: NodeRunBackupRequest,
+    setup: NodeSetup,
+) -> Result<NodeRunBackupReply, ActionError> {
+    let AgentId::Node(node_id) = ctx.agent else {
+        return Err(ActionError::failed("run-backup runs on a node agent"));
+    };
+    let cache = ctx.state_dir.join("restic-cache");
+    let mut runs = Vec::new();
+    let total = req.modules.len().max(1);
+    for (i, m) in req.modules.iter().enumerate() {
+        let start = now();
+        let status = backup_module(&ctx, &setup, &req, m, &cache).await;
+        let status = match status {
+            Ok(mut s) => {
+                s.start = start;
+                s.end = now();
+                s
+            }
+            Err(error) => RunStatus { start, end: now(), errors: 1, error: Some(error), ..RunStatus::default() },
+        };
+        let json = serde_json::to_string(&status).expect("a RunStatus always serializes");
+        let _: () = ctx.redis.hset(keys::backup_status(node_id, req.id), (m.module_id.as_str(), json)).await?;
+        let event = BackupStatusChanged { node_id, module_id: m.module_id.clone(), backup_id: req.id };
+        let event = serde_json::to_string(&event).expect("an event always serializes");
+        let channel = keys::event_channel(&ctx.agent, events::BACKUP_STATUS_CHANGED);
+        if let Err(e) = ctx.redis.publish::<(), _, _>(channel, event).await {
+            tracing::warn!("cannot publish {}: {e}", events::BACKUP_STATUS_CHANGED);
+        }
+        runs.push(ModuleRun { module_id: m.module_id.clone(), node_id, status });
+        ctx.set_progress((((i + 1) * 100) / total) as u8);
+    }
+    Ok(NodeRunBackupReply { modules: runs })
+}
+
+/// The backup as the module's hands run it: in a mount namespace of their own
+/// (inside the module's user namespace for a rootless module), `state/` and each
+/// volume bound under a private `/srv`, so every snapshot has NS8's paths
+/// (`/state/...`, `/volumes/<name>/...`) whatever the module's home, and files that
+/// container users own are read, and recorded, with the owners the containers see.
+/// `$1` the state dir, `$2` the volumes dir, `$3` the install dir.
+const BACKUP_SCRIPT: &str = r#"set -eu
+state="$1"; volumes="$2"; install="$3"
+mount -t tmpfs -o mode=0755 ns8rs-backup /srv
+mkdir /srv/state /srv/volumes
+mount --bind "$state" /srv/state
+targets=state
+if [ -d "$volumes" ]; then
+  for dir in "$volumes"/*/; do
+    [ -d "${dir}_data" ] || continue
+    name=$(basename "$dir")
+    case "$name" in [!A-Za-z0-9]*|*[!A-Za-z0-9_.-]*) continue ;; esac
+    mkdir "/srv/volumes/$name"
+    mount --bind "${dir}_data" "/srv/volumes/$name"
+    targets="$targets volumes/$name"
+  done
+fi
+excludes=/srv/.ns8rs-excludes
+: > "$excludes"
+if [ -f "$install/etc/state-exclude.conf" ]; then
+  grep -v '^[[:space:]]*\(#\|$\)' "$install/etc/state-exclude.conf" | sed 's|^/*|/srv/|' > "$excludes" || true
+fi
+export RESTIC_CACHE_DIR="${HOME:-$install}/.cache/restic"
+cd /srv
+restic cat config >/dev/null 2>&1 || restic init >/dev/null
+exec restic backup --json --tag ns8rs --host "$NS8RS_MODULE_ID" --exclude-file "$excludes" $targets
+"#;
+
+/// Enters a private mount namespace and runs [`BACKUP_SCRIPT`] there.
+const IN_MOUNT_NAMESPACE: &str = r#"exec unshare --mount --propagation private /bin/sh -c "$NS8RS_SCRIPT" sh "$@""#;
+
+/// A backup runs at most this long.
+const BACKUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// Run the backup of `paths` into the gateway's repository; restic's progress goes to
+/// `progress` (0-100).
+fn module_restic_backup(
+    paths: &ModulePaths,
+    gateway_url: &str,
+    restic_password: &str,
+    progress: impl Fn(u8),
+) -> Result<ResticSummary, String> {
+    let hands = paths.hands().map_err(|e| e.to_string())?;
+    let (state, volumes, install) = (paths.state_dir.clone(), paths.volumes_dir(), paths.install_dir.clone());
+    let args = [state.as_os_str(), volumes.as_os_str(), install.as_os_str()];
+    let env = [
+        ("NS8RS_SCRIPT", BACKUP_SCRIPT),
+        ("NS8RS_MODULE_ID", paths.id.as_str()),
+        ("RESTIC_REPOSITORY", gateway_url),
+        ("RESTIC_PASSWORD", restic_password),
+    ];
+    let mut cmd = hands.unshared_command(BACKUP_LIMIT, IN_MOUNT_NAMESPACE, &args, &env).to_std();
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run the backup: {e}"))?;
+    let stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut text);
+        text
+    });
+    let mut summary = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped"))) {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        match v["message_type"].as_str() {
+            Some("status") => progress((v["percent_done"].as_f64().unwrap_or(0.0) * 100.0) as u8),
+            Some("summary") => summary = Some(v),
+            _ => {}
+        }
+    }
+    let status = child.wait().map_err(|e| format!("the backup was lost: {e}"))?;
+    let errors = errors.join().unwrap_or_default();
+    let Some(v) = summary.filter(|_| status.success()) else {
+        let last: Vec<&str> = errors.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let last = last.iter().rev().take(2).rev().copied().collect::<Vec<_>>().join(" / ");
+        return Err(format!("restic backup failed ({status}): {}", if last.is_empty() { "no message" } else { &last }));
+    };
+    let n = |f: &str| v[f].as_u64().unwrap_or(0);
+    Ok(ResticSummary {
+        snapshot_id: v["snapshot_id"].as_str().unwrap_or_default().to_owned(),
+        files_new: n("files_new"),
+        files_changed: n("files_changed"),
+        data_added: n("data_added"),
+        total_files_processed: n("total_files_processed"),
+        total_bytes_processed: n("total_bytes_processed"),
+    })
+}
+
+/// One module: the gateway to its repository, its backup by its own hands, then (as
+/// root, on the repository only) the stale locks cleared, the retention applied and
+/// the statistics read.
+async fn backup_module(
+    ctx: &ActionContext,
+    setup: &NodeSetup,
+    req: &NodeRunBackupRequest,
+    m: &ModuleToBackUp,
+    cache: &Path,
+) -> Result<RunStatus, String> {
+    let paths = ModulePaths::find(setup, &m.module_id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("module {} is not one this node made", m.module_id))?;
+    let d = req.destination.clone();
+    let remote = Remote::new(d.provider, &d.url, &d.parameters).map_err(|(_, why)| why)?;
+    let path = format!("{}/{}", m.image, m.uuid);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
+    let work = {
+        let (remote, path, password) = (remote.clone(), path.clone(), d.password.clone());
+        tokio::task::spawn_blocking(move || {
+            let gateway = Gateway::start(&remote, &path)?;
+            let done = module_restic_backup(&paths, &gateway.url_with_credentials(), &password, |p| {
+                let _ = tx.send(p);
+            });
+            // The store's own words, when the gateway saw the failure.
+            done.map_err(|e| match gateway.last_error() {
+                Some(cause) => format!("{e} (the destination said: {cause})"),
+                None => e,
+            })
+        })
+    };
+    let mut shown = 0;
+    while let Some(p) = rx.recv().await {
+        if p >= shown + 5 {
+            shown = p;
+            ctx.set_progress(p.min(95));
+        }
+    }
+    let summary = work.await.map_err(|e| format!("the backup's thread was lost: {e}"))??;
+    let (password, retention, cache) = (d.password.clone(), req.retention.clone(), cache.to_owned());
+    let stats = tokio::task::spawn_blocking(move || after_backup(&remote, &path, &password, &retention, &cache))
+        .await
+        .map_err(|e| format!("the retention's thread was lost: {e}"))?;
+    let (total_size, total_file_count, snapshots_count) = stats?;
+    Ok(RunStatus {
+        success: true,
+        snapshot_id: Some(summary.snapshot_id),
+        data_added: summary.data_added,
+        total_size,
+        total_file_count,
+        snapshots_count,
+        ..RunStatus::default()
+    })
+}
+
+/// `unlock` (stale locks only: a live run's lock stays), `forget --prune` by the
+/// plan's rules, and the latest snapshot's size, files and the snapshot count.
+fn after_backup(
+    remote: &Remote,
+    path: &str,
+    password: &str,
+    retention: &Retention,
+    cache: &Path,
+) -> Result<(u64, u64, u64), String> {
+    std::fs::create_dir_all(cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    let run = |args: &[&str]| restic(remote, path, password, cache, args).stdout().map_err(|e| restic_error(&e));
+    run(&["unlock"])?;
+    let mut forget = vec!["forget".to_owned(), "--prune".into(), "--keep-last".into(), retention.keep_last.to_string()];
+    for (flag, v) in [
+        ("--keep-daily", retention.keep.keep_daily),
+        ("--keep-weekly", retention.keep.keep_weekly),
+        ("--keep-monthly", retention.keep.keep_monthly),
+    ] {
+        if let Some(n) = v {
+            forget.push(flag.into());
+            forget.push(n.to_string());
+        }
+    }
+    run(&forget.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let stats: Value =
+        serde_json::from_str(&run(&["stats", "--json", "latest"])?).map_err(|e| format!("restic stats: {e}"))?;
+    let snapshots: Value =
+        serde_json::from_str(&run(&["snapshots", "--json"])?).map_err(|e| format!("restic snapshots: {e}"))?;
+    Ok((
+        stats["total_size"].as_u64().unwrap_or(0),
+        stats["total_file_count"].as_u64().unwrap_or(0),
+        snapshots.as_array().map(|a| a.len() as u64).unwrap_or(0),
+    ))
 }

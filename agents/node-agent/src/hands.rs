@@ -128,6 +128,17 @@ impl Hands<'_> {
         }
     }
 
+    /// The command of [`sh_unshared`](Self::sh_unshared), not run: for a long job
+    /// whose output is read as it comes (a backup), bounded by `limit`. `env` is added
+    /// to the clean environment.
+    pub fn unshared_command(&self, limit: Duration, script: &str, args: &[&OsStr], env: &[(&str, &str)]) -> Cmd {
+        let cmd = match self {
+            Hands::Root => self.command(limit, "/bin/sh").args(["-c", script, "sh"]),
+            Hands::Module(_) => self.command(limit, "podman").args(["unshare", "/bin/sh", "-c", script, "sh"]),
+        };
+        env.iter().fold(cmd.args(args), |cmd, (k, v)| cmd.env(k, v))
+    }
+
     /// Write `text` to `path` with `mode` (a fresh file renamed into place).
     pub fn write(&self, path: &Path, text: &[u8], mode: u32) -> Result<(), HandsError> {
         let what = format!("writing {}", path.display());

@@ -462,6 +462,90 @@ refusals! {
     }
 }
 
+action! {
+    /// `run-backup` on the cluster: every module of plan `id`, now, on its node.
+    RunBackup = "run-backup", PlanId => RunBackupReply, PlanRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunBackupReply {
+    pub id: u64,
+    pub modules: Vec<ModuleRun>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModuleRun {
+    pub module_id: String,
+    pub node_id: u32,
+    pub status: RunStatus,
+}
+
+/// A destination with its secrets, as the cluster hands it to a node for one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DestinationAccess {
+    pub id: String,
+    pub provider: Provider,
+    pub url: String,
+    #[serde(default)]
+    pub parameters: Parameters,
+    /// The restic password.
+    #[schemars(extend("writeOnly" = true))]
+    pub password: String,
+}
+
+/// What a plan keeps, for restic's `forget`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Retention {
+    #[schemars(range(min = 1))]
+    pub keep_last: u32,
+    #[serde(default, flatten)]
+    pub keep: KeepRules,
+}
+
+/// A module to back up, as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModuleToBackUp {
+    #[schemars(regex(pattern = INSTANCE_PATTERN))]
+    pub module_id: String,
+    /// `MODULE_UUID`: its repository is `<image>/<uuid>` in the destination.
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[A-Za-z0-9-]+$"))]
+    pub uuid: String,
+    #[schemars(length(min = 1, max = 128), regex(pattern = "^[a-z0-9][a-z0-9._-]*$"))]
+    pub image: String,
+}
+
+action! {
+    /// `run-backup` on a node: its modules of a plan, one after the other. Unlike NS8's
+    /// (`{id}`, the node reading the plan and the destination's secrets from Redis),
+    /// the cluster hands the destination over: only the cluster can open its secrets.
+    NodeRunBackup = "run-backup", NodeRunBackupRequest => NodeRunBackupReply, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeRunBackupRequest {
+    #[schemars(range(min = 1))]
+    pub id: u64,
+    pub destination: DestinationAccess,
+    pub retention: Retention,
+    pub modules: Vec<ModuleToBackUp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeRunBackupReply {
+    pub modules: Vec<ModuleRun>,
+}
+
+/// restic's summary of a module's run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResticSummary {
+    pub snapshot_id: String,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub data_added: u64,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,3 +40,14 @@ action! {
 pub struct UpdateModuleRequest {
     pub module_url: String,
 }
+
+action! {
+    /// `module-dump-state` (optional): the module writes a consistent dump of its data
+    /// (a database's) under `state/` before a backup.
+    DumpState = "module-dump-state", Value => Value, Never
+}
+
+action! {
+    /// `module-cleanup-state` (optional): the module removes that dump after the backup.
+    CleanupState = "module-cleanup-state", Value => Value, Never
+}

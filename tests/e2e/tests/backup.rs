@@ -1,0 +1,215 @@
+//! Backups of a real application: DokuWiki installed in rootless Podman, a page
+//! edited, then backed up by plans to a local directory and to a real S3 server (moto,
+//! signing enforced) through `run-backup`, with the real restic and rclone.
+//!
+//! What is checked: the snapshot holds the edited page byte for byte, with the owner
+//! the container gave it (a sub-uid on the host, the same uid in the snapshot); the
+//! module's repository is `<destination>/dokuwiki/<MODULE_UUID>` as in NS8; a second
+//! run adds little; retention keeps the plan's count; `list-backups` shows each
+//! module's last run (success, snapshot, sizes); the run history keeps every run; the
+//! webhook receives the report of each run, success included; a second run of a plan
+//! while one runs is refused naming the first; an S3 server that went away fails the
+//! run with the reason, recorded; the restic password is nowhere in Redis in clear.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use e2e::LocalCluster;
+use e2e::modules::{page, port_of, run};
+use serde_json::{Value, json};
+use testkit::S3Server;
+
+const PASSWORD: &str = "restic password of the office";
+const EDIT: &str = "Minutes of the meeting: kept safe by the nightly backup.";
+
+/// A one-shot-per-connection HTTP server that hands each request body over.
+fn webhook() -> (u16, mpsc::Receiver<Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// restic as root on a local repository.
+fn restic(repo: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("restic")
+        .args(["--no-cache", "-r"])
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(c: &LocalCluster, plan: u64) -> Value {
+    let list = run(c, "list-backups", "cluster", json!({})).unwrap();
+    let b = list["backups"].as_array().unwrap().iter().find(|b| b["id"] == plan).unwrap().clone();
+    b["instances"][0]["status"].clone()
+}
+
+#[test]
+fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
+    let c = LocalCluster::start_with(&["dokuwiki"]);
+    let install = json!({"image": "dokuwiki", "node": 1, "accept": {"authorizations": ["traefik@node:routeadm"]}});
+    let id = run(&c, "add-module", "cluster", install).unwrap()["module_id"].as_str().unwrap().to_owned();
+    let agent = format!("module/{id}");
+    let port = port_of(&c, &id);
+    let conf = json!({"title": "Office Wiki", "admin_user": "boss", "admin_password": "correct horse battery"});
+    run(&c, "configure-module", &agent, conf).unwrap();
+    // The page, as the wiki stores it: written into its data volume from inside.
+    let put = Command::new("runuser")
+        .args(["-u", &id, "--", "podman", "exec", "-i", "dokuwiki", "sh", "-c"])
+        .arg("cat > /var/lib/dokuwiki/data/pages/start.txt && chown www-data: /var/lib/dokuwiki/data/pages/start.txt")
+        .env("XDG_RUNTIME_DIR", format!("/run/user/{}", e2e::modules::uid_of(&id).unwrap()))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(EDIT.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(put.success(), "write the page");
+    assert!(page(port, "/doku.php?id=start").contains(EDIT));
+    let uuid = c.redis(&["HGET", "cluster/module_uuid", &id]);
+
+    // Two destinations and a plan for each; the webhook hears every run.
+    let disk = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start().expect("moto");
+    let local = run(
+        &c,
+        "add-backup-repository",
+        "cluster",
+        json!({"provider": "local", "url": format!("local:{}", disk.path().display()), "password": PASSWORD}),
+    )
+    .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (key, secret) = s3.key("rw");
+    let remote = run(
+        &c,
+        "add-backup-repository",
+        "cluster",
+        json!({"provider": "generic-s3", "url": format!("s3:http://{}/office/ns8", s3.host()), "password": PASSWORD,
+               "parameters": {"aws_access_key_id": key, "aws_secret_access_key": secret}}),
+    )
+    .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (hook_port, reports) = webhook();
+    let plan = |repository: &str| {
+        json!({"repository": repository, "schedule": "daily", "retention": 2, "instances": [id], "enabled": true,
+               "webhook_url": format!("http://127.0.0.1:{hook_port}/report")})
+    };
+    let local_plan = run(&c, "add-backup", "cluster", plan(&local)).unwrap().as_u64().unwrap();
+    let s3_plan = run(&c, "add-backup", "cluster", plan(&remote)).unwrap().as_u64().unwrap();
+
+    // To the local disk: the page is in the snapshot, byte for byte, with its owner.
+    let out =
+        run(&c, "run-backup", "cluster", json!({"id": local_plan})).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let first = &out["modules"][0]["status"];
+    assert_eq!(first["success"], true, "{out}");
+    assert!(first["data_added"].as_u64().unwrap() > 0, "{out}");
+    let repo = disk.path().join("dokuwiki").join(&uuid);
+    assert!(repo.join("config").is_file(), "NS8's layout: <dest>/dokuwiki/<MODULE_UUID>");
+    let dumped = restic(&repo, &["dump", "latest", "/volumes/data/pages/start.txt"]);
+    assert_eq!(dumped, EDIT);
+    let listing = restic(&repo, &["ls", "-l", "latest", "/volumes/data/pages/start.txt"]);
+    let www_data = Command::new("runuser")
+        .args(["-u", &id, "--", "podman", "exec", "dokuwiki", "id", "-u", "www-data"])
+        .env("XDG_RUNTIME_DIR", format!("/run/user/{}", e2e::modules::uid_of(&id).unwrap()))
+        .output()
+        .unwrap();
+    let www_data = String::from_utf8_lossy(&www_data.stdout).trim().to_owned();
+    let owner: Vec<&str> = listing
+        .lines()
+        .find(|l| l.starts_with('-'))
+        .unwrap_or_else(|| panic!("{listing}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(owner[1], www_data, "the container's owner kept: {listing}");
+    assert!(restic(&repo, &["ls", "latest"]).contains("/state/environment"));
+    let report = reports.recv_timeout(Duration::from_secs(10)).expect("a webhook report of the success");
+    assert_eq!((report["backup_id"].as_u64(), report["success"].as_bool()), (Some(local_plan), Some(true)), "{report}");
+
+    // Again, twice: little added, and the plan keeps two snapshots.
+    for _ in 0..2 {
+        run(&c, "run-backup", "cluster", json!({"id": local_plan})).unwrap();
+    }
+    let last = status(&c, local_plan);
+    assert_eq!((last["success"].as_bool(), last["snapshots_count"].as_u64()), (Some(true), Some(2)), "{last}");
+    assert!(last["data_added"].as_u64().unwrap() < first["data_added"].as_u64().unwrap() / 2, "{last} vs {first}");
+    assert!(last["total_size"].as_u64().unwrap() > EDIT.len() as u64, "{last}");
+    let history = c.redis(&["LLEN", &format!("cluster/backup_runs/{local_plan}")]);
+    assert_eq!(history, "3");
+
+    // To S3; a second run of the plan meanwhile is refused, naming the first.
+    let first_run = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| run(&c, "run-backup", "cluster", json!({"id": s3_plan})));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.redis(&["EXISTS", &format!("cluster/backup_lock/{s3_plan}")]) != "1" {
+            assert!(Instant::now() < deadline && !handle.is_finished(), "the first run never held its lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let second = run(&c, "run-backup", "cluster", json!({"id": s3_plan})).unwrap_err();
+        assert!(second.contains("backup_running") && second.contains("is running already, as task"), "{second}");
+        handle.join().unwrap()
+    });
+    let out = first_run.unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    assert_eq!(out["modules"][0]["status"]["success"], true, "{out}");
+    assert!(status(&c, s3_plan)["snapshot_id"].is_string());
+
+    // The S3 server goes away: the run fails with the reason, and it is recorded.
+    let mut s3 = s3;
+    s3.stop();
+    let err = run(&c, "run-backup", "cluster", json!({"id": s3_plan})).unwrap_err();
+    assert!(err.contains(&id) && err.contains("connection refused"), "{err}");
+    let failed = status(&c, s3_plan);
+    assert_eq!(failed["success"], false, "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("connection refused"), "{failed}");
+    let report = std::iter::from_fn(|| reports.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|r| r["success"] == false)
+        .expect("a webhook report of the failure");
+    assert!(report["modules"][0]["status"]["error"].as_str().unwrap().contains("connection refused"), "{report}");
+
+    // The restic password is nowhere in Redis in clear.
+    for key in c.redis(&["--scan"]).lines() {
+        let kind = c.redis(&["TYPE", key]);
+        let value = match kind.as_str() {
+            "string" => c.redis(&["GET", key]),
+            "hash" => c.redis(&["HGETALL", key]),
+            "list" => c.redis(&["LRANGE", key, "0", "-1"]),
+            _ => continue,
+        };
+        assert!(!value.contains(PASSWORD), "{key} holds the restic password");
+        assert!(!value.contains(&secret), "{key} holds the S3 secret");
+    }
+}
