@@ -22,6 +22,7 @@ pub mod records;
 pub mod recovery;
 pub mod removal;
 mod repository;
+pub mod restore;
 pub mod runs;
 pub mod update;
 
@@ -37,7 +38,7 @@ const DEFAULT_NAME: &str = "NethServer 8";
 
 /// Every step of the cluster's sagas, for their undo to be found after a crash.
 pub fn sagas() -> Sagas {
-    removal::steps(update::steps(install::steps(Sagas::new())))
+    restore::steps(removal::steps(update::steps(install::steps(Sagas::new()))))
 }
 
 pub fn natives(_: &AgentConfig) -> NativeActions {
@@ -47,7 +48,8 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .on_start(move |ctx| recovery::recover(ctx, recovering.clone()))
         .typed_with::<cluster::AddModule, _, _, _>(sagas.clone(), install::add)
         .typed_with::<cluster::RemoveModule, _, _, _>(sagas.clone(), removal::remove)
-        .typed_with::<cluster::UpdateModule, _, _, _>(sagas, update::update)
+        .typed_with::<cluster::UpdateModule, _, _, _>(sagas.clone(), update::update)
+        .typed_with::<destinations::RestoreModule, _, _, _>(sagas, restore::restore)
         .typed::<cluster::AddRepository, _, _>(repository::add)
         .typed::<cluster::AlterRepository, _, _>(repository::alter)
         .typed::<cluster::RemoveRepository, _, _>(repository::remove)
@@ -64,6 +66,7 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed::<destinations::RemoveBackup, _, _>(plans::remove)
         .typed::<destinations::ListBackups, _, _>(plans::list)
         .typed::<destinations::RunBackup, _, _>(runs::run)
+        .typed::<destinations::ReadBackupSnapshots, _, _>(restore::snapshots)
         .typed::<cluster::GetName, _, _>(get_name)
         .typed::<cluster::SetName, _, _>(set_name)
 }

@@ -156,9 +156,8 @@ async fn back_up(
     m: &ModuleToBackUp,
 ) -> Result<ModuleRun, String> {
     let agent = AgentId::module(&m.module_id).map_err(|e| e.to_string())?;
-    let has = async |action: &'static str| {
-        ctx.has_action(&agent, action).await.map_err(|e| format!("{}: {e}", m.module_id))
-    };
+    let has =
+        async |action: &'static str| ctx.has_action(&agent, action).await.map_err(|e| format!("{}: {e}", m.module_id));
     if has(module::DumpState::NAME).await? {
         ctx.call::<module::DumpState>(&agent, &json!({})).await.map_err(|e| e.to_string())?;
     }

@@ -32,9 +32,9 @@ const REMOTE: &str = "dest";
 /// A destination as rclone reaches it.
 #[derive(Clone)]
 pub struct Remote {
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// `dest:<path>`, the destination's root.
-    root: String,
+    pub(crate) root: String,
 }
 
 impl Remote {
@@ -214,7 +214,7 @@ fn root_owned_dir(path: &Path) -> Result<(), ActionError> {
 /// cannot delete or rewrite its past snapshots), behind a user and password made for
 /// this run. The destination's credentials stay in rclone's environment (root's);
 /// the module gets only the gateway's URL and this run's password. Killed on drop.
-struct Gateway {
+pub(crate) struct Gateway {
     child: std::process::Child,
     port: u16,
     user: String,
@@ -223,17 +223,30 @@ struct Gateway {
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no free loopback port for the backup gateway: {0}")]
+    Port(std::io::Error),
+    #[error("cannot run rclone serve restic: {0}")]
+    Spawn(std::io::Error),
+    #[error("rclone serve restic exited ({status}): {stderr}")]
+    Exited { status: std::process::ExitStatus, stderr: String },
+    #[error("rclone serve restic did not listen within 20 s")]
+    Silent,
+}
+
 impl Gateway {
-    fn start(remote: &Remote, path: &str) -> Result<Gateway, String> {
+    pub(crate) fn start(remote: &Remote, path: &str) -> Result<Gateway, GatewayError> {
         let user = seal_free_token(8);
         let password = seal_free_token(24);
-        let mut last = String::new();
+        let mut last = GatewayError::Silent;
         // The free port is found by binding and releasing it; another process may
         // take it in between, so try a few.
         for _ in 0..3 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
-                .map_err(|e| format!("no free loopback port: {e}"))?
+                .map_err(GatewayError::Port)?
                 .port();
             let mut cmd = remote
                 .rclone(&["serve", "restic", "--append-only", "--addr", &format!("127.0.0.1:{port}")])
@@ -246,7 +259,7 @@ impl Gateway {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
-                .map_err(|e| format!("cannot run rclone serve restic: {e}"))?;
+                .map_err(GatewayError::Spawn)?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             loop {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -270,13 +283,13 @@ impl Gateway {
                     if let Some(mut e) = child.stderr.take() {
                         let _ = std::io::Read::read_to_string(&mut e, &mut err);
                     }
-                    last = format!("rclone serve restic exited ({status}): {}", err.trim());
+                    last = GatewayError::Exited { status, stderr: err.trim().to_owned() };
                     break;
                 }
                 if std::time::Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    last = "rclone serve restic did not listen within 20 s".into();
+                    last = GatewayError::Silent;
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -293,7 +306,7 @@ impl Gateway {
 
     /// `rest:http://<user>:<password>@127.0.0.1:<port>/`: given to the backup in its
     /// environment only.
-    fn url_with_credentials(&self) -> String {
+    pub(crate) fn url_with_credentials(&self) -> String {
         format!("rest:http://{}:{}@127.0.0.1:{}/", self.user, self.password, self.port)
     }
 }
@@ -317,7 +330,7 @@ fn seal_free_token(len: usize) -> String {
 
 /// restic as root on a module's repository, straight through rclone (never through
 /// the module's files): retention, unlocking, statistics.
-fn restic(remote: &Remote, path: &str, password: &str, cache: &Path, args: &[&str]) -> Cmd {
+pub(crate) fn restic(remote: &Remote, path: &str, password: &str, cache: &Path, args: &[&str]) -> Cmd {
     let cmd = Cmd::new("restic").env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     remote
         .env
@@ -331,7 +344,7 @@ fn restic(remote: &Remote, path: &str, password: &str, cache: &Path, args: &[&st
         .args(args)
 }
 
-fn restic_error(e: &hostcmd::CmdError) -> String {
+pub(crate) fn restic_error(e: &hostcmd::CmdError) -> String {
     e.stderr().lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("restic failed").to_owned()
 }
 
@@ -409,7 +422,8 @@ exec restic backup --json --tag ns8rs --host "$NS8RS_MODULE_ID" --exclude-file "
 "#;
 
 /// Enters a private mount namespace and runs [`BACKUP_SCRIPT`] there.
-const IN_MOUNT_NAMESPACE: &str = r#"exec unshare --mount --propagation private /bin/sh -c "$NS8RS_SCRIPT" sh "$@""#;
+pub(crate) const IN_MOUNT_NAMESPACE: &str =
+    r#"exec unshare --mount --propagation private /bin/sh -c "$NS8RS_SCRIPT" sh "$@""#;
 
 /// A backup runs at most this long.
 const BACKUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
@@ -492,7 +506,7 @@ async fn backup_module(
     let work = {
         let (remote, path, password) = (remote.clone(), path.clone(), d.password.clone());
         tokio::task::spawn_blocking(move || {
-            let gateway = Gateway::start(&remote, &path)?;
+            let gateway = Gateway::start(&remote, &path).map_err(|e| e.to_string())?;
             let done = module_restic_backup(&paths, &gateway.url_with_credentials(), &password, |p| {
                 let _ = tx.send(p);
             });

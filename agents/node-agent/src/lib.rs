@@ -15,6 +15,7 @@ pub mod modules;
 pub mod podman;
 pub mod ports;
 pub mod registry;
+pub mod restore;
 pub mod update;
 pub mod users;
 
@@ -52,7 +53,10 @@ pub fn natives(cfg: &agent_runtime::AgentConfig) -> NativeActions {
         .typed_with::<node::RemoveModule, _, _, _>(setup.clone(), modules::remove::remove)
         .typed_with::<node::UpdateModule, _, _, _>(setup.clone(), update::update)
         .typed_with::<node::FinishUpdate, _, _, _>(setup.clone(), update::finish)
-        .typed_with::<protocol::actions::backup::NodeRunBackup, _, _, _>(setup, backup::run_backup)
+        .typed_with::<protocol::actions::backup::NodeRunBackup, _, _, _>(setup.clone(), backup::run_backup)
+        .typed::<protocol::actions::backup::NodeReadSnapshots, _, _>(restore::snapshots)
+        .typed::<protocol::actions::backup::ReadBackupEnvironment, _, _>(restore::environment)
+        .typed_with::<protocol::actions::backup::RestoreModuleData, _, _, _>(setup, restore::restore_data)
         .typed::<protocol::actions::backup::ValidateBackupDestination, _, _>(backup::validate)
         .typed::<node::AllocatePorts, _, _>(ports::allocate)
         .typed::<node::DeallocatePorts, _, _>(ports::deallocate)

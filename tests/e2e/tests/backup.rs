@@ -55,6 +55,32 @@ fn webhook() -> (u16, mpsc::Receiver<Value>) {
     (port, rx)
 }
 
+/// What a restore must bring back of module `id`: every file of its pages, their
+/// history and its settings (volume `acl`), with owner, mode and content hash, as its
+/// containers see them (inside its user namespace).
+fn fingerprint(id: &str) -> String {
+    let uid = e2e::modules::uid_of(id).unwrap();
+    let script = "cd \"$HOME/.local/share/containers/storage/volumes\" && \
+        find data/_data/pages data/_data/attic acl/_data -printf '%p %u %g %m %s\\n' | sort && \
+        find data/_data/pages data/_data/attic acl/_data -type f -exec sha256sum {} + | sort";
+    let out = Command::new("runuser")
+        .args(["-u", id, "--", "podman", "unshare", "sh", "-c", script])
+        .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"))
+        .env("HOME", format!("/home/{id}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fingerprint of {id}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("pages/start.txt"), "{text}");
+    text
+}
+
+fn modules(c: &LocalCluster) -> Vec<String> {
+    let mut m: Vec<String> = c.redis(&["HKEYS", "cluster/module_node"]).lines().map(str::to_owned).collect();
+    m.sort();
+    m
+}
+
 /// restic as root on a local repository.
 fn restic(repo: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("restic")
@@ -187,6 +213,36 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     assert_eq!(out["modules"][0]["status"]["success"], true, "{out}");
     assert!(status(&c, s3_plan)["snapshot_id"].is_string());
 
+    // Restored from S3 as a copy beside the original: a new instance with its own
+    // UUID, the same pages, history and settings, owners and modes.
+    let original = fingerprint(&id);
+    let restore = |repository: &str, replace: bool| {
+        json!({"repository": repository, "path": format!("dokuwiki/{uuid}"), "snapshot": "", "node": 1,
+               "replace": replace, "accept": {"authorizations": ["traefik@node:routeadm"]}})
+    };
+    let copy =
+        run(&c, "restore-module", "cluster", restore(&remote, false)).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let copy_id = copy["module_id"].as_str().unwrap().to_owned();
+    assert_ne!(copy_id, id);
+    assert_ne!(copy["module_uuid"].as_str().unwrap(), uuid, "a copy gets a UUID of its own");
+    assert_eq!(fingerprint(&copy_id), original, "the copy's data");
+    assert!(page(port_of(&c, &copy_id), "/doku.php?id=start").contains(EDIT));
+    assert!(page(port, "/doku.php?id=start").contains(EDIT), "the original still serves");
+    let snaps =
+        run(&c, "read-backup-snapshots", "cluster", json!({"repository": local, "path": format!("dokuwiki/{uuid}")}))
+            .unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    assert!(snaps[0]["id"].as_str().unwrap().len() >= 8 && snaps[0]["timestamp"].as_i64().unwrap() > 0, "{snaps}");
+    // Bad input installs nothing: no such snapshot, no such destination.
+    let before = modules(&c);
+    let mut bad = restore(&local, false);
+    bad["snapshot"] = json!("deadbeef");
+    let err = run(&c, "restore-module", "cluster", bad).unwrap_err();
+    assert!(err.contains("not_a_module_backup"), "{err}");
+    let err = run(&c, "restore-module", "cluster", restore("nope", false)).unwrap_err();
+    assert!(err.contains("backup_repository_not_found"), "{err}");
+    assert_eq!(modules(&c), before);
+
     // The S3 server goes away: the run fails with the reason, and it is recorded.
     let mut s3 = s3;
     s3.stop();
@@ -199,6 +255,17 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
         .find(|r| r["success"] == false)
         .expect("a webhook report of the failure");
     assert!(report["modules"][0]["status"]["error"].as_str().unwrap().contains("connection refused"), "{report}");
+
+    // Replaced from the local disk: the original goes, the restored one has its UUID,
+    // its data, and its place in the plan.
+    let replaced =
+        run(&c, "restore-module", "cluster", restore(&local, true)).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let new_id = replaced["module_id"].as_str().unwrap().to_owned();
+    assert_eq!(replaced["module_uuid"].as_str().unwrap(), uuid, "the replacement keeps the UUID");
+    assert!(!modules(&c).contains(&id) && !e2e::modules::user_exists(&id), "the original is removed");
+    assert_eq!(fingerprint(&new_id), original, "the replacement's data");
+    assert!(page(port_of(&c, &new_id), "/doku.php?id=start").contains(EDIT));
+    assert_eq!(c.redis(&["HGET", &format!("cluster/backup/{local_plan}"), "instances"]), new_id, "the plan re-linked");
 
     // The restic password is nowhere in Redis in clear.
     for key in c.redis(&["--scan"]).lines() {

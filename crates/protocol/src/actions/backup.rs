@@ -546,6 +546,119 @@ pub struct ResticSummary {
     pub total_bytes_processed: u64,
 }
 
+/// A module repository's path in a destination: `<image name>/<MODULE_UUID>`.
+pub const REPOSITORY_PATH_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,127}/[A-Za-z0-9-]{1,64}$";
+
+/// A snapshot id (restic's, short or long), or `latest`.
+pub const SNAPSHOT_PATTERN: &str = "^(latest|[0-9a-f]{8,64})$";
+
+action! {
+    /// `read-backup-snapshots`: a module repository's snapshots, newest last (NS8's).
+    ReadBackupSnapshots = "read-backup-snapshots", ReadSnapshotsRequest => Vec<Snapshot>, DestinationRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReadSnapshotsRequest {
+    /// The destination's id.
+    #[schemars(length(min = 1, max = 64))]
+    pub repository: String,
+    #[schemars(regex(pattern = REPOSITORY_PATH_PATTERN))]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Snapshot {
+    pub id: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+    /// -1: restic 0.14 records no summary in its snapshots.
+    pub total_bytes: i64,
+    pub backup_start: String,
+    pub backup_end: String,
+}
+
+action! {
+    /// `read-backup-snapshots` on a node, the destination handed over.
+    NodeReadSnapshots = "read-backup-snapshots", NodeSnapshotsRequest => Vec<Snapshot>, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeSnapshotsRequest {
+    pub destination: DestinationAccess,
+    #[schemars(regex(pattern = REPOSITORY_PATH_PATTERN))]
+    pub path: String,
+}
+
+action! {
+    /// `read-backup-environment` on a node: a snapshot's `state/environment`.
+    ReadBackupEnvironment = "read-backup-environment", SnapshotRef => std::collections::BTreeMap<String, String>, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotRef {
+    pub destination: DestinationAccess,
+    #[schemars(regex(pattern = REPOSITORY_PATH_PATTERN))]
+    pub path: String,
+    #[schemars(regex(pattern = SNAPSHOT_PATTERN))]
+    pub snapshot: String,
+}
+
+action! {
+    /// `restore-module-data` on a node: a snapshot's `state/` (but its `environment`)
+    /// and volumes into an installed module, its services stopped meanwhile.
+    RestoreModuleData = "restore-module-data", RestoreDataRequest => RestoreDataReply, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreDataRequest {
+    #[schemars(regex(pattern = INSTANCE_PATTERN))]
+    pub module_id: String,
+    pub from: SnapshotRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreDataReply {
+    /// The volumes restored.
+    pub volumes: Vec<String>,
+}
+
+action! {
+    /// `restore-module` on the cluster: a module from a snapshot, as a new instance or
+    /// replacing the one of the same `MODULE_UUID`.
+    RestoreModule = "restore-module", RestoreModuleRequest => super::cluster::AddModuleReply, RestoreRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreModuleRequest {
+    /// The destination's id.
+    #[schemars(length(min = 1, max = 64))]
+    pub repository: String,
+    #[schemars(regex(pattern = REPOSITORY_PATH_PATTERN))]
+    pub path: String,
+    /// Empty: the latest.
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(|latest|[0-9a-f]{8,64})$"))]
+    pub snapshot: String,
+    #[schemars(range(min = 1))]
+    pub node: u32,
+    /// Remove the modules that hold the snapshot's `MODULE_UUID`, once the restored one
+    /// runs, and give it that UUID.
+    #[serde(default)]
+    pub replace: bool,
+    /// What the administrator accepts of the image's requests, as for `add-module`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept: Option<super::cluster::Accept>,
+}
+
+refusals! {
+    /// Why a restore is refused before anything is installed.
+    RestoreRefusal {
+        RepositoryNotFound => ("repository", "backup_repository_not_found"),
+        /// The snapshot holds no `state/environment` naming its image.
+        NotAModule => ("path", "not_a_module_backup"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
