@@ -7,7 +7,7 @@
 //! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
 //! image's labels; `repository.rs` the software repositories; `backup.rs` the backup
-//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs` their runs; `failure.rs` the failures'
+//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs` their runs, `schedule.rs` their timer; `failure.rs` the failures'
 //! text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod backup;
@@ -24,6 +24,7 @@ pub mod removal;
 mod repository;
 pub mod restore;
 pub mod runs;
+pub mod schedule;
 pub mod update;
 
 use agent_runtime::saga::Sagas;
@@ -45,7 +46,13 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
     let sagas = sagas();
     let recovering = sagas.clone();
     NativeActions::new()
-        .on_start(move |ctx| recovery::recover(ctx, recovering.clone()))
+        .on_start(move |ctx| {
+            let sagas = recovering.clone();
+            async move {
+                recovery::recover(ctx.clone(), sagas).await;
+                schedule::start(ctx).await;
+            }
+        })
         .typed_with::<cluster::AddModule, _, _, _>(sagas.clone(), install::add)
         .typed_with::<cluster::RemoveModule, _, _, _>(sagas.clone(), removal::remove)
         .typed_with::<cluster::UpdateModule, _, _, _>(sagas.clone(), update::update)

@@ -267,6 +267,31 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     assert!(page(port_of(&c, &new_id), "/doku.php?id=start").contains(EDIT));
     assert_eq!(c.redis(&["HGET", &format!("cluster/backup/{local_plan}"), "instances"]), new_id, "the plan re-linked");
 
+    // On schedule: every 5 seconds, runs by themselves; disabled, they stop.
+    let mut every = plan(&local);
+    every["schedule"] = json!("*-*-* *:*:0/5");
+    every["instances"] = json!([new_id]);
+    let timed = run(&c, "add-backup", "cluster", every.clone()).unwrap().as_u64().unwrap();
+    let runs_key = format!("cluster/backup_runs/{timed}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.redis(&["LLEN", &runs_key]).parse::<u32>().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "no two scheduled runs within 60 s\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status(&c, timed)["success"], true);
+    every["id"] = json!(timed);
+    every["name"] = json!("Paused");
+    every["enabled"] = json!(false);
+    run(&c, "alter-backup", "cluster", every).unwrap();
+    // A run queued before the change ends first.
+    std::thread::sleep(Duration::from_secs(1));
+    while c.redis(&["EXISTS", &format!("cluster/backup_lock/{timed}")]) == "1" {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let settled = c.redis(&["LLEN", &runs_key]);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(c.redis(&["LLEN", &runs_key]), settled, "a disabled plan does not run");
+
     // The restic password is nowhere in Redis in clear.
     for key in c.redis(&["--scan"]).lines() {
         let kind = c.redis(&["TYPE", key]);
