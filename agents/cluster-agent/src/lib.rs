@@ -7,12 +7,13 @@
 //! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
 //! image's labels; `repository.rs` the software repositories; `backup.rs` the backup
-//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs` their runs, `schedule.rs` their timer; `failure.rs` the failures'
+//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs` their runs, `schedule.rs` their timer, `drill.rs` the restore drills; `failure.rs` the failures'
 //! text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod backup;
 pub mod calendar;
 pub mod consent;
+pub mod drill;
 mod failure;
 pub mod image;
 pub mod install;
@@ -56,7 +57,8 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed_with::<cluster::AddModule, _, _, _>(sagas.clone(), install::add)
         .typed_with::<cluster::RemoveModule, _, _, _>(sagas.clone(), removal::remove)
         .typed_with::<cluster::UpdateModule, _, _, _>(sagas.clone(), update::update)
-        .typed_with::<destinations::RestoreModule, _, _, _>(sagas, restore::restore)
+        .typed_with::<destinations::RestoreModule, _, _, _>(sagas.clone(), restore::restore)
+        .typed_with::<destinations::RunDrill, _, _, _>(sagas, drill::drill)
         .typed::<cluster::AddRepository, _, _>(repository::add)
         .typed::<cluster::AlterRepository, _, _>(repository::alter)
         .typed::<cluster::RemoveRepository, _, _>(repository::remove)

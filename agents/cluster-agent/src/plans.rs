@@ -8,8 +8,8 @@ use agent_runtime::{ActionContext, ActionError};
 use bus::fred::prelude::*;
 use protocol::AgentId;
 use protocol::actions::backup::{
-    AddBackupRequest, AlterBackupRequest, BackupPlan, BackupPlans, Instance, KeepRules, PlanId, PlanInstance,
-    PlanRefusal, RunStatus, UnconfiguredInstance, WebhookWhen,
+    AddBackupRequest, AlterBackupRequest, BackupPlan, BackupPlans, DrillReport, Instance, KeepRules, PlanId,
+    PlanInstance, PlanRefusal, RunStatus, UnconfiguredInstance, WebhookWhen,
 };
 use protocol::events::{self, SchedulesChanged};
 use protocol::keys;
@@ -35,6 +35,7 @@ pub struct Plan {
     pub enabled: bool,
     pub webhook_url: Option<String>,
     pub webhook_when: WebhookWhen,
+    pub drill_schedule: Option<String>,
 }
 
 impl Plan {
@@ -59,6 +60,7 @@ impl Plan {
                     WebhookWhen::Failure => "failure".into(),
                 },
             ),
+            ("drill_schedule", self.drill_schedule.clone().unwrap_or_default()),
         ]
     }
 
@@ -81,6 +83,7 @@ impl Plan {
             enabled: get("enabled") == "1",
             webhook_url: Some(get("webhook_url")).filter(|u| !u.is_empty()),
             webhook_when: if get("webhook_when") == "failure" { WebhookWhen::Failure } else { WebhookWhen::Always },
+            drill_schedule: Some(get("drill_schedule")).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -116,6 +119,13 @@ fn check_schedule(schedule: &str) -> Result<Calendar, ActionError> {
     Ok(c)
 }
 
+/// A drill's schedule, when given, checked like the plan's.
+fn check_drill_schedule(schedule: Option<&str>) -> Result<(), ActionError> {
+    let Some(s) = schedule else { return Ok(()) };
+    Calendar::parse(s).map_err(|why| refuse(PlanRefusal::BadSchedule, format!("drill_schedule: {why}")))?;
+    Ok(())
+}
+
 /// The installed modules among `instances`, deduplicated; an unknown one refused.
 async fn check_instances(redis: &Client, instances: &[Instance]) -> Result<Vec<String>, ActionError> {
     let placed: HashMap<String, String> = redis.hgetall(keys::MODULE_NODE).await?;
@@ -143,6 +153,7 @@ pub async fn add(ctx: ActionContext, req: AddBackupRequest) -> Result<u64, Actio
         return Err(refuse(PlanRefusal::RepositoryNotFound, req.repository));
     }
     check_schedule(&req.schedule)?;
+    check_drill_schedule(req.drill_schedule.as_deref())?;
     let instances = check_instances(&ctx.redis, &req.instances).await?;
     let id: u64 = ctx.redis.incr(keys::BACKUP_SEQUENCE).await?;
     let name = if req.name.trim().is_empty() { format!("Backup {id}") } else { req.name.trim().to_owned() };
@@ -158,6 +169,7 @@ pub async fn add(ctx: ActionContext, req: AddBackupRequest) -> Result<u64, Actio
         enabled: req.enabled,
         webhook_url: req.webhook_url,
         webhook_when: req.webhook_when,
+        drill_schedule: req.drill_schedule.map(|s| s.trim().to_owned()),
     };
     let _: () = ctx.redis.hset(keys::backup_plan(id), plan.fields()).await?;
     publish_changed(&ctx, &[id]).await;
@@ -169,6 +181,7 @@ pub async fn alter(ctx: ActionContext, req: AlterBackupRequest) -> Result<(), Ac
         return Err(refuse(PlanRefusal::ObjectNotFound, req.id));
     };
     check_schedule(&req.schedule)?;
+    check_drill_schedule(req.drill_schedule.as_deref())?;
     let instances = check_instances(&ctx.redis, &req.instances).await?;
     let plan = Plan {
         name: req.name.trim().to_owned(),
@@ -180,6 +193,7 @@ pub async fn alter(ctx: ActionContext, req: AlterBackupRequest) -> Result<(), Ac
         enabled: req.enabled,
         webhook_url: req.webhook_url,
         webhook_when: req.webhook_when,
+        drill_schedule: req.drill_schedule.map(|s| s.trim().to_owned()),
         ..old
     };
     let key = keys::backup_plan(req.id);
@@ -230,6 +244,8 @@ pub async fn list(ctx: ActionContext, _: Value) -> Result<BackupPlans, ActionErr
     let mut backups = Vec::new();
     for p in plans {
         let mut instances = Vec::new();
+        let drills: Vec<String> = ctx.redis.lrange(keys::backup_drills(p.id), 0, -1).await?;
+        let drills: Vec<DrillReport> = drills.iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
         for m in &p.instances {
             if !placed.contains_key(m) {
                 continue;
@@ -238,7 +254,17 @@ pub async fn list(ctx: ActionContext, _: Value) -> Result<BackupPlans, ActionErr
             let (ui_name, repository_path, node) = describe(&ctx.redis, m).await?;
             let status: Option<String> = ctx.redis.hget(keys::backup_status(node, p.id), m.as_str()).await?;
             let status = status.and_then(|s| serde_json::from_str::<RunStatus>(&s).ok());
-            instances.push(PlanInstance { module_id: m.clone(), ui_name, repository_path, status });
+            let of_module = drills.iter().filter(|d| d.module_id == *m);
+            let last_drill = of_module.clone().next().cloned();
+            let last_good_drill = of_module.clone().find(|d| d.success).cloned();
+            instances.push(PlanInstance {
+                module_id: m.clone(),
+                ui_name,
+                repository_path,
+                status,
+                last_drill,
+                last_good_drill,
+            });
         }
         let next_run = if p.enabled {
             Calendar::parse(&p.schedule).ok().and_then(|c| c.next()).map(|z| z.timestamp().to_string())
@@ -258,6 +284,7 @@ pub async fn list(ctx: ActionContext, _: Value) -> Result<BackupPlans, ActionErr
             webhook_url: p.webhook_url,
             webhook_when: p.webhook_when,
             next_run,
+            drill_schedule: p.drill_schedule,
         });
     }
     let mut unconfigured = Vec::new();

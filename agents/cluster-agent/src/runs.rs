@@ -72,7 +72,10 @@ async fn unlock(ctx: &ActionContext, id: u64) {
 }
 
 /// The plan's installed modules, by node.
-async fn modules_by_node(ctx: &ActionContext, plan: &Plan) -> Result<BTreeMap<u32, Vec<ModuleToBackUp>>, ActionError> {
+pub async fn modules_by_node(
+    ctx: &ActionContext,
+    plan: &Plan,
+) -> Result<BTreeMap<u32, Vec<ModuleToBackUp>>, ActionError> {
     let mut out: BTreeMap<u32, Vec<ModuleToBackUp>> = BTreeMap::new();
     for m in &plan.instances {
         let node: Option<String> = ctx.redis.hget(keys::MODULE_NODE, m.as_str()).await?;

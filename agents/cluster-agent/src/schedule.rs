@@ -16,7 +16,7 @@ use bus::fred::prelude::*;
 use jiff::Timestamp;
 use protocol::AgentId;
 use protocol::actions::Action;
-use protocol::actions::backup::{PlanId, RunBackup};
+use protocol::actions::backup::{PlanId, RunBackup, RunDrill};
 use protocol::keys;
 
 use crate::calendar::Calendar;
@@ -24,6 +24,7 @@ use crate::calendar::Calendar;
 /// How often the plans are looked at: a schedule's elapse runs at most this late.
 const TICK: Duration = Duration::from_secs(2);
 const SCHEDULED_AT: &str = "scheduled_at";
+const DRILL_SCHEDULED_AT: &str = "drill_scheduled_at";
 
 /// Start the scheduler beside the agent's work (from its start hook).
 pub async fn start(ctx: ActionContext) {
@@ -38,29 +39,44 @@ pub async fn start(ctx: ActionContext) {
 }
 
 async fn tick(ctx: &ActionContext) -> Result<(), Box<dyn std::error::Error>> {
-    let now = Timestamp::now();
     for plan in crate::plans::all(&ctx.redis).await.map_err(|e| format!("{e:?}"))? {
         if !plan.enabled {
             continue;
         }
-        let Ok(calendar) = Calendar::parse(&plan.schedule) else { continue };
-        let key = keys::backup_plan(plan.id);
-        let since: Option<i64> = ctx.redis.hget(&key, SCHEDULED_AT).await?;
-        let Some(since) = since.and_then(|s| Timestamp::from_second(s).ok()) else {
-            let _: () = ctx.redis.hset(&key, (SCHEDULED_AT, now.as_second())).await?;
-            continue;
-        };
-        let Some(next) = calendar.next_after(since) else { continue };
-        if next > now {
-            continue;
+        due(ctx, plan.id, &plan.schedule, SCHEDULED_AT, RunBackup::NAME).await?;
+        if let Some(drill) = &plan.drill_schedule {
+            due(ctx, plan.id, drill, DRILL_SCHEDULED_AT, RunDrill::NAME).await?;
         }
-        // Recorded first: a crash after it skips this elapse rather than running it twice.
-        let _: () = ctx.redis.hset(&key, (SCHEDULED_AT, now.as_second())).await?;
-        let data = serde_json::to_value(PlanId { id: plan.id }).expect("a PlanId always serializes");
-        let mut task = protocol::task::Task::new(RunBackup::NAME, data);
-        task.user = AgentId::Cluster.to_string();
-        bus::push_task(&ctx.redis, &AgentId::Cluster, &mut task).await?;
-        tracing::info!("plan {} ({}): scheduled run {} queued (elapse {next})", plan.id, plan.name, task.id);
     }
+    Ok(())
+}
+
+/// Queue `action` for plan `id` when `schedule` elapsed since the time in `field`.
+async fn due(
+    ctx: &ActionContext,
+    id: u64,
+    schedule: &str,
+    field: &str,
+    action: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let now = Timestamp::now();
+    let Ok(calendar) = Calendar::parse(schedule) else { return Ok(()) };
+    let key = keys::backup_plan(id);
+    let since: Option<i64> = ctx.redis.hget(&key, field).await?;
+    let Some(since) = since.and_then(|s| Timestamp::from_second(s).ok()) else {
+        let _: () = ctx.redis.hset(&key, (field, now.as_second())).await?;
+        return Ok(());
+    };
+    let Some(next) = calendar.next_after(since) else { return Ok(()) };
+    if next > now {
+        return Ok(());
+    }
+    // Recorded first: a crash after it skips this elapse rather than running it twice.
+    let _: () = ctx.redis.hset(&key, (field, now.as_second())).await?;
+    let data = serde_json::to_value(PlanId { id }).expect("a PlanId always serializes");
+    let mut task = protocol::task::Task::new(action, data);
+    task.user = AgentId::Cluster.to_string();
+    bus::push_task(&ctx.redis, &AgentId::Cluster, &mut task).await?;
+    tracing::info!("plan {id}: scheduled {action} queued as task {} (elapse {next})", task.id);
     Ok(())
 }

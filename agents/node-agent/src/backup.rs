@@ -344,8 +344,13 @@ pub(crate) fn restic(remote: &Remote, path: &str, password: &str, cache: &Path, 
         .args(args)
 }
 
+/// restic's own words: its last two lines (a cause, then its `Fatal:` summary).
 pub(crate) fn restic_error(e: &hostcmd::CmdError) -> String {
-    e.stderr().lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("restic failed").to_owned()
+    let lines: Vec<&str> = e.stderr().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match lines.len() {
+        0 => "restic failed".to_owned(),
+        n => lines[n.saturating_sub(2)..].join(" / "),
+    }
 }
 
 fn now() -> u64 {

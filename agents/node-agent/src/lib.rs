@@ -56,6 +56,7 @@ pub fn natives(cfg: &agent_runtime::AgentConfig) -> NativeActions {
         .typed_with::<protocol::actions::backup::NodeRunBackup, _, _, _>(setup.clone(), backup::run_backup)
         .typed::<protocol::actions::backup::NodeReadSnapshots, _, _>(restore::snapshots)
         .typed::<protocol::actions::backup::ReadBackupEnvironment, _, _>(restore::environment)
+        .typed::<protocol::actions::backup::CheckBackupRepository, _, _>(restore::check)
         .typed_with::<protocol::actions::backup::RestoreModuleData, _, _, _>(setup, restore::restore_data)
         .typed::<protocol::actions::backup::ValidateBackupDestination, _, _>(backup::validate)
         .typed::<node::AllocatePorts, _, _>(ports::allocate)

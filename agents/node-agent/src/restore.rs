@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use agent_runtime::{ActionContext, ActionError};
 use protocol::actions::backup::{
-    DestinationAccess, NodeSnapshotsRequest, RestoreDataReply, RestoreDataRequest, Snapshot, SnapshotRef,
+    CheckRepositoryReply, CheckRepositoryRequest, DestinationAccess, NodeSnapshotsRequest, RestoreDataReply,
+    RestoreDataRequest, Snapshot, SnapshotRef,
 };
 use serde_json::Value;
 
@@ -171,4 +172,22 @@ pub async fn restore_data(
     .map_err(|e| ActionError::failed(format!("the restore's thread was lost: {e}")))?;
     done.map_err(ActionError::failed)?;
     Ok(RestoreDataReply { volumes: restored_volumes })
+}
+
+pub async fn check(ctx: ActionContext, req: CheckRepositoryRequest) -> Result<CheckRepositoryReply, ActionError> {
+    let d = &req.destination;
+    let subset = format!("--read-data-subset={}%", req.read_percent);
+    read(&ctx, d, &req.path, vec!["check".into(), subset]).await.map_err(|e| match e {
+        ActionError::Failed { message, .. } => ActionError::failed(format!("the repository check failed: {message}")),
+        other => other,
+    })?;
+    let latest =
+        read(&ctx, d, &req.path, vec!["snapshots".into(), "--json".into(), "--latest".into(), "1".into()]).await?;
+    let latest: Vec<Value> =
+        serde_json::from_str(&latest).map_err(|e| ActionError::failed(format!("restic snapshots: {e}")))?;
+    let latest = latest.last().and_then(|s| s["id"].as_str()).unwrap_or_default().to_owned();
+    let stats =
+        read(&ctx, d, &req.path, vec!["stats".into(), "--json".into(), "--mode".into(), "raw-data".into()]).await?;
+    let stats: Value = serde_json::from_str(&stats).map_err(|e| ActionError::failed(format!("restic stats: {e}")))?;
+    Ok(CheckRepositoryReply { latest, repository_bytes: stats["total_size"].as_u64().unwrap_or(0) })
 }

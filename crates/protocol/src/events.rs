@@ -45,6 +45,10 @@ pub struct BackupStatusChanged {
     pub backup_id: u64,
 }
 
+/// `cluster/event/backup-drill-finished` (beyond NS8): a module's drill ended; the
+/// payload is its `DrillReport` with the plan's `backup_id`.
+pub const BACKUP_DRILL_FINISHED: &str = "backup-drill-finished";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,12 @@ pub fn backup_runs(id: u64) -> String {
     format!("cluster/backup_runs/{id}")
 }
 
+/// List of plan `id`'s last drills, newest first, each a `DrillReport` JSON; trimmed
+/// to the last 100.
+pub fn backup_drills(id: u64) -> String {
+    format!("cluster/backup_drills/{id}")
+}
+
 /// String: the task running plan `id`, while it runs (one run at a time).
 pub fn backup_lock(id: u64) -> String {
     format!("cluster/backup_lock/{id}")

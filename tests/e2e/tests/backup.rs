@@ -292,6 +292,44 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(c.redis(&["LLEN", &runs_key]), settled, "a disabled plan does not run");
 
+    // A drill: the repository checked, the latest snapshot restored beside, its health
+    // checked, the instance gone; the proof kept in list-backups.
+    let before = modules(&c);
+    let drill =
+        run(&c, "run-drill", "cluster", json!({"id": local_plan})).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let report = &drill["modules"][0];
+    assert_eq!(
+        (report["success"].as_bool(), report["health"]["healthy"].as_bool()),
+        (Some(true), Some(true)),
+        "{drill}"
+    );
+    assert_eq!(report["health"]["title"], "Office Wiki", "{drill}");
+    let instance = report["instance"].as_str().unwrap().to_owned();
+    assert!(instance != new_id && !e2e::modules::user_exists(&instance), "the drill's instance is removed: {drill}");
+    assert_eq!(modules(&c), before);
+    let list = run(&c, "list-backups", "cluster", json!({})).unwrap();
+    let item = &list["backups"].as_array().unwrap().iter().find(|b| b["id"] == local_plan).unwrap()["instances"][0];
+    assert_eq!(item["last_good_drill"]["instance"], instance.as_str(), "{item}");
+    // Sabotaged: every data pack of the repository altered. The drill fails, says why,
+    // leaves no instance, and the last good drill is still the one before.
+    for pack in
+        std::fs::read_dir(repo.join("data")).unwrap().flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+    {
+        let path = pack.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let err = run(&c, "run-drill", "cluster", json!({"id": local_plan})).unwrap_err();
+    assert!(err.contains("the repository check failed"), "{err}");
+    assert_eq!(modules(&c), before, "a failed drill leaves no instance");
+    let list = run(&c, "list-backups", "cluster", json!({})).unwrap();
+    let item = &list["backups"].as_array().unwrap().iter().find(|b| b["id"] == local_plan).unwrap()["instances"][0];
+    assert_eq!(item["last_drill"]["success"], false, "{item}");
+    assert!(item["last_drill"]["error"].as_str().unwrap().contains("check failed"), "{item}");
+    assert_eq!(item["last_good_drill"]["instance"], instance.as_str(), "{item}");
+
     // The restic password is nowhere in Redis in clear.
     for key in c.redis(&["--scan"]).lines() {
         let kind = c.redis(&["TYPE", key]);

@@ -332,6 +332,10 @@ pub struct AddBackupRequest {
     pub webhook_url: Option<String>,
     #[serde(default)]
     pub webhook_when: WebhookWhen,
+    /// When to run a restore drill (a systemd calendar expression); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub drill_schedule: Option<String>,
 }
 
 /// A module id in a plan.
@@ -366,6 +370,9 @@ pub struct AlterBackupRequest {
     pub webhook_url: Option<String>,
     #[serde(default)]
     pub webhook_when: WebhookWhen,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub drill_schedule: Option<String>,
 }
 
 action! {
@@ -408,6 +415,7 @@ pub struct BackupPlan {
     pub webhook_when: WebhookWhen,
     /// The next scheduled run (RFC 3339), when enabled.
     pub next_run: Option<String>,
+    pub drill_schedule: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -418,6 +426,9 @@ pub struct PlanInstance {
     pub repository_path: String,
     /// Its last run in this plan; `null` before the first.
     pub status: Option<RunStatus>,
+    /// Its last drill, and its last successful one: the proof that it restores.
+    pub last_drill: Option<DrillReport>,
+    pub last_good_drill: Option<DrillReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -657,6 +668,69 @@ refusals! {
         /// The snapshot holds no `state/environment` naming its image.
         NotAModule => ("path", "not_a_module_backup"),
     }
+}
+
+action! {
+    /// `run-drill` (beyond NS8): for each module of plan `id`, its repository checked
+    /// (`restic check --read-data-subset`), its latest snapshot restored into a
+    /// throw-away instance, that instance's `check-health` run, the instance removed,
+    /// and the report kept: the proof that the backup restores.
+    RunDrill = "run-drill", PlanId => DrillReply, PlanRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DrillReply {
+    pub id: u64,
+    pub modules: Vec<DrillReport>,
+}
+
+/// One module's drill.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DrillReport {
+    pub module_id: String,
+    /// Unix seconds.
+    pub start: u64,
+    pub end: u64,
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The snapshot restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// The throw-away instance it was restored into (removed after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// How long the restore took, install included.
+    pub restore_seconds: u64,
+    /// The repository's size as restic counts it (raw data).
+    pub repository_bytes: u64,
+    /// What the instance's `check-health` answered; `null` when the module has none
+    /// (restored and started, not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<serde_json::Value>,
+}
+
+action! {
+    /// `check-backup-repository` on a node: `restic check`, reading a share of the
+    /// data back.
+    CheckBackupRepository = "check-backup-repository", CheckRepositoryRequest => CheckRepositoryReply, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckRepositoryRequest {
+    pub destination: DestinationAccess,
+    #[schemars(regex(pattern = REPOSITORY_PATH_PATTERN))]
+    pub path: String,
+    /// Percent of the data packs read back.
+    #[schemars(range(min = 1, max = 100))]
+    pub read_percent: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckRepositoryReply {
+    /// The latest snapshot's id.
+    pub latest: String,
+    pub repository_bytes: u64,
 }
 
 #[cfg(test)]

@@ -51,3 +51,9 @@ action! {
     /// `module-cleanup-state` (optional): the module removes that dump after the backup.
     CleanupState = "module-cleanup-state", Value => Value, Never
 }
+
+action! {
+    /// `check-health` (optional, beyond NS8): the module says whether it works, e.g.
+    /// DokuWiki fetches its start page. Run on a drill's restored instance.
+    CheckHealth = "check-health", Value => Value, Never
+}
