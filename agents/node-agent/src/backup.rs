@@ -73,7 +73,17 @@ impl Remote {
 
     /// `rclone <args>` on this remote, short timeouts, one retry.
     fn rclone(&self, args: &[&str]) -> Cmd {
-        let cmd = Cmd::new("rclone").env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        self.rclone_under(&[], args)
+    }
+
+    /// The same, run through `wrapper` (a gateway: `setpriv --pdeathsig KILL`, so that
+    /// it dies with the node agent's thread that started it, a `kill -9` included).
+    fn rclone_under(&self, wrapper: &[&str], args: &[&str]) -> Cmd {
+        let cmd = match wrapper.split_first() {
+            Some((program, rest)) => Cmd::new(program).args(rest.iter().copied()).arg("rclone"),
+            None => Cmd::new("rclone"),
+        };
+        let cmd = cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         self.env
             .iter()
             .fold(cmd, |cmd, (k, v)| cmd.env(k, v))
@@ -249,7 +259,8 @@ impl Gateway {
                 .map_err(GatewayError::Port)?
                 .port();
             let mut cmd = remote
-                .rclone(&["serve", "restic", "--append-only", "--addr", &format!("127.0.0.1:{port}")])
+                .rclone_under(&["setpriv", "--pdeathsig", "KILL"], &["serve", "restic", "--append-only"])
+                .args(["--addr", &format!("127.0.0.1:{port}")])
                 .arg(format!("{}/{path}", remote.root))
                 .env("RCLONE_USER", &user)
                 .env("RCLONE_PASS", &password)

@@ -9,7 +9,13 @@
 //! module's last run (success, snapshot, sizes); the run history keeps every run; the
 //! webhook receives the report of each run, success included; a second run of a plan
 //! while one runs is refused naming the first; an S3 server that went away fails the
-//! run with the reason, recorded; the restic password is nowhere in Redis in clear.
+//! run with the reason, recorded; restores as a copy and as a replacement bring the
+//! same files back (content, owner, mode), a bad snapshot or destination installs
+//! nothing; plans run on schedule and stop when disabled; a `kill -9` of the node
+//! agent mid-backup fails the run, takes the gateway with it, and the next run clears
+//! the stale lock and succeeds; a drill restores and checks health, and a sabotaged
+//! repository fails it with the reason; the restic password and the S3 secret are
+//! nowhere in Redis in clear.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -79,6 +85,19 @@ fn modules(c: &LocalCluster) -> Vec<String> {
     let mut m: Vec<String> = c.redis(&["HKEYS", "cluster/module_node"]).lines().map(str::to_owned).collect();
     m.sort();
     m
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|p| p.trim().parse().ok())
 }
 
 /// restic as root on a local repository.
@@ -291,6 +310,64 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     let settled = c.redis(&["LLEN", &runs_key]);
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(c.redis(&["LLEN", &runs_key]), settled, "a disabled plan does not run");
+
+    // The node agent killed -9 in the middle of a backup: the run fails and says so, the
+    // gateway dies with the agent, and once the backup's own restic is killed too (its
+    // lock left behind), the next run clears that stale lock and succeeds.
+    // The node agent's gateways: `rclone serve restic --append-only` children of it
+    // (restic's own `rclone:` backend runs `serve restic --stdio`).
+    let node_agent = || {
+        let exe = c.path().join("bin/node-agent").display().to_string();
+        pids().into_iter().find(|pid| cmdline(*pid).starts_with(&exe))
+    };
+    let any_gateway =
+        || pids().into_iter().filter(|pid| cmdline(*pid).contains("serve\0restic\0--append-only")).count();
+    let gateways = || {
+        let parent = node_agent();
+        pids()
+            .into_iter()
+            .filter(|pid| cmdline(*pid).contains("serve\0restic\0--append-only"))
+            .filter(|pid| parent.is_some() && parent_of(*pid) == parent)
+            .count()
+    };
+    let killed = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| run(&c, "run-backup", "cluster", json!({"id": local_plan})));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while gateways() == 0 {
+            assert!(Instant::now() < deadline && !handle.is_finished(), "no gateway seen\n{}", c.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.kill9("node-agent");
+        handle.join().unwrap()
+    });
+    let err = match killed {
+        Err(e) => e,
+        Ok(out) => panic!("a run whose node agent was killed succeeded: {out}\n{}", c.log()),
+    };
+    assert!(err.contains(&new_id), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while any_gateway() > 0 {
+        let left: Vec<String> = pids()
+            .into_iter()
+            .filter(|pid| cmdline(*pid).contains("serve\0restic\0--append-only"))
+            .map(|pid| format!("{pid} (parent {:?}): {}", parent_of(pid), cmdline(pid).replace('\0', " ")))
+            .collect();
+        assert!(Instant::now() < deadline, "the gateway outlived its node agent: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("pkill").args(["-9", "-u", &new_id, "restic"]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        match run(&c, "run-backup", "cluster", json!({"id": local_plan})) {
+            Ok(out) => break out,
+            Err(e) if Instant::now() < deadline && e.contains("not running") => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            Err(e) => panic!("the run after the crash: {e}\n{}", c.log()),
+        }
+    };
+    assert_eq!(again["modules"][0]["status"]["success"], true, "{again}");
+    assert_eq!(std::fs::read_dir(repo.join("locks")).unwrap().count(), 0, "no lock left in the repository");
 
     // A drill: the repository checked, the latest snapshot restored beside, its health
     // checked, the instance gone; the proof kept in list-backups.
