@@ -433,7 +433,7 @@ if [ -f "$install/etc/state-exclude.conf" ]; then
 fi
 export RESTIC_CACHE_DIR="${HOME:-$install}/.cache/restic"
 cd /srv
-restic cat config >/dev/null 2>&1 || restic init >/dev/null
+if [ -n "${NS8RS_MAYBE_NEW:-}" ]; then restic cat config >/dev/null 2>&1 || restic init >/dev/null; fi
 exec restic backup --json --tag ns8rs --host "$NS8RS_MODULE_ID" --exclude-file "$excludes" $targets
 "#;
 
@@ -450,6 +450,7 @@ fn module_restic_backup(
     paths: &ModulePaths,
     gateway_url: &str,
     restic_password: &str,
+    maybe_new: bool,
     progress: impl Fn(u8),
 ) -> Result<ResticSummary, String> {
     let hands = paths.hands().map_err(|e| e.to_string())?;
@@ -458,6 +459,7 @@ fn module_restic_backup(
     let env = [
         ("NS8RS_SCRIPT", BACKUP_SCRIPT),
         ("NS8RS_MODULE_ID", paths.id.as_str()),
+        ("NS8RS_MAYBE_NEW", if maybe_new { "1" } else { "" }),
         ("RESTIC_REPOSITORY", gateway_url),
         ("RESTIC_PASSWORD", restic_password),
     ];
@@ -518,12 +520,20 @@ async fn backup_module(
     let d = req.destination.clone();
     let remote = Remote::new(d.provider, &d.url, &d.parameters).map_err(|(_, why)| why)?;
     let path = format!("{}/{}", m.image, m.uuid);
+    // What this node knows of the repository from its last runs: that it exists (no
+    // check before the backup) and how many snapshots it keeps (no `forget` while the
+    // plan keeps them all). Each restic that opens a repository pays its key
+    // derivation (about half a second, by design).
+    let known = RepoRecord::path(cache, &d.id, &path);
+    let record = RepoRecord::read(&known);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
     let work = {
         let (remote, path, password) = (remote.clone(), path.clone(), d.password.clone());
+        // Checked every run: a repository can go (a wiped disk) without this node knowing.
+        let maybe_new = true;
         tokio::task::spawn_blocking(move || {
             let gateway = Gateway::start(&remote, &path).map_err(|e| e.to_string())?;
-            let done = module_restic_backup(&paths, &gateway.url_with_credentials(), &password, |p| {
+            let done = module_restic_backup(&paths, &gateway.url_with_credentials(), &password, maybe_new, |p| {
                 let _ = tx.send(p);
             });
             // The store's own words, when the gateway saw the failure.
@@ -540,36 +550,78 @@ async fn backup_module(
             ctx.set_progress(p.min(95));
         }
     }
-    let summary = work.await.map_err(|e| format!("the backup's thread was lost: {e}"))??;
-    let (password, retention, cache) = (d.password.clone(), req.retention.clone(), cache.to_owned());
-    let stats = tokio::task::spawn_blocking(move || after_backup(&remote, &path, &password, &retention, &cache))
-        .await
-        .map_err(|e| format!("the retention's thread was lost: {e}"))?;
-    let (total_size, total_file_count, snapshots_count) = stats?;
+    let summary = work.await.map_err(|e| format!("the backup's thread was lost: {e}"))?;
+    // After a failure nothing is assumed: the next run checks the repository, forgets
+    // and clears stale locks again.
+    let summary = summary.inspect_err(|_| {
+        let _ = std::fs::remove_file(&known);
+    })?;
+    let expected = record.map(|r| r.snapshots + 1);
+    let snapshots_count = match expected {
+        Some(n) if n <= u64::from(req.retention.keep_last) => n,
+        _ => {
+            let (password, retention, cache) = (d.password.clone(), req.retention.clone(), cache.to_owned());
+            tokio::task::spawn_blocking(move || after_backup(&remote, &path, &password, &retention, &cache))
+                .await
+                .map_err(|e| format!("the retention's thread was lost: {e}"))??
+        }
+    };
+    RepoRecord { snapshots: snapshots_count }.write(&known);
     Ok(RunStatus {
         success: true,
         snapshot_id: Some(summary.snapshot_id),
         data_added: summary.data_added,
-        total_size,
-        total_file_count,
+        // What the snapshot holds, as restic's summary counts it.
+        total_size: summary.total_bytes_processed,
+        total_file_count: summary.total_files_processed,
         snapshots_count,
         ..RunStatus::default()
     })
 }
 
-/// `unlock` (stale locks only: a live run's lock stays), `forget --prune` by the
-/// plan's rules, and the latest snapshot's size, files and the snapshot count.
+/// What the node remembers of a module repository it backed up, in its own state
+/// (`restic-cache/known/<destination>/<image>/<uuid>`, root's): the snapshots it keeps.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RepoRecord {
+    snapshots: u64,
+}
+
+impl RepoRecord {
+    fn path(cache: &Path, destination: &str, repo: &str) -> PathBuf {
+        cache.join("known").join(destination).join(repo)
+    }
+
+    fn read(path: &Path) -> Option<RepoRecord> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Best effort: without it, the next run checks and forgets again.
+    fn write(&self, path: &Path) {
+        let text = serde_json::to_vec(self).expect("a RepoRecord always serializes");
+        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(path, text));
+        if let Err(e) = written {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// The plan's rules applied: `forget` (all of the module's snapshots as one group,
+/// whatever volumes each has), and `prune` only when it removed some (a prune reads and
+/// rewrites the repository's index: most runs remove nothing). A lock in the way is
+/// cleared with `unlock`, which removes stale locks only (a crashed run of ours; a live
+/// or foreign one stays, and the run fails naming it). The snapshots kept, counted.
 fn after_backup(
     remote: &Remote,
     path: &str,
     password: &str,
     retention: &Retention,
     cache: &Path,
-) -> Result<(u64, u64, u64), String> {
+) -> Result<u64, String> {
     std::fs::create_dir_all(cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
     let run = |args: &[&str]| restic(remote, path, password, cache, args).stdout().map_err(|e| restic_error(&e));
-    run(&["unlock"])?;
-    let mut forget = vec!["forget".to_owned(), "--prune".into(), "--keep-last".into(), retention.keep_last.to_string()];
+    let mut forget =
+        vec!["forget".to_owned(), "--json".into(), "--group-by".into(), "host".into(), "--keep-last".into()];
+    forget.push(retention.keep_last.to_string());
     for (flag, v) in [
         ("--keep-daily", retention.keep.keep_daily),
         ("--keep-weekly", retention.keep.keep_weekly),
@@ -580,14 +632,23 @@ fn after_backup(
             forget.push(n.to_string());
         }
     }
-    run(&forget.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let stats: Value =
-        serde_json::from_str(&run(&["stats", "--json", "latest"])?).map_err(|e| format!("restic stats: {e}"))?;
-    let snapshots: Value =
-        serde_json::from_str(&run(&["snapshots", "--json"])?).map_err(|e| format!("restic snapshots: {e}"))?;
-    Ok((
-        stats["total_size"].as_u64().unwrap_or(0),
-        stats["total_file_count"].as_u64().unwrap_or(0),
-        snapshots.as_array().map(|a| a.len() as u64).unwrap_or(0),
-    ))
+    let forget: Vec<&str> = forget.iter().map(String::as_str).collect();
+    let out = match run(&forget) {
+        Err(e) if e.contains("locked") => {
+            run(&["unlock"])?;
+            run(&forget)?
+        }
+        other => other?,
+    };
+    let groups: Value = serde_json::from_str(&out).map_err(|e| format!("restic forget: {e}"))?;
+    let count = |field: &str| -> u64 {
+        groups
+            .as_array()
+            .map(|g| g.iter().map(|x| x[field].as_array().map_or(0, |a| a.len() as u64)).sum())
+            .unwrap_or(0)
+    };
+    if count("remove") > 0 {
+        run(&["prune"])?;
+    }
+    Ok(count("keep"))
 }

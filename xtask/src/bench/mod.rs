@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the agent's latency, throughput and memory against the NS8
 //! baseline, the api-server's reads and logins, module installs on a local cluster,
-//! the edge proxy in front of a module (docs/benchmarks.md has the figures). One file per part and per job: the part's
+//! the edge proxy in front of a module, backups against bare restic (docs/benchmarks.md
+//! has the figures). One file per part and per job: the part's
 //! runs, its report, its client; `measure` and `fixture` are the leaves every part
 //! uses.
 
@@ -8,6 +9,7 @@ mod agent;
 mod agent_report;
 mod api;
 mod api_report;
+mod backup;
 mod fixture;
 mod http;
 mod measure;
@@ -33,6 +35,8 @@ pub struct BenchArgs {
     api: api::ApiArgs,
     #[command(flatten)]
     proxy: proxy::ProxyArgs,
+    #[command(flatten)]
+    backup: backup::BackupArgs,
 }
 
 /// The benchmark's parts.
@@ -46,12 +50,15 @@ pub enum Part {
     Modules,
     /// The edge proxy (Traefik) in front of hello: throughput, TLS handshakes, route changes.
     Proxy,
+    /// Backups and restores of a module's data against bare restic.
+    Backup,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     crate::packages::ensure(&[crate::packages::REDIS])?;
     let wants = |p: Part| args.only.is_none_or(|o| o == p);
     let (agent, api, modules, proxy) = (wants(Part::Agent), wants(Part::Api), wants(Part::Modules), wants(Part::Proxy));
+    let backups = wants(Part::Backup);
     let mut packages = Vec::new();
     if agent {
         packages.extend(["-p", "xtask", "-p", "module-agent"]);
@@ -59,7 +66,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if api {
         packages.extend(["-p", "api-server"]);
     }
-    if modules || proxy {
+    if modules || proxy || backups {
         for b in crate::cluster::BINARIES {
             packages.extend(["-p", b]);
         }
@@ -87,6 +94,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if proxy {
         proxy::bench(&release, &args.proxy, args.runs)?;
+    }
+    if backups {
+        backup::bench(&release, &args.backup, args.runs)?;
     }
     Ok(())
 }
