@@ -176,7 +176,7 @@ pub fn bench(release: &Path, args: &BackupArgs, runs: usize) -> Result<()> {
         f.ours_incr.push(o);
         f.bare_incr.push(b);
         // Restores: ours into the module (its data as it is), bare into an empty dir.
-        let uuid = c.redis_cli(&["HGET", "cluster/module_uuid", &id]);
+        let uuid = c.redis_cli(&["HGET", protocol::keys::MODULE_UUID, &id]);
         let destination = json!({"id": dest_id, "provider": "local", "url": format!("local:{}", dest.display()),
                                  "password": PASSWORD});
         let restore = json!({"module_id": id, "from": {"destination": destination, "path": format!("hello/{uuid}"),
