@@ -115,7 +115,22 @@ fn reason(e: &hostcmd::CmdError) -> Value {
     Value::from(text.chars().take(400).collect::<String>())
 }
 
+/// The node's backup actions run for the cluster, administrators and root only: a
+/// module (through the API with its Redis credentials, or a `node:reader` grant that
+/// matches `read-*`) could otherwise have root read another module's repository with
+/// a password it learnt from its own backups, or write to any local path.
+pub(crate) fn core_only(ctx: &ActionContext, action: &str) -> Result<(), ActionError> {
+    match ctx.user.strip_prefix("module/") {
+        Some(module) => Err(ActionError::failed(format!(
+            "module {module} may not run {action} on {}: only the cluster and administrators do",
+            ctx.agent
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub async fn validate(ctx: ActionContext, req: ValidateRequest) -> Result<ValidateReply, ActionError> {
+    core_only(&ctx, "validate-backup-destination")?;
     let AgentId::Node(node_id) = ctx.agent else {
         return Err(ActionError::failed("validate-backup-destination runs on a node agent"));
     };
@@ -373,6 +388,7 @@ pub async fn run_backup(
     req: NodeRunBackupRequest,
     setup: NodeSetup,
 ) -> Result<NodeRunBackupReply, ActionError> {
+    core_only(&ctx, "run-backup")?;
     let AgentId::Node(node_id) = ctx.agent else {
         return Err(ActionError::failed("run-backup runs on a node agent"));
     };

@@ -233,6 +233,26 @@ async fn destinations_are_checked_sealed_and_refused_with_their_cause() {
         assert!(text.contains("NOPERM"), "module/mod1 queued on {queue}: {text}");
     }
 
+    // Nor may a module run the node's backup actions through the API (a `node:reader`
+    // grant matches `read-*`): root would read or write repositories for it.
+    let dest = json!({"id": "d1", "provider": "local", "url": format!("local:{}", usb.display()), "password": "p"});
+    let snapshot = json!({"destination": dest, "path": "dokuwiki/uuid-1", "snapshot": "latest"});
+    for (action, data) in [
+        (
+            "validate-backup-destination",
+            json!({"id": "d1", "provider": "local", "url": format!("local:{}", usb.display())}),
+        ),
+        ("read-backup-snapshots", json!({"destination": dest, "path": "dokuwiki/uuid-1"})),
+        ("read-backup-environment", snapshot.clone()),
+        ("check-backup-repository", json!({"destination": dest, "path": "dokuwiki/uuid-1", "read_percent": 10})),
+        ("restore-module-data", json!({"module_id": "mod1", "from": snapshot})),
+        ("run-backup", json!({"id": 1, "destination": dest, "retention": {"keep_last": 1}, "modules": []})),
+    ] {
+        let r = testkit::agent::run_as(&c.client, &AgentId::Node(1), action, data, "module/mod1").await.0;
+        assert_ne!(r.exit_code, 0, "{action} ran for a module: {r:?}");
+        assert!(r.error.contains("module mod1 may not run"), "{action}: {r:?}");
+    }
+
     // Remove, and again.
     let r = c.run("remove-backup-repository", json!({"id": local_id})).await;
     assert_eq!(r.exit_code, 0, "{r:?}");

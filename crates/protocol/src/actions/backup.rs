@@ -494,6 +494,8 @@ pub struct ModuleRun {
 /// A destination with its secrets, as the cluster hands it to a node for one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DestinationAccess {
+    /// Part of a path in the node's state (what it knows of the repositories).
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[A-Za-z0-9-]+$"))]
     pub id: String,
     pub provider: Provider,
     pub url: String,
