@@ -124,10 +124,10 @@ async fn record(ctx: &ActionContext, plan: &Plan, report: &DrillReport) -> Resul
     let _: () = tx.lpush(&key, text).await?;
     let _: () = tx.ltrim(&key, 0, DRILLS_KEPT - 1).await?;
     let _: () = tx.exec(true).await?;
-    let mut event = serde_json::to_value(report).expect("a DrillReport always serializes");
-    event["backup_id"] = json!(plan.id);
+    let event = events::DrillFinished { backup_id: plan.id, report: report.clone() };
+    let event = serde_json::to_string(&event).expect("a DrillFinished always serializes");
     let channel = keys::event_channel(&AgentId::Cluster, events::BACKUP_DRILL_FINISHED);
-    if let Err(e) = ctx.redis.publish::<(), _, _>(channel, event.to_string()).await {
+    if let Err(e) = ctx.redis.publish::<(), _, _>(channel, event).await {
         tracing::warn!("cannot publish {}: {e}", events::BACKUP_DRILL_FINISHED);
     }
     if report.success {

@@ -12,7 +12,7 @@ use bus::fred::types::{Expiration, SetOptions};
 use protocol::AgentId;
 use protocol::actions::backup::{
     ModuleRun, ModuleToBackUp, NodeRunBackup, NodeRunBackupRequest, PlanId, PlanRefusal, Retention, RunBackupReply,
-    RunStatus, WebhookWhen,
+    RunRecord, RunReport, RunStatus, WebhookWhen,
 };
 use protocol::actions::module;
 use protocol::actions::{Action, backup::DestinationAccess};
@@ -118,16 +118,16 @@ async fn run_locked(ctx: &ActionContext, plan: &Plan) -> Result<RunBackupReply, 
             runs.push(ModuleRun { module_id: m.module_id, node_id: node, status });
         }
     }
-    let report = json!({
-        "backup_id": plan.id,
-        "name": plan.name,
-        "destination": plan.repository,
-        "task": ctx.task_id,
-        "start": started,
-        "end": now(),
-        "success": runs.iter().all(|r| r.status.success),
-        "modules": runs,
-    });
+    let report = RunReport {
+        backup_id: plan.id,
+        name: plan.name.clone(),
+        destination: plan.repository.clone(),
+        task: ctx.task_id.clone(),
+        start: started,
+        end: now(),
+        success: runs.iter().all(|r| r.status.success),
+        modules: runs.clone(),
+    };
     record(ctx, plan.id, &runs).await?;
     webhook(plan, &report).await;
     let failures: Vec<String> = runs
@@ -190,7 +190,8 @@ async fn record(ctx: &ActionContext, id: u64, runs: &[ModuleRun]) -> Result<(), 
     let lines: Vec<String> = runs
         .iter()
         .map(|r| {
-            json!({"task": ctx.task_id, "module_id": r.module_id, "node_id": r.node_id, "status": r.status}).to_string()
+            let record = RunRecord { task: ctx.task_id.clone(), run: r.clone() };
+            serde_json::to_string(&record).expect("a RunRecord always serializes")
         })
         .collect();
     let tx = ctx.redis.multi();
@@ -202,12 +203,12 @@ async fn record(ctx: &ActionContext, id: u64, runs: &[ModuleRun]) -> Result<(), 
 
 /// POST the run's report to the plan's webhook, if it has one and wants this run. A
 /// webhook that fails is logged: the backup's own result stands.
-async fn webhook(plan: &Plan, report: &Value) {
+async fn webhook(plan: &Plan, report: &RunReport) {
     let Some(url) = plan.webhook_url.clone() else { return };
-    if plan.webhook_when == WebhookWhen::Failure && report["success"] == true {
+    if plan.webhook_when == WebhookWhen::Failure && report.success {
         return;
     }
-    let body = report.to_string();
+    let body = serde_json::to_string(report).expect("a RunReport always serializes");
     let sent = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(WEBHOOK_TIMEOUT)).build().into();
         agent.post(&url).header("Content-Type", "application/json").send(body.as_bytes()).map(|_| ())

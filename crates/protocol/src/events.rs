@@ -49,6 +49,14 @@ pub struct BackupStatusChanged {
 /// payload is its `DrillReport` with the plan's `backup_id`.
 pub const BACKUP_DRILL_FINISHED: &str = "backup-drill-finished";
 
+/// The payload of [`BACKUP_DRILL_FINISHED`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrillFinished {
+    pub backup_id: u64,
+    #[serde(flatten)]
+    pub report: crate::actions::backup::DrillReport,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

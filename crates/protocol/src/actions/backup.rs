@@ -491,6 +491,31 @@ pub struct ModuleRun {
     pub status: RunStatus,
 }
 
+/// One module's run as a plan's history keeps it (`cluster/backup_runs/<id>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunRecord {
+    /// The cluster's `run-backup` task.
+    pub task: String,
+    #[serde(flatten)]
+    pub run: ModuleRun,
+}
+
+/// What a plan's webhook receives after a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunReport {
+    pub backup_id: u64,
+    pub name: String,
+    /// The destination's id.
+    pub destination: String,
+    pub task: String,
+    /// Unix seconds.
+    pub start: u64,
+    pub end: u64,
+    /// Every module's run succeeded.
+    pub success: bool,
+    pub modules: Vec<ModuleRun>,
+}
+
 /// A destination with its secrets, as the cluster hands it to a node for one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DestinationAccess {
@@ -763,6 +788,18 @@ mod tests {
         for bad in ["s3:", "s3:host", "s3:host/B", "s3:host/ab", "s3:host/bkt/../x", "b2:x/y", "s3:ho st/bkt"] {
             assert!(s(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn history_and_event_shapes() {
+        let run = ModuleRun { module_id: "dokuwiki1".into(), node_id: 1, status: RunStatus::default() };
+        let record = serde_json::to_value(RunRecord { task: "t1".into(), run }).unwrap();
+        let mut keys: Vec<&str> = record.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["module_id", "node_id", "status", "task"]);
+        let report = DrillReport { module_id: "dokuwiki1".into(), success: true, ..DrillReport::default() };
+        let event = serde_json::to_value(crate::events::DrillFinished { backup_id: 3, report }).unwrap();
+        assert_eq!((event["backup_id"].as_u64(), event["module_id"].as_str()), (Some(3), Some("dokuwiki1")));
     }
 
     #[test]
