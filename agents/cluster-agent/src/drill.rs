@@ -144,5 +144,5 @@ async fn record(ctx: &ActionContext, plan: &Plan, report: &DrillReport) -> Resul
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    protocol::time::unix_seconds()
 }

@@ -9,7 +9,7 @@ use bus::fred::prelude::*;
 use protocol::AgentId;
 use protocol::actions::backup::{
     AddBackupRequest, AlterBackupRequest, BackupPlan, BackupPlans, DrillReport, Instance, KeepRules, PlanId,
-    PlanInstance, PlanRefusal, RunStatus, UnconfiguredInstance, WebhookWhen,
+    PlanInstance, PlanRefusal, PlanSettings, RunStatus, UnconfiguredInstance, WebhookWhen,
 };
 use protocol::events::{self, SchedulesChanged};
 use protocol::keys;
@@ -148,54 +148,54 @@ pub async fn publish_changed(ctx: &ActionContext, ids: &[u64]) {
     }
 }
 
+/// `settings` checked (the schedules as systemd reads them, the modules installed):
+/// the modules, deduplicated.
+async fn check_settings(redis: &Client, settings: &PlanSettings) -> Result<Vec<String>, ActionError> {
+    check_schedule(&settings.schedule)?;
+    check_drill_schedule(settings.drill_schedule.as_deref())?;
+    check_instances(redis, &settings.instances).await
+}
+
+impl Plan {
+    fn new(id: u64, name: String, repository: String, s: PlanSettings, instances: Vec<String>) -> Plan {
+        Plan {
+            id,
+            name,
+            repository,
+            schedule: s.schedule.trim().to_owned(),
+            schedule_hint: s.schedule_hint,
+            retention: s.retention,
+            keep: s.keep,
+            instances,
+            enabled: s.enabled,
+            webhook_url: s.webhook_url,
+            webhook_when: s.webhook_when,
+            drill_schedule: s.drill_schedule.map(|d| d.trim().to_owned()),
+        }
+    }
+}
+
 pub async fn add(ctx: ActionContext, req: AddBackupRequest) -> Result<u64, ActionError> {
     if !ctx.redis.exists::<bool, _>(keys::backup_repository(&req.repository)).await? {
         return Err(refuse(PlanRefusal::RepositoryNotFound, req.repository));
     }
-    check_schedule(&req.schedule)?;
-    check_drill_schedule(req.drill_schedule.as_deref())?;
-    let instances = check_instances(&ctx.redis, &req.instances).await?;
+    let instances = check_settings(&ctx.redis, &req.settings).await?;
     let id: u64 = ctx.redis.incr(keys::BACKUP_SEQUENCE).await?;
     let name = if req.name.trim().is_empty() { format!("Backup {id}") } else { req.name.trim().to_owned() };
-    let plan = Plan {
-        id,
-        name,
-        repository: req.repository,
-        schedule: req.schedule.trim().to_owned(),
-        schedule_hint: req.schedule_hint,
-        retention: req.retention,
-        keep: req.keep,
-        instances,
-        enabled: req.enabled,
-        webhook_url: req.webhook_url,
-        webhook_when: req.webhook_when,
-        drill_schedule: req.drill_schedule.map(|s| s.trim().to_owned()),
-    };
+    let plan = Plan::new(id, name, req.repository, req.settings, instances);
     let _: () = ctx.redis.hset(keys::backup_plan(id), plan.fields()).await?;
     publish_changed(&ctx, &[id]).await;
     Ok(id)
 }
 
+/// Everything but the destination changes; the schedule's last run (`scheduled_at`) is
+/// dropped with the rest: a changed schedule counts from now.
 pub async fn alter(ctx: ActionContext, req: AlterBackupRequest) -> Result<(), ActionError> {
     let Some(old) = load(&ctx.redis, req.id).await? else {
         return Err(refuse(PlanRefusal::ObjectNotFound, req.id));
     };
-    check_schedule(&req.schedule)?;
-    check_drill_schedule(req.drill_schedule.as_deref())?;
-    let instances = check_instances(&ctx.redis, &req.instances).await?;
-    let plan = Plan {
-        name: req.name.trim().to_owned(),
-        schedule: req.schedule.trim().to_owned(),
-        schedule_hint: req.schedule_hint,
-        retention: req.retention,
-        keep: req.keep,
-        instances,
-        enabled: req.enabled,
-        webhook_url: req.webhook_url,
-        webhook_when: req.webhook_when,
-        drill_schedule: req.drill_schedule.map(|s| s.trim().to_owned()),
-        ..old
-    };
+    let instances = check_settings(&ctx.redis, &req.settings).await?;
+    let plan = Plan::new(req.id, req.name.trim().to_owned(), old.repository, req.settings, instances);
     let key = keys::backup_plan(req.id);
     let tx = ctx.redis.multi();
     let _: () = tx.del(&key).await?;
@@ -225,16 +225,25 @@ pub async fn remove_of_destination(ctx: &ActionContext, repository: &str) -> Res
     Ok(ids)
 }
 
-/// What list-backups shows of a module: its label, its repository path.
-async fn describe(redis: &Client, module: &str) -> Result<(String, String, u32), ActionError> {
+/// Where an installed module's backups are: its node, and its repository
+/// `<image name>/<MODULE_UUID>` in a destination (what the cluster recorded at its
+/// install); `None` for what is not recorded.
+pub struct Whereabouts {
+    pub node: Option<u32>,
+    pub image: Option<String>,
+    pub uuid: Option<String>,
+}
+
+pub async fn whereabouts(redis: &Client, module: &str) -> Result<Whereabouts, ActionError> {
     let agent = AgentId::module(module).map_err(|e| ActionError::failed(e.to_string()))?;
-    let ui_name: Option<String> = redis.get(keys::ui_name(&agent)).await?;
+    let node: Option<String> = redis.hget(keys::MODULE_NODE, module).await?;
     let uuid: Option<String> = redis.hget(keys::MODULE_UUID, module).await?;
     let image: Option<String> = redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
-    let image = image.and_then(|u| protocol::image::parse_reference(&u).ok()).map(|(n, _)| n).unwrap_or_default();
-    let node: Option<String> = redis.hget(keys::MODULE_NODE, module).await?;
-    let node = node.and_then(|n| n.parse().ok()).unwrap_or(1);
-    Ok((ui_name.unwrap_or_default(), format!("{image}/{}", uuid.unwrap_or_default()), node))
+    Ok(Whereabouts {
+        node: node.and_then(|n| n.parse().ok()),
+        image: image.and_then(|u| protocol::image::parse_reference(&u).ok()).map(|(n, _)| n),
+        uuid,
+    })
 }
 
 pub async fn list(ctx: ActionContext, _: Value) -> Result<BackupPlans, ActionError> {
@@ -251,7 +260,11 @@ pub async fn list(ctx: ActionContext, _: Value) -> Result<BackupPlans, ActionErr
                 continue;
             }
             configured.insert(m.clone());
-            let (ui_name, repository_path, node) = describe(&ctx.redis, m).await?;
+            let w = whereabouts(&ctx.redis, m).await?;
+            let repository_path = format!("{}/{}", w.image.unwrap_or_default(), w.uuid.unwrap_or_default());
+            let agent = AgentId::module(m).map_err(|e| ActionError::failed(e.to_string()))?;
+            let ui_name: Option<String> = ctx.redis.get(keys::ui_name(&agent)).await?;
+            let (ui_name, node) = (ui_name.unwrap_or_default(), w.node.unwrap_or(1));
             let status: Option<String> = ctx.redis.hget(keys::backup_status(node, p.id), m.as_str()).await?;
             let status = status.and_then(|s| serde_json::from_str::<RunStatus>(&s).ok());
             let of_module = drills.iter().filter(|d| d.module_id == *m);

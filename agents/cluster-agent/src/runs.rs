@@ -78,13 +78,10 @@ pub async fn modules_by_node(
 ) -> Result<BTreeMap<u32, Vec<ModuleToBackUp>>, ActionError> {
     let mut out: BTreeMap<u32, Vec<ModuleToBackUp>> = BTreeMap::new();
     for m in &plan.instances {
-        let node: Option<String> = ctx.redis.hget(keys::MODULE_NODE, m.as_str()).await?;
-        let Some(node) = node.and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let agent = AgentId::module(m).map_err(|e| ActionError::failed(e.to_string()))?;
-        let uuid: Option<String> = ctx.redis.hget(keys::MODULE_UUID, m.as_str()).await?;
-        let image: Option<String> = ctx.redis.hget(keys::environment(&agent), "IMAGE_URL").await?;
-        let image = image.and_then(|u| protocol::image::parse_reference(&u).ok()).map(|(n, _)| n);
-        let (Some(uuid), Some(image)) = (uuid, image) else {
+        let w = plans::whereabouts(&ctx.redis, m).await?;
+        // A module of the plan removed since: nothing to back up.
+        let Some(node) = w.node else { continue };
+        let (Some(uuid), Some(image)) = (w.uuid, w.image) else {
             return Err(ActionError::failed(format!("module {m} has no MODULE_UUID or IMAGE_URL recorded")));
         };
         out.entry(node).or_default().push(ModuleToBackUp { module_id: m.clone(), uuid, image });
@@ -178,7 +175,7 @@ async fn back_up(
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    protocol::time::unix_seconds()
 }
 
 /// Each module's run on the plan's history, newest first, the last [`RUNS_KEPT`].

@@ -263,8 +263,9 @@ pub enum GatewayError {
 
 impl Gateway {
     pub(crate) fn start(remote: &Remote, path: &str) -> Result<Gateway, GatewayError> {
-        let user = seal_free_token(8);
-        let password = seal_free_token(24);
+        // Hex: nothing a URL's user part needs escaped.
+        let user = seal::random_hex(4);
+        let password = seal::random_hex(16);
         let mut last = GatewayError::Silent;
         // The free port is found by binding and releasing it; another process may
         // take it in between, so try a few.
@@ -344,16 +345,6 @@ impl Drop for Gateway {
     }
 }
 
-/// Letters and digits only (what the gateway's user and password may hold).
-fn seal_free_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; len];
-    if std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"), &mut bytes).is_err() {
-        panic!("/dev/urandom gave no bytes");
-    }
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
-}
-
 /// restic as root on a module's repository, straight through rclone (never through
 /// the module's files): retention, unlocking, statistics.
 pub(crate) fn restic(remote: &Remote, path: &str, password: &str, cache: &Path, args: &[&str]) -> Cmd {
@@ -380,7 +371,7 @@ pub(crate) fn restic_error(e: &hostcmd::CmdError) -> String {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    protocol::time::unix_seconds()
 }
 
 pub async fn run_backup(
@@ -449,7 +440,7 @@ if [ -f "$install/etc/state-exclude.conf" ]; then
 fi
 export RESTIC_CACHE_DIR="${HOME:-$install}/.cache/restic"
 cd /srv
-if [ -n "${NS8RS_MAYBE_NEW:-}" ]; then restic cat config >/dev/null 2>&1 || restic init >/dev/null; fi
+restic cat config >/dev/null 2>&1 || restic init >/dev/null
 exec restic backup --json --tag ns8rs --host "$NS8RS_MODULE_ID" --exclude-file "$excludes" $targets
 "#;
 
@@ -466,7 +457,6 @@ fn module_restic_backup(
     paths: &ModulePaths,
     gateway_url: &str,
     restic_password: &str,
-    maybe_new: bool,
     progress: impl Fn(u8),
 ) -> Result<ResticSummary, String> {
     let hands = paths.hands().map_err(|e| e.to_string())?;
@@ -475,7 +465,6 @@ fn module_restic_backup(
     let env = [
         ("NS8RS_SCRIPT", BACKUP_SCRIPT),
         ("NS8RS_MODULE_ID", paths.id.as_str()),
-        ("NS8RS_MAYBE_NEW", if maybe_new { "1" } else { "" }),
         ("RESTIC_REPOSITORY", gateway_url),
         ("RESTIC_PASSWORD", restic_password),
     ];
@@ -536,20 +525,18 @@ async fn backup_module(
     let d = req.destination.clone();
     let remote = Remote::new(d.provider, &d.url, &d.parameters).map_err(|(_, why)| why)?;
     let path = format!("{}/{}", m.image, m.uuid);
-    // What this node knows of the repository from its last runs: that it exists (no
-    // check before the backup) and how many snapshots it keeps (no `forget` while the
-    // plan keeps them all). Each restic that opens a repository pays its key
-    // derivation (about half a second, by design).
+    // How many snapshots the repository kept after this node's last run: no `forget`
+    // while the plan keeps them all (each restic that opens a repository pays its key
+    // derivation, about half a second by design). The backup itself checks every time
+    // that the repository exists: a destination can be wiped without the node knowing.
     let known = RepoRecord::path(cache, &d.id, &path);
     let record = RepoRecord::read(&known);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
     let work = {
         let (remote, path, password) = (remote.clone(), path.clone(), d.password.clone());
-        // Checked every run: a repository can go (a wiped disk) without this node knowing.
-        let maybe_new = true;
         tokio::task::spawn_blocking(move || {
             let gateway = Gateway::start(&remote, &path).map_err(|e| e.to_string())?;
-            let done = module_restic_backup(&paths, &gateway.url_with_credentials(), &password, maybe_new, |p| {
+            let done = module_restic_backup(&paths, &gateway.url_with_credentials(), &password, |p| {
                 let _ = tx.send(p);
             });
             // The store's own words, when the gateway saw the failure.

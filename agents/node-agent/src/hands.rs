@@ -119,13 +119,7 @@ impl Hands<'_> {
     /// Like [`sh`](Self::sh), inside the module's user namespace, where the files its
     /// containers own are its own (a rootful module: plainly as root).
     pub fn sh_unshared(&self, what: &str, script: &str, args: &[&OsStr]) -> Result<Vec<u8>, HandsError> {
-        match self {
-            Hands::Root => self.sh(what, LONG, script, args, None),
-            Hands::Module(_) => {
-                let cmd = self.command(LONG, "podman").args(["unshare", "/bin/sh", "-c", script, "sh"]).args(args);
-                self.finish(what, cmd, None)
-            }
-        }
+        self.finish(what, self.unshared_command(LONG, script, args, &[]), None)
     }
 
     /// The command of [`sh_unshared`](Self::sh_unshared), not run: for a long job

@@ -64,12 +64,12 @@ pub async fn snapshots(ctx: ActionContext, req: NodeSnapshotsRequest) -> Result<
         .collect())
 }
 
-/// `state/environment` as `NAME=value` lines.
+/// A snapshot's `state/environment` (the module wrote it: hostile), its variables
+/// whose names are plain.
 fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    protocol::envfile::parse(text)
+        .into_iter()
+        .filter(|(k, _)| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .collect()
 }
 

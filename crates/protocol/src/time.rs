@@ -2,6 +2,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Seconds since the epoch now (the backup status's `start` and `end`, as NS8's); 0
+/// for a clock before 1970.
+pub fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// `2026-11-26T16:14:49.695761Z`: microseconds, like the api-server's timestamps.
 /// Times before 1970 (a badly wrong clock) print as the epoch.
 pub fn rfc3339(t: SystemTime) -> String {

@@ -312,6 +312,14 @@ pub struct AddBackupRequest {
     /// The destination's id.
     #[schemars(length(min = 1, max = 64))]
     pub repository: String,
+    #[serde(flatten)]
+    pub settings: PlanSettings,
+}
+
+/// What `add-backup` sets and `alter-backup` changes (all but the name and the
+/// destination), NS8's fields and ours.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanSettings {
     /// A systemd calendar expression (`OnCalendar=`).
     #[schemars(length(min = 1, max = 256))]
     pub schedule: String,
@@ -354,25 +362,8 @@ pub struct AlterBackupRequest {
     pub id: u64,
     #[schemars(length(min = 1, max = 128), regex(pattern = "^[^\\u0000-\\u001f]*$"))]
     pub name: String,
-    #[schemars(length(min = 1, max = 256))]
-    pub schedule: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule_hint: Option<serde_json::Value>,
-    #[schemars(range(min = 1, max = 1000))]
-    pub retention: u32,
-    #[serde(default, flatten)]
-    pub keep: KeepRules,
-    #[schemars(length(max = 256))]
-    pub instances: Vec<Instance>,
-    pub enabled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = "^https?://[^\\s]+$"), length(max = 2048))]
-    pub webhook_url: Option<String>,
-    #[serde(default)]
-    pub webhook_when: WebhookWhen,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub drill_schedule: Option<String>,
+    #[serde(flatten)]
+    pub settings: PlanSettings,
 }
 
 action! {
