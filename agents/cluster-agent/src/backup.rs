@@ -26,7 +26,7 @@ pub const SEAL_KEY_FILE: &str = "secrets.key";
 /// The node that checks a destination: the leader (a local destination is its disk).
 const CHECKING_NODE: u32 = 1;
 
-fn seal_key(ctx: &ActionContext) -> Result<SealKey, ActionError> {
+pub fn seal_key(ctx: &ActionContext) -> Result<SealKey, ActionError> {
     SealKey::load_or_create(&ctx.state_dir.join(SEAL_KEY_FILE)).map_err(|e| ActionError::failed(e.to_string()))
 }
 
@@ -78,7 +78,7 @@ async fn validate(ctx: &ActionContext, req: ValidateRequest) -> Result<(), Actio
     }
 }
 
-async fn publish_changed(ctx: &ActionContext, id: &str) {
+pub async fn publish_changed(ctx: &ActionContext, id: &str) {
     let payload = DestinationsChanged { destination_ids: vec![id.to_owned()] };
     let payload = serde_json::to_string(&payload).expect("a DestinationsChanged always serializes");
     let channel = keys::event_channel(&AgentId::Cluster, events::BACKUP_DESTINATION_CHANGED);
@@ -106,26 +106,49 @@ pub async fn add(ctx: ActionContext, req: AddBackupRepositoryRequest) -> Result<
     validate(&ctx, check).await?;
     let password = if req.password.is_empty() { seal::random_hex(32) } else { req.password.clone() };
     let name = if req.name.trim().is_empty() { default_name(&location, req.provider) } else { req.name.trim().into() };
-    let params = serde_json::to_string(&req.parameters).expect("parameters always serialize");
+    let access = DestinationAccess { id, provider: req.provider, url: req.url, parameters: req.parameters, password };
+    store(&ctx, &key, &access, &name).await?;
+    publish_changed(&ctx, &access.id).await;
+    Ok(AddBackupRepositoryReply { id: access.id, password: protocol::secrets::MASK.to_owned() })
+}
+
+/// Destination `d` saved as `name`, its secrets sealed under `key`, in one transaction.
+pub async fn store(ctx: &ActionContext, key: &SealKey, d: &DestinationAccess, name: &str) -> Result<(), ActionError> {
+    let id = &d.id;
+    let params = serde_json::to_string(&d.parameters).expect("parameters always serialize");
     let tx = ctx.redis.multi();
     let _: () = tx
         .hset(
-            &public,
-            [("name", name.as_str()), ("url", &req.url), ("provider", req.provider.as_str()), ("basepath", "")],
+            keys::backup_repository(id),
+            [("name", name), ("url", &d.url), ("provider", d.provider.as_str()), ("basepath", "")],
         )
         .await?;
     let _: () = tx
         .hset(
-            keys::backup_destination_secrets(&id),
+            keys::backup_destination_secrets(id),
             [
-                ("password", key.seal(&owner(&id, "password"), &password)),
-                ("parameters", key.seal(&owner(&id, "parameters"), &params)),
+                ("password", key.seal(&owner(id, "password"), &d.password)),
+                ("parameters", key.seal(&owner(id, "parameters"), &params)),
             ],
         )
         .await?;
     let _: () = tx.exec(true).await?;
-    publish_changed(&ctx, &id).await;
-    Ok(AddBackupRepositoryReply { id, password: protocol::secrets::MASK.to_owned() })
+    Ok(())
+}
+
+/// Every destination's id, sorted.
+pub async fn ids(ctx: &ActionContext) -> Result<Vec<String>, ActionError> {
+    let prefix = keys::backup_repository("");
+    let found: Vec<String> = bus::scan(&ctx.redis, &format!("{prefix}*"), None).await?;
+    let mut ids: Vec<String> = found.iter().map(|full| full.trim_start_matches(&prefix).to_owned()).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Destination `id`'s name.
+pub async fn name(ctx: &ActionContext, id: &str) -> Result<String, ActionError> {
+    let name: Option<String> = ctx.redis.hget(keys::backup_repository(id), "name").await?;
+    Ok(name.unwrap_or_default())
 }
 
 /// A stored destination, its secrets opened.
@@ -236,12 +259,8 @@ pub async fn remove(ctx: ActionContext, req: DestinationId) -> Result<(), Action
 
 pub async fn list(ctx: ActionContext, _: Value) -> Result<BackupRepositories, ActionError> {
     let key = seal_key(&ctx)?;
-    let prefix = keys::backup_repository("");
-    let mut ids: Vec<String> = bus::scan(&ctx.redis, &format!("{prefix}*"), None).await?;
-    ids.sort();
     let mut repositories = Vec::new();
-    for full in ids {
-        let id = full.trim_start_matches(&prefix).to_owned();
+    for id in ids(&ctx).await? {
         if let Some(d) = stored(&ctx, &key, &id).await? {
             repositories.push(BackupRepository {
                 id,

@@ -7,12 +7,15 @@
 //! the sagas a crash cut short; `consent.rs` what an image may get; `locks.rs` one
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
 //! image's labels; `repository.rs` the software repositories; `backup.rs` the backup
-//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs` their runs, `schedule.rs` their timer, `drill.rs` the restore drills; `failure.rs` the failures'
+//! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs`
+//! their runs, `schedule.rs` their timer, `drill.rs` the restore drills, `disaster.rs`
+//! the cluster's own backup and its disaster recovery; `failure.rs` the failures'
 //! text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod backup;
 pub mod calendar;
 pub mod consent;
+pub mod disaster;
 pub mod drill;
 mod failure;
 pub mod image;
@@ -31,7 +34,7 @@ pub mod update;
 use agent_runtime::saga::Sagas;
 use agent_runtime::{ActionContext, ActionError, AgentConfig, NativeActions};
 use bus::fred::prelude::*;
-use protocol::actions::{backup as destinations, cluster};
+use protocol::actions::{backup as destinations, cluster, disaster as dr};
 use protocol::keys;
 use serde_json::{Value, json};
 
@@ -58,7 +61,11 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed_with::<cluster::RemoveModule, _, _, _>(sagas.clone(), removal::remove)
         .typed_with::<cluster::UpdateModule, _, _, _>(sagas.clone(), update::update)
         .typed_with::<destinations::RestoreModule, _, _, _>(sagas.clone(), restore::restore)
-        .typed_with::<destinations::RunDrill, _, _, _>(sagas, drill::drill)
+        .typed_with::<destinations::RunDrill, _, _, _>(sagas.clone(), drill::drill)
+        .typed_with::<dr::RestoreModules, _, _, _>(sagas, disaster::restore_modules)
+        .typed::<dr::DownloadClusterBackup, _, _>(disaster::download)
+        .typed::<dr::RetrieveClusterBackup, _, _>(disaster::retrieve)
+        .typed::<dr::RestoreCluster, _, _>(disaster::restore_cluster)
         .typed::<cluster::AddRepository, _, _>(repository::add)
         .typed::<cluster::AlterRepository, _, _>(repository::alter)
         .typed::<cluster::RemoveRepository, _, _>(repository::remove)

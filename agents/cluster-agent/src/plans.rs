@@ -17,6 +17,11 @@ use serde_json::Value;
 
 use crate::calendar::Calendar;
 
+/// A plan's hash field beyond NS8's: the UUIDs of modules it named that are not
+/// installed here yet (a restored cluster's, until `restore-module` brings them back
+/// and re-links them). NS8 keeps `uinstances` in its dump only.
+pub const UINSTANCES: &str = "uinstances";
+
 fn refuse(r: PlanRefusal, why: impl Into<Value>) -> ActionError {
     ActionError::refuse(r, why.into())
 }
@@ -197,9 +202,13 @@ pub async fn alter(ctx: ActionContext, req: AlterBackupRequest) -> Result<(), Ac
     let instances = check_settings(&ctx.redis, &req.settings).await?;
     let plan = Plan::new(req.id, req.name.trim().to_owned(), old.repository, req.settings, instances);
     let key = keys::backup_plan(req.id);
+    let pending: Option<String> = ctx.redis.hget(&key, UINSTANCES).await?;
     let tx = ctx.redis.multi();
     let _: () = tx.del(&key).await?;
     let _: () = tx.hset(&key, plan.fields()).await?;
+    if let Some(pending) = pending.filter(|p| !p.is_empty()) {
+        let _: () = tx.hset(&key, (UINSTANCES, pending)).await?;
+    }
     let _: () = tx.exec(true).await?;
     publish_changed(&ctx, &[req.id]).await;
     Ok(())

@@ -86,7 +86,7 @@ pub async fn restore(
     // The source's UUID when it replaces its holders or nobody holds it (a lost
     // module); else a new one (a copy beside the original).
     let module_uuid = (!source_uuid.is_empty() && (req.replace || holders.is_empty())).then(|| source_uuid.clone());
-    let add = AddModuleRequest { image, node: req.node, module_uuid, accept: req.accept.clone() };
+    let add = AddModuleRequest { image, node: req.node, module_uuid: module_uuid.clone(), accept: req.accept.clone() };
     let added = crate::install::add(ctx.clone(), add, sagas.clone()).await?;
     let id = added.module_id.clone();
     let mut saga = sagas.begin(&ctx, KIND, &id);
@@ -104,6 +104,9 @@ pub async fn restore(
         return Err(ActionError::failed(format!("the restore of {} failed: {e}; {left}", req.path)));
     }
     saga.commit().await.map_err(|e| failed("cannot close the restore's journal", e))?;
+    if let Some(uuid) = &module_uuid {
+        relink_pending(&ctx, uuid, &id).await?;
+    }
     if req.replace {
         let mut problems = Vec::new();
         for old in holders.iter().filter(|h| **h != id) {
@@ -121,6 +124,33 @@ pub async fn restore(
         }
     }
     Ok(added)
+}
+
+/// The plans of a restored cluster that named the module by its UUID name it by its
+/// new id.
+async fn relink_pending(ctx: &ActionContext, uuid: &str, id: &str) -> Result<(), ActionError> {
+    let mut changed = Vec::new();
+    for plan in plans::all(&ctx.redis).await? {
+        let key = keys::backup_plan(plan.id);
+        let pending: Option<String> = ctx.redis.hget(&key, plans::UINSTANCES).await?;
+        let pending: Vec<&str> = pending.as_deref().unwrap_or("").split_whitespace().collect();
+        if !pending.contains(&uuid) {
+            continue;
+        }
+        let rest: Vec<&str> = pending.into_iter().filter(|u| *u != uuid).collect();
+        let mut instances = plan.instances.clone();
+        if !instances.iter().any(|m| m == id) {
+            instances.push(id.to_owned());
+        }
+        let tx = ctx.redis.multi();
+        let _: () = tx.hset(&key, [("instances", instances.join(" ")), (plans::UINSTANCES, rest.join(" "))]).await?;
+        let _: () = tx.exec(true).await?;
+        changed.push(plan.id);
+    }
+    if !changed.is_empty() {
+        plans::publish_changed(ctx, &changed).await;
+    }
+    Ok(())
 }
 
 /// The plans that named a replaced module name the restored one instead.

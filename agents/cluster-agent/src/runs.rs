@@ -11,8 +11,8 @@ use bus::fred::prelude::*;
 use bus::fred::types::{Expiration, SetOptions};
 use protocol::AgentId;
 use protocol::actions::backup::{
-    ModuleRun, ModuleToBackUp, NodeRunBackup, NodeRunBackupRequest, PlanId, PlanRefusal, Retention, RunBackupReply,
-    RunRecord, RunReport, RunStatus, WebhookWhen,
+    ClusterCopy, ModuleRun, ModuleToBackUp, NodeRunBackup, NodeRunBackupRequest, PlanId, PlanRefusal, Retention,
+    RunBackupReply, RunRecord, RunReport, RunStatus, WebhookWhen,
 };
 use protocol::actions::module;
 use protocol::actions::{Action, backup::DestinationAccess};
@@ -103,6 +103,11 @@ async fn run_locked(ctx: &ActionContext, plan: &Plan) -> Result<RunBackupReply, 
         .ok_or_else(|| ActionError::failed(format!("plan {}'s destination {} is gone", plan.id, plan.repository)))?;
     let retention = Retention { keep_last: plan.retention, keep: plan.keep.clone() };
     let started = now();
+    // The configuration first: a run whose modules fail still leaves it restorable.
+    let cluster_backup = crate::disaster::upload_copy(ctx, &destination).await;
+    if let Some(ClusterCopy { error: Some(error), .. }) = &cluster_backup {
+        tracing::warn!("plan {}: the cluster backup was not copied: {error}", plan.id);
+    }
     let mut runs = Vec::new();
     for (node, modules) in modules_by_node(ctx, plan).await? {
         for m in modules {
@@ -122,8 +127,9 @@ async fn run_locked(ctx: &ActionContext, plan: &Plan) -> Result<RunBackupReply, 
         task: ctx.task_id.clone(),
         start: started,
         end: now(),
-        success: runs.iter().all(|r| r.status.success),
+        success: runs.iter().all(|r| r.status.success) && cluster_backup.as_ref().is_none_or(|c| c.success),
         modules: runs.clone(),
+        cluster_backup: cluster_backup.clone(),
     };
     record(ctx, plan.id, &runs).await?;
     webhook(plan, &report).await;
@@ -141,7 +147,10 @@ async fn run_locked(ctx: &ActionContext, plan: &Plan) -> Result<RunBackupReply, 
             failures.join("; ")
         )));
     }
-    Ok(RunBackupReply { id: plan.id, modules: runs })
+    if let Some(ClusterCopy { error: Some(error), .. }) = &cluster_backup {
+        return Err(ActionError::failed(format!("plan {}: the cluster backup was not copied: {error}", plan.id)));
+    }
+    Ok(RunBackupReply { id: plan.id, modules: runs, cluster_backup })
 }
 
 /// One module: its own dump step if it has one (NS8's `module-dump-state`), its node's

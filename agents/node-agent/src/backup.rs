@@ -15,10 +15,12 @@ use agent_runtime::{ActionContext, ActionError};
 use bus::fred::prelude::*;
 use hostcmd::Cmd;
 use protocol::AgentId;
+use protocol::actions::Action as _;
 use protocol::actions::backup::{
     DestinationRefusal, Location, MIN_FREE_BYTES, ModuleRun, ModuleToBackUp, NodeRunBackupReply, NodeRunBackupRequest,
     Parameters, Provider, ResticSummary, Retention, RunStatus, ValidateReply, ValidateRequest,
 };
+use protocol::actions::disaster::{UploadClusterBackup, UploadRequest};
 use protocol::events::{self, BackupStatusChanged};
 use protocol::keys;
 use serde_json::Value;
@@ -137,6 +139,32 @@ pub async fn validate(ctx: ActionContext, req: ValidateRequest) -> Result<Valida
     let probe = format!(".ns8rs-check-{}", ctx.task_id);
     let free = blocking::run(move || check(&req, &probe).map_err(Failed)).await.map_err(|Failed(e)| e)?;
     Ok(ValidateReply { node_id, free_bytes: free })
+}
+
+/// `upload-cluster-backup`: the cluster's encrypted dump, written to the
+/// destination's root (what `retrieve-cluster-backup` reads back after a disaster).
+/// rclone writes it under a temporary name and moves it, so a run cut short never
+/// leaves a half copy where the last good one was.
+pub async fn upload_cluster_backup(ctx: ActionContext, req: UploadRequest) -> Result<(), ActionError> {
+    use base64::Engine as _;
+    core_only(&ctx, UploadClusterBackup::NAME)?;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(req.data.as_bytes())
+        .map_err(|e| ActionError::failed(format!("the dump is not base64: {e}")))?;
+    let d = req.destination;
+    blocking::run(move || {
+        let remote = Remote::new(d.provider, &d.url, &d.parameters)
+            .map_err(|(r, why)| Failed(ActionError::refuse(r, why.into())))?;
+        let (partial, target) = (remote.path(&format!(".{}.partial", req.name)), remote.path(&req.name));
+        let failed = |what: &str, e: hostcmd::CmdError| {
+            Failed(ActionError::failed(format!("cannot {what} {} in destination {}: {}", req.name, d.id, reason(&e))))
+        };
+        remote.rclone(&["rcat", &partial]).stdin(data).run().map_err(|e| failed("write", e))?;
+        remote.rclone(&["moveto", &partial, &target]).run().map_err(|e| failed("rename", e))?;
+        Ok::<_, Failed>(())
+    })
+    .await
+    .map_err(|Failed(e)| e)
 }
 
 /// An action's failure from the blocking pool.

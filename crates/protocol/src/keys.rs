@@ -197,6 +197,19 @@ pub fn saga_field(kind: &str, subject: &str) -> String {
     format!("{kind}:{subject}")
 }
 
+/// Beyond NS8: the cluster's UUID, made with its first dump (it names the dump's copies
+/// in the destinations).
+pub const CLUSTER_UUID: &str = "cluster/uuid";
+
+/// Beyond NS8: hash of the cluster backup's secrets, sealed by the cluster: the dump's
+/// `passphrase` and the `retrieved` dump awaiting `restore-cluster`.
+pub const CLUSTER_BACKUP: &str = "private/cluster_backup";
+
+/// Beyond NS8: an encrypted dump made for a download, by its random token; it expires.
+pub fn cluster_backup_download(token: &str) -> String {
+    format!("private/cluster_backup/download/{token}")
+}
+
 /// Beyond NS8: hash `module id -> uuid` of the installed modules (`MODULE_UUID` in
 /// their environment).
 pub const MODULE_UUID: &str = "cluster/module_uuid";
@@ -428,9 +441,13 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         all.push(ex(grants(&a.to_string()), None, Readers::Core));
     }
     let cluster = Some(&AgentId::Cluster);
-    for key in
-        [MODULE_NODE.to_owned(), MODULE_UUID.to_owned(), CLUSTER_NETWORK.to_owned(), cluster_ui_name().to_owned()]
-    {
+    for key in [
+        MODULE_NODE.to_owned(),
+        MODULE_UUID.to_owned(),
+        CLUSTER_NETWORK.to_owned(),
+        cluster_ui_name().to_owned(),
+        CLUSTER_UUID.to_owned(),
+    ] {
         all.push(ex(key, cluster, Readers::Everyone));
     }
     for key in [
@@ -459,6 +476,8 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         otp_used("admin", "123456"),
         AUDIT_STREAM.to_owned(),
         backup_destination_secrets("d1"),
+        CLUSTER_BACKUP.to_owned(),
+        cluster_backup_download("t1"),
     ] {
         all.push(ex(key, None, Readers::Core));
     }

@@ -473,6 +473,21 @@ action! {
 pub struct RunBackupReply {
     pub id: u64,
     pub modules: Vec<ModuleRun>,
+    /// The copy of the cluster's own backup left in the destination; none when no
+    /// passphrase is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_backup: Option<ClusterCopy>,
+}
+
+/// What became of a run's copy of the cluster backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterCopy {
+    pub success: bool,
+    /// The file's name in the destination's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -502,9 +517,11 @@ pub struct RunReport {
     /// Unix seconds.
     pub start: u64,
     pub end: u64,
-    /// Every module's run succeeded.
+    /// Every module's run succeeded, and the cluster backup's copy if one was made.
     pub success: bool,
     pub modules: Vec<ModuleRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_backup: Option<ClusterCopy>,
 }
 
 /// A destination with its secrets, as the cluster hands it to a node for one run.

@@ -47,6 +47,7 @@ macro_rules! refusals {
 
 pub mod backup;
 pub mod cluster;
+pub mod disaster;
 pub mod module;
 pub mod node;
 pub mod traefik;
