@@ -103,6 +103,8 @@ fn concrete(path: &str) -> String {
         .replace("{task_id}", "0d3c8a1e-8e1b-4a0b-9d51-1c4f1e2f3a4b")
         .replace("{action}", "get-name")
         .replace("{user}", "alice")
+        .replace("{token}", &"0".repeat(64))
+        .replace("{file}", protocol::actions::disaster::DOWNLOAD_FILE)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! same handlers, and a test checks the list against the OpenAPI document.
 
 pub mod audit;
+pub mod backup;
 pub mod extract;
 pub mod login;
 pub mod secret;
@@ -30,6 +31,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/cluster/tasks"),
     ("get", "/api/cluster/task/{task_id}/status"),
     ("get", "/api/cluster/task/{task_id}/context"),
+    ("get", "/api/cluster/backup/{token}/{file}"),
     ("get", "/api/nodes"),
     ("get", "/api/node/{node_id}/tasks"),
     ("post", "/api/node/{node_id}/tasks"),
@@ -74,6 +76,7 @@ pub fn router(state: Shared, body_limit: usize) -> Router {
         .route("/api/cluster/tasks", get(tasks::list).post(tasks::create))
         .route("/api/cluster/task/{task_id}/status", get(tasks::status))
         .route("/api/cluster/task/{task_id}/context", get(tasks::context))
+        .route("/api/cluster/backup/{token}/{file}", get(backup::download))
         .route("/api/nodes", get(tasks::nodes))
         .route("/api/node/{node_id}/tasks", get(tasks::list).post(tasks::create))
         .route("/api/node/{node_id}/task/{task_id}/status", get(tasks::status))

@@ -47,13 +47,7 @@ pub async fn create(State(s): State<Shared>, caller: Caller, Path(p): Path<Param
     if !parent.is_empty() {
         validate_task_id(&parent).map_err(|e| ApiError::bad_request(format!("field \"parent\": {e}")))?;
     }
-    if !session.may(&req.action) {
-        let mut entry = s.audit_entry(&session.subject.name(), session.source, "auth-fail");
-        entry.agent = agent.to_string();
-        entry.data = json!({"action": req.action}).to_string();
-        s.audit(entry).await;
-        session.require(&req.action)?;
-    }
+    require_action(&s, &session, &agent, &req.action).await?;
     require_master(&s).await?;
     if !bus::agent_is_alive(&s.redis, &agent, MAX_IDLE_SECS).await? {
         return Err(ApiError::not_found(format!(
@@ -84,6 +78,20 @@ pub async fn create(State(s): State<Shared>, caller: Caller, Path(p): Path<Param
     })
     .await;
     Ok(envelope(StatusCode::CREATED, "success", value))
+}
+
+/// Whether the session may run `action` on `agent`: a role granted on the agent has a
+/// pattern matching it. A refusal is audited (`auth-fail`, the action named) and
+/// answered 403. Task creation and every route that acts as an action check this.
+pub async fn require_action(s: &Shared, session: &Session, agent: &AgentId, action: &str) -> Result<(), ApiError> {
+    if !session.may(action) {
+        let mut entry = s.audit_entry(&session.subject.name(), session.source, "auth-fail");
+        entry.agent = agent.to_string();
+        entry.data = json!({"action": action}).to_string();
+        s.audit(entry).await;
+        session.require(action)?;
+    }
+    Ok(())
 }
 
 /// NS8 refuses tasks on a read-only replica and names the leader.

@@ -190,6 +190,40 @@ impl Api {
         Reply { status, body, headers }
     }
 
+    /// A GET answered with bytes (a download): status, headers and the raw body.
+    pub fn get_bytes(&self, path: &str, token: Option<&str>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let url = format!("{}{path}", self.url);
+        let mut req = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = self.http.run(req.body(()).unwrap()).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let headers =
+            resp.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
+        let body = resp.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec().unwrap();
+        (resp.status().as_u16(), headers, body)
+    }
+
+    /// Store `value` under `key` as raw bytes (binary-safe, unlike `redis-cli`
+    /// arguments), expiring after `ttl_ms`, over the server's socket with the
+    /// default user's full rights.
+    pub fn set_bytes(&self, key: &str, value: &[u8], ttl_ms: u64) {
+        use std::io::Read;
+        let ttl = ttl_ms.to_string();
+        let args: [&[u8]; 5] = [b"SET", key.as_bytes(), value, b"PX", ttl.as_bytes()];
+        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            cmd.extend_from_slice(a);
+            cmd.extend_from_slice(b"\r\n");
+        }
+        let mut conn = std::os::unix::net::UnixStream::connect(self.redis.socket()).unwrap();
+        conn.write_all(&cmd).unwrap();
+        let mut reply = [0u8; 5];
+        conn.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n", "SET {key}: {}", String::from_utf8_lossy(&reply));
+    }
+
     pub fn get(&self, path: &str, token: &str) -> Reply {
         self.request("GET", path, Some(token), None, &[])
     }
