@@ -118,6 +118,13 @@ impl LocalCluster {
 
     /// Up with these modules built into its repository.
     pub fn start_with(modules: &[&str]) -> Self {
+        Self::start_on(modules, free_port())
+    }
+
+    /// The same, its registry on `registry_port`: a cluster that replaces a lost one
+    /// finds its images where the lost one's were (as a real cluster finds them in a
+    /// public registry).
+    pub fn start_on(modules: &[&str], registry_port: u16) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         // Module agents run as their own users from <root>/bin.
         use std::os::unix::fs::PermissionsExt;
@@ -126,7 +133,7 @@ impl LocalCluster {
             root,
             redis_port: free_port(),
             api_port: free_port(),
-            registry_port: free_port(),
+            registry_port,
             http_port: free_port(),
             https_port: free_port(),
             up_output: String::new(),

@@ -190,3 +190,41 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Write `text` as DokuWiki page `start` of module `id`, from inside its container (the
+/// file owned by the container's `www-data`, as the wiki would write it).
+pub fn write_wiki_page(id: &str, text: &str) {
+    use std::io::Write;
+    let put = Command::new("runuser")
+        .args(["-u", id, "--", "podman", "exec", "-i", "dokuwiki", "sh", "-c"])
+        .arg("cat > /var/lib/dokuwiki/data/pages/start.txt && chown www-data: /var/lib/dokuwiki/data/pages/start.txt")
+        .env("XDG_RUNTIME_DIR", format!("/run/user/{}", uid_of(id).expect("the module's uid")))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+            child.wait()
+        })
+        .expect("podman exec");
+    assert!(put.success(), "write the page of {id}");
+}
+
+/// What a restore must bring back of DokuWiki module `id`: every file of its pages,
+/// their history and its settings (volume `acl`), with owner, mode and content hash,
+/// as its containers see them (inside its user namespace).
+pub fn wiki_fingerprint(id: &str) -> String {
+    let uid = uid_of(id).expect("the module's uid");
+    let script = "cd \"$HOME/.local/share/containers/storage/volumes\" && \
+        find data/_data/pages data/_data/attic acl/_data -printf '%p %u %g %m %s\\n' | sort && \
+        find data/_data/pages data/_data/attic acl/_data -type f -exec sha256sum {} + | sort";
+    let out = Command::new("runuser")
+        .args(["-u", id, "--", "podman", "unshare", "sh", "-c", script])
+        .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"))
+        .env("HOME", format!("/home/{id}"))
+        .output()
+        .expect("podman unshare");
+    assert!(out.status.success(), "fingerprint of {id}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("pages/start.txt"), "{text}");
+    text
+}

@@ -24,7 +24,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use e2e::LocalCluster;
-use e2e::modules::{page, port_of, run};
+use e2e::modules::{page, port_of, run, wiki_fingerprint as fingerprint, write_wiki_page};
 use serde_json::{Value, json};
 use testkit::S3Server;
 
@@ -59,26 +59,6 @@ fn webhook() -> (u16, mpsc::Receiver<Value>) {
         }
     });
     (port, rx)
-}
-
-/// What a restore must bring back of module `id`: every file of its pages, their
-/// history and its settings (volume `acl`), with owner, mode and content hash, as its
-/// containers see them (inside its user namespace).
-fn fingerprint(id: &str) -> String {
-    let uid = e2e::modules::uid_of(id).unwrap();
-    let script = "cd \"$HOME/.local/share/containers/storage/volumes\" && \
-        find data/_data/pages data/_data/attic acl/_data -printf '%p %u %g %m %s\\n' | sort && \
-        find data/_data/pages data/_data/attic acl/_data -type f -exec sha256sum {} + | sort";
-    let out = Command::new("runuser")
-        .args(["-u", id, "--", "podman", "unshare", "sh", "-c", script])
-        .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"))
-        .env("HOME", format!("/home/{id}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fingerprint of {id}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("pages/start.txt"), "{text}");
-    text
 }
 
 fn modules(c: &LocalCluster) -> Vec<String> {
@@ -129,18 +109,7 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     let conf = json!({"title": "Office Wiki", "admin_user": "boss", "admin_password": "correct horse battery"});
     run(&c, "configure-module", &agent, conf).unwrap();
     // The page, as the wiki stores it: written into its data volume from inside.
-    let put = Command::new("runuser")
-        .args(["-u", &id, "--", "podman", "exec", "-i", "dokuwiki", "sh", "-c"])
-        .arg("cat > /var/lib/dokuwiki/data/pages/start.txt && chown www-data: /var/lib/dokuwiki/data/pages/start.txt")
-        .env("XDG_RUNTIME_DIR", format!("/run/user/{}", e2e::modules::uid_of(&id).unwrap()))
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(EDIT.as_bytes())?;
-            child.wait()
-        })
-        .unwrap();
-    assert!(put.success(), "write the page");
+    write_wiki_page(&id, EDIT);
     assert!(page(port, "/doku.php?id=start").contains(EDIT));
     let uuid = c.redis(&["HGET", "cluster/module_uuid", &id]);
 
