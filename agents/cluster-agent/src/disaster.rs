@@ -341,6 +341,11 @@ async fn retrieved(ctx: &ActionContext) -> Result<ClusterDump, ActionError> {
     serde_json::from_str(&clear).map_err(|e| failed("the retrieved cluster backup is not valid", e))
 }
 
+/// The modules of the retrieved cluster backup, if one was retrieved.
+pub async fn retrieved_modules(ctx: &ActionContext) -> Vec<DumpedModule> {
+    retrieved(ctx).await.map(|d| d.modules).unwrap_or_default()
+}
+
 pub async fn restore_cluster(ctx: ActionContext, _: Value) -> Result<RestoreClusterReply, ActionError> {
     core_only(&ctx, "restore-cluster")?;
     let dump = retrieved(&ctx).await?;
@@ -438,7 +443,7 @@ pub async fn restore_modules(
     if items.is_empty() {
         return Err(refuse(DisasterRefusal::Empty, "nothing to restore"));
     }
-    let dumped = retrieved(&ctx).await.map(|d| d.modules).unwrap_or_default();
+    let dumped = retrieved_modules(&ctx).await;
     let mut out = Vec::new();
     let count = items.len();
     for (i, item) in items.into_iter().enumerate() {

@@ -83,6 +83,8 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed::<destinations::ListBackups, _, _>(plans::list)
         .typed::<destinations::RunBackup, _, _>(runs::run)
         .typed::<destinations::ReadBackupSnapshots, _, _>(restore::snapshots)
+        .typed::<destinations::ReadBackupRepositories, _, _>(restore::repositories)
+        .typed::<destinations::DetermineRestoreEligibility, _, _>(restore::eligibility)
         .typed::<cluster::GetName, _, _>(get_name)
         .typed::<cluster::SetName, _, _>(set_name)
 }

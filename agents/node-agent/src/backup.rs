@@ -16,6 +16,7 @@ use bus::fred::prelude::*;
 use hostcmd::Cmd;
 use protocol::AgentId;
 use protocol::actions::Action as _;
+use protocol::actions::backup::{DestinationOnly, NodeReadRepositories, RepositoryFound};
 use protocol::actions::backup::{
     DestinationRefusal, Location, MIN_FREE_BYTES, ModuleRun, ModuleToBackUp, NodeRunBackupReply, NodeRunBackupRequest,
     Parameters, Provider, ResticSummary, Retention, RunStatus, ValidateReply, ValidateRequest,
@@ -165,6 +166,70 @@ pub async fn upload_cluster_backup(ctx: ActionContext, req: UploadRequest) -> Re
     })
     .await
     .map_err(|Failed(e)| e)
+}
+
+/// `read-backup-repositories` of one destination: every `<image>/<uuid>` directory
+/// that holds a restic repository, with the time of its newest snapshot (0: none yet).
+/// What a destination lists is not trusted: only names of the repository path's shape
+/// are returned.
+pub async fn read_repositories(ctx: ActionContext, req: DestinationOnly) -> Result<Vec<RepositoryFound>, ActionError> {
+    core_only(&ctx, NodeReadRepositories::NAME)?;
+    let d = req.destination;
+    blocking::run(move || {
+        let remote = Remote::new(d.provider, &d.url, &d.parameters)
+            .map_err(|(r, why)| Failed(ActionError::refuse(r, why.into())))?;
+        let args = ["lsjson", "-R", "--files-only", "--max-depth", "4", "--include", "/*/*/config"];
+        let out = remote
+            .rclone(&[&args[..], &["--include", "/*/*/snapshots/*", &remote.root]].concat())
+            .stdout()
+            .map_err(|e| Failed(ActionError::failed(format!("cannot list destination {}: {}", d.id, reason(&e)))))?;
+        let entries: Vec<Value> = serde_json::from_str(&out)
+            .map_err(|e| Failed(ActionError::failed(format!("rclone lsjson answered no list: {e}"))))?;
+        Ok::<_, Failed>(found_repositories(&entries))
+    })
+    .await
+    .map_err(|Failed(e)| e)
+}
+
+/// The repositories in an `rclone lsjson` listing of `*/*/config` and
+/// `*/*/snapshots/*`.
+fn found_repositories(entries: &[Value]) -> Vec<RepositoryFound> {
+    let shape = repository_path_shaped;
+    let mut found: std::collections::BTreeMap<String, (bool, i64)> = std::collections::BTreeMap::new();
+    for e in entries {
+        let Some(path) = e["Path"].as_str() else { continue };
+        let parts: Vec<&str> = path.split('/').collect();
+        let (repo, is_config) = match parts.as_slice() {
+            [image, uuid, "config"] => (format!("{image}/{uuid}"), true),
+            [image, uuid, "snapshots", _] => (format!("{image}/{uuid}"), false),
+            _ => continue,
+        };
+        if !shape(&repo) {
+            continue;
+        }
+        let time = e["ModTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map_or(0, |t| t.as_second());
+        let slot = found.entry(repo).or_insert((false, 0));
+        if is_config {
+            slot.0 = true;
+        } else {
+            slot.1 = slot.1.max(time);
+        }
+    }
+    found
+        .into_iter()
+        .filter(|(_, (config, _))| *config)
+        .map(|(path, (_, timestamp))| RepositoryFound { path, timestamp })
+        .collect()
+}
+
+/// `<image>/<uuid>` as [`protocol::actions::backup::REPOSITORY_PATH_PATTERN`] has it.
+fn repository_path_shaped(path: &str) -> bool {
+    let Some((image, uuid)) = path.split_once('/') else { return false };
+    let image_ok = (1..=128).contains(&image.len())
+        && image.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && image.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    let uuid_ok = (1..=64).contains(&uuid.len()) && uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    image_ok && uuid_ok
 }
 
 /// An action's failure from the blocking pool.
@@ -682,4 +747,26 @@ fn after_backup(
         run(&["prune"])?;
     }
     Ok(count("keep"))
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    #[test]
+    fn repositories_found_in_a_listing() {
+        let entries: Vec<Value> = serde_json::from_value(serde_json::json!([
+            {"Path": "dokuwiki/u-1/config", "ModTime": "2026-12-01T10:00:00Z"},
+            {"Path": "dokuwiki/u-1/snapshots/aa", "ModTime": "2026-12-02T10:00:00Z"},
+            {"Path": "dokuwiki/u-1/snapshots/bb", "ModTime": "2026-12-03T10:00:00Z"},
+            {"Path": "dokuwiki/u-2/config", "ModTime": "2026-12-01T10:00:00Z"},
+            {"Path": "orphan/u-3/snapshots/cc", "ModTime": "2026-12-01T10:00:00Z"},
+            {"Path": "Bad Name/u-4/config", "ModTime": "2026-12-01T10:00:00Z"},
+            {"Path": "cluster-backup-x.json.gz.age"},
+        ]))
+        .unwrap();
+        let found = found_repositories(&entries);
+        let paths: Vec<(&str, i64)> = found.iter().map(|r| (r.path.as_str(), r.timestamp)).collect();
+        assert_eq!(paths, [("dokuwiki/u-1", 1796292000), ("dokuwiki/u-2", 0)]);
+    }
 }

@@ -60,6 +60,7 @@ pub fn natives(cfg: &agent_runtime::AgentConfig) -> NativeActions {
         .typed_with::<protocol::actions::backup::RestoreModuleData, _, _, _>(setup, restore::restore_data)
         .typed::<protocol::actions::backup::ValidateBackupDestination, _, _>(backup::validate)
         .typed::<protocol::actions::disaster::UploadClusterBackup, _, _>(backup::upload_cluster_backup)
+        .typed::<protocol::actions::backup::NodeReadRepositories, _, _>(backup::read_repositories)
         .typed::<node::AllocatePorts, _, _>(ports::allocate)
         .typed::<node::DeallocatePorts, _, _>(ports::deallocate)
         .add_with(

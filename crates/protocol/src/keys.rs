@@ -331,6 +331,11 @@ pub fn otp_used(user: &str, code: &str) -> String {
     format!("private/api/otp_used/{user}/{code}")
 }
 
+/// Beyond NS8: the api-server's cursor in the cluster's event stream (the last entry
+/// id it wrote to the audit trail), so a drill report is audited once, even across
+/// its restarts.
+pub const AUDIT_EVENTS_CURSOR: &str = "private/api/audit_events_cursor";
+
 /// Beyond NS8: the audit trail, a stream (it replicates to every node, unlike NS8's
 /// SQLite file) whose records are hash-chained.
 pub const AUDIT_STREAM: &str = "private/audit";
@@ -475,6 +480,7 @@ pub fn examples(agents: &[AgentId]) -> Vec<KeyExample> {
         AUDIT_ANCHOR.to_owned(),
         otp_used("admin", "123456"),
         AUDIT_STREAM.to_owned(),
+        AUDIT_EVENTS_CURSOR.to_owned(),
         backup_destination_secrets("d1"),
         CLUSTER_BACKUP.to_owned(),
         cluster_backup_download("t1"),

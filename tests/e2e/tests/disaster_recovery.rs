@@ -8,7 +8,8 @@
 //! run leaves a copy in the destination; on the fresh cluster
 //! `retrieve-cluster-backup` + `restore-cluster` bring back the destination and the
 //! plan and name the module to restore; `restore-modules` restores it with the
-//! consent the administrator gave the first time; it serves the same page, its data
+//! consent the administrator gave the first time (`read-backup-repositories` and
+//! `determine-restore-eligibility` show it first, under the id it had); it serves the same page, its data
 //! is byte-identical with the same owners, it keeps its UUID, the plan names it again,
 //! and the plan's next run goes on in the same repository.
 
@@ -102,6 +103,19 @@ fn a_lost_cluster_comes_back_with_its_wiki() {
         (Some(dest.as_str()), Some(&*format!("dokuwiki/{uuid}")))
     );
 
+    // The destination, browsed: the repository with the id it had, not installed yet;
+    // the snapshot's image and the node that may take it.
+    let found = run(&c, "read-backup-repositories", "cluster", json!({})).unwrap();
+    let repo =
+        found.as_array().unwrap().iter().find(|r| r["uuid"] == uuid.as_str()).unwrap_or_else(|| panic!("{found}"));
+    assert_eq!((repo["instance"].as_str(), repo["installed_instance"].as_str()), (Some(old_id.as_str()), Some("")));
+    assert_eq!((repo["repository_id"].as_str(), repo["name"].as_str()), (Some(dest.as_str()), Some("dokuwiki")));
+    assert!(repo["timestamp"].as_i64().unwrap() > 0, "{repo}");
+    let asked = json!({"repository": dest, "path": format!("dokuwiki/{uuid}"), "snapshot": ""});
+    let eligible = run(&c, "determine-restore-eligibility", "cluster", asked).unwrap();
+    assert!(eligible["image_url"].as_str().unwrap().contains("dokuwiki"), "{eligible}");
+    assert_eq!(eligible["install_destinations"][0]["eligible"], true, "{eligible}");
+
     // The module, from what restore-cluster named, with the consent given before.
     let items = json!([{"repository": item["repository"], "path": item["path"], "snapshot": "", "node": 1}]);
     let outcome = run(&c, "restore-modules", "cluster", items).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
@@ -110,6 +124,8 @@ fn a_lost_cluster_comes_back_with_its_wiki() {
     assert!(page(port_of(&c, &id), "/doku.php?id=start").contains(EDIT), "the same page");
     assert_eq!(wiki_fingerprint(&id), before, "the same files, owners and modes");
     assert_eq!(c.redis(&["HGET", "cluster/module_uuid", &id]), uuid, "its own UUID");
+    let found = run(&c, "read-backup-repositories", "cluster", json!({})).unwrap();
+    assert_eq!(found[0]["installed_instance"], id.as_str(), "{found}");
     let plans = run(&c, "list-backups", "cluster", json!({})).unwrap();
     assert_eq!(plans["backups"][0]["instances"][0]["module_id"], id.as_str(), "{plans}");
     let out = run(&c, "run-backup", "cluster", json!({"id": plan})).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));

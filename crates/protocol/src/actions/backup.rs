@@ -650,6 +650,101 @@ pub struct SnapshotRef {
 }
 
 action! {
+    /// `read-backup-repositories`: the module repositories found in every destination,
+    /// NS8's shape.
+    ReadBackupRepositories = "read-backup-repositories", serde_json::Value => Vec<FoundRepository>, super::Never
+}
+
+/// A module's repository in a destination.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FoundRepository {
+    /// The image name.
+    pub name: String,
+    /// `<name>/<uuid>`.
+    pub path: String,
+    /// The module id it had, where this cluster (or a retrieved cluster backup) knows it.
+    pub instance: String,
+    pub uuid: String,
+    /// Unix seconds of its newest snapshot.
+    pub timestamp: i64,
+    pub repository_id: String,
+    pub repository_name: String,
+    pub repository_provider: Provider,
+    pub repository_url: String,
+    /// The installed module holding its UUID, if any.
+    pub installed_instance: String,
+}
+
+action! {
+    /// The node's `read-backup-repositories`: the module repositories in one destination.
+    NodeReadRepositories = "read-backup-repositories", DestinationOnly => Vec<RepositoryFound>, super::Never
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DestinationOnly {
+    pub destination: DestinationAccess,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RepositoryFound {
+    pub path: String,
+    pub timestamp: i64,
+}
+
+action! {
+    /// `determine-restore-eligibility`: the image a snapshot would restore, and which
+    /// nodes may take it.
+    DetermineRestoreEligibility = "determine-restore-eligibility", EligibilityRequest => Eligibility, RestoreRefusal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EligibilityRequest {
+    #[schemars(length(min = 1, max = 64))]
+    pub repository: String,
+    #[schemars(regex(pattern = REPOSITORY_PATH_PATTERN))]
+    pub path: String,
+    #[serde(default)]
+    #[schemars(regex(pattern = "^(|latest|[0-9a-f]{8,64})$"))]
+    pub snapshot: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Eligibility {
+    pub image_url: String,
+    pub install_destinations: Vec<InstallDestination>,
+    pub installed: Vec<InstalledInstance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InstallDestination {
+    pub node_id: u32,
+    pub instances: u32,
+    pub eligible: bool,
+    pub reject_reason: Option<RejectReason>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RejectReason {
+    pub message: String,
+    pub parameter: String,
+}
+
+/// An installed instance of the same image, NS8's fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InstalledInstance {
+    pub id: String,
+    pub module: String,
+    pub node: String,
+    pub node_ui_name: String,
+    pub source: String,
+    pub digest: String,
+    pub flags: Vec<String>,
+    pub ui_name: String,
+    pub version: String,
+    pub logo: String,
+}
+
+action! {
     /// `restore-module-data` on a node: a snapshot's `state/` (but its `environment`)
     /// and volumes into an installed module, its services stopped meanwhile.
     RestoreModuleData = "restore-module-data", RestoreDataRequest => RestoreDataReply, super::Never
