@@ -8,11 +8,12 @@
 //! operation per module; `records.rs` the module's Redis records; `image.rs` the
 //! image's labels; `repository.rs` the software repositories; `backup.rs` the backup
 //! destinations, `plans.rs` the backup plans, `calendar.rs` their schedules, `runs.rs`
-//! their runs, `schedule.rs` their timer, `drill.rs` the restore drills, `disaster.rs`
-//! the cluster's own backup and its disaster recovery; `failure.rs` the failures'
-//! text. Dependencies go one way: the actions use the helpers, never each other.
+//! their runs, `schedule.rs` their timer, `drill.rs` the restore drills, `browse.rs`
+//! the destinations' content, `disaster.rs` the cluster's own backup and its disaster
+//! recovery; `failure.rs` the failures' text. Dependencies go one way: the actions use the helpers, never each other.
 
 pub mod backup;
+pub mod browse;
 pub mod calendar;
 pub mod consent;
 pub mod disaster;
@@ -83,8 +84,8 @@ pub fn natives(_: &AgentConfig) -> NativeActions {
         .typed::<destinations::ListBackups, _, _>(plans::list)
         .typed::<destinations::RunBackup, _, _>(runs::run)
         .typed::<destinations::ReadBackupSnapshots, _, _>(restore::snapshots)
-        .typed::<destinations::ReadBackupRepositories, _, _>(restore::repositories)
-        .typed::<destinations::DetermineRestoreEligibility, _, _>(restore::eligibility)
+        .typed::<destinations::ReadBackupRepositories, _, _>(browse::repositories)
+        .typed::<destinations::DetermineRestoreEligibility, _, _>(browse::eligibility)
         .typed::<cluster::GetName, _, _>(get_name)
         .typed::<cluster::SetName, _, _>(set_name)
 }
