@@ -31,8 +31,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-/// Append `ARGV[2..]` (field/value pairs) if the newest record's hash is `ARGV[1]`.
-/// Returns `{1, id, length}` or `{0, head hash, head seq}`.
+/// Append `ARGV[4..]` (field/value pairs) if the newest record's hash is `ARGV[1]`
+/// and, when a cursor `KEYS[2]` is given, it holds `ARGV[2]` (absent: empty), which is
+/// then set to `ARGV[3]` in the same step. Returns `{1, id, length}`,
+/// `{0, head hash, head seq}` or `{2, cursor, ''}` (the cursor had moved).
 const APPEND: &str = r"
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local hash, seq = '', '0'
@@ -43,7 +45,12 @@ if #last > 0 then
   end
 end
 if hash ~= ARGV[1] then return {0, hash, seq} end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+if #KEYS > 1 then
+  local cur = redis.call('GET', KEYS[2]) or ''
+  if cur ~= ARGV[2] then return {2, cur, ''} end
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 return {1, id, redis.call('XLEN', KEYS[1])}";
 
 /// Trim the stream so that entry `ARGV[1]` (record `ARGV[2]`, whose `prev` is
@@ -129,6 +136,17 @@ pub fn unkeyed_hash(seq: u64, timestamp: &str, e: &Entry, prev: &str) -> String 
     Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A cursor moved together with a record ([`Audit::append_at_cursor`]): the record is
+/// written only if `key` still holds `expected` (`None`: absent), and `key` is set to
+/// `next` in the same step, so what the cursor counts is audited once, whatever
+/// crashes and however many servers.
+#[derive(Clone, Copy, Debug)]
+pub struct CursorStep<'a> {
+    pub key: &'a str,
+    pub expected: Option<&'a str>,
+    pub next: &'a str,
+}
+
 /// The last record this server appended, as kept in its head file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Head {
@@ -202,10 +220,26 @@ impl Audit {
         let mut entry = entry;
         entry.data = mask_data_text(&entry.data);
         let mut chain = self.chain.lock().await;
-        self.append_locked(&mut chain, entry).await
+        self.append_locked(&mut chain, entry, None).await.map(|_| ())
     }
 
-    async fn append_locked(&self, chain: &mut Chain, entry: Entry) -> Result<(), fred::error::Error> {
+    /// Append a record and move `cursor` with it, in one step. `Ok(false)`: the
+    /// cursor no longer held what was expected (another writer moved it), and
+    /// nothing was written.
+    pub async fn append_at_cursor(&self, entry: Entry, cursor: CursorStep<'_>) -> Result<bool, fred::error::Error> {
+        let mut entry = entry;
+        entry.data = mask_data_text(&entry.data);
+        let mut chain = self.chain.lock().await;
+        self.append_locked(&mut chain, entry, Some(cursor)).await
+    }
+
+    /// Whether the record was written (always, without a cursor).
+    async fn append_locked(
+        &self,
+        chain: &mut Chain,
+        entry: Entry,
+        cursor: Option<CursorStep<'_>>,
+    ) -> Result<bool, fred::error::Error> {
         if !chain.known {
             let last: Vec<(String, HashMap<String, String>)> =
                 self.redis.xrevrange(keys::AUDIT_STREAM, "+", "-", Some(1)).await?;
@@ -234,7 +268,7 @@ impl Audit {
                     data: json!({"written": w, "found": found}).to_string(),
                     ..Default::default()
                 };
-                Box::pin(self.append_locked(chain, gap)).await?;
+                Box::pin(self.append_locked(chain, gap, None)).await?;
                 continue;
             }
             let head = &mut chain.head;
@@ -254,11 +288,20 @@ impl Audit {
                 ("hash", hash.clone()),
                 ("v", KEYED.to_owned()),
             ];
+            let mut script_keys = vec![keys::AUDIT_STREAM];
             let mut args = vec![head.0.clone()];
+            match cursor {
+                Some(c) => {
+                    script_keys.push(c.key);
+                    args.extend([c.expected.unwrap_or_default().to_owned(), c.next.to_owned()]);
+                }
+                None => args.extend([String::new(), String::new()]),
+            }
             args.extend(fields.into_iter().flat_map(|(k, v)| [k.to_owned(), v]));
             let reply: Vec<fred::types::Value> =
-                self.append.evalsha_with_reload(&self.redis, vec![keys::AUDIT_STREAM], args).await?;
+                self.append.evalsha_with_reload(&self.redis, script_keys, args).await?;
             match reply.as_slice() {
+                [moved, _, _] if moved.as_i64() == Some(2) => return Ok(false),
                 [ok, _, len] if ok.as_i64() == Some(1) => {
                     *head = (hash.clone(), seq);
                     let written = Head { id: seq, hash };
@@ -269,7 +312,7 @@ impl Audit {
                     if len > self.maxlen + (self.maxlen / 100).max(1) {
                         self.trim_to(len).await?;
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 [_, h, s] => {
                     let h = h.as_string().unwrap_or_default();

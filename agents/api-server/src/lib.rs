@@ -9,6 +9,7 @@ pub mod basic_cache;
 pub mod config;
 pub mod crypt;
 pub mod error;
+pub mod event_audit;
 pub mod hub;
 pub use seal::keyfile;
 pub mod net;
@@ -93,6 +94,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     });
     state.hub.start(subscriber);
+    // Each restore drill's report, from the cluster's event stream into the audit trail.
+    event_audit::start(state.clone());
     let app = routes::router(state, args.body_limit).into_make_service_with_connect_info::<SocketAddr>();
     let tcp = tokio::net::TcpListener::bind(args.listen)
         .await
