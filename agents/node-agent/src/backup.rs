@@ -100,6 +100,17 @@ impl Remote {
     }
 }
 
+/// What a store's status in rclone's words means for the administrator.
+fn hint(cause: &str) -> &'static str {
+    if cause.contains("status code: 403") || cause.contains("InvalidAccessKeyId") || cause.contains("AccessDenied") {
+        "; the destination refused the credentials: expired, revoked or not allowed to write there"
+    } else if cause.contains("no space left") || cause.contains("QuotaExceeded") {
+        "; the destination is full"
+    } else {
+        ""
+    }
+}
+
 /// rclone's own words for a failure: its last logged line without the timestamp
 /// (the lines after it are the HTTP details), else the last line.
 fn reason(e: &hostcmd::CmdError) -> Value {
@@ -533,7 +544,14 @@ if [ -f "$install/etc/state-exclude.conf" ]; then
 fi
 export RESTIC_CACHE_DIR="${HOME:-$install}/.cache/restic"
 cd /srv
-restic cat config >/dev/null 2>&1 || restic init >/dev/null
+# Init only a repository that is not there: one that does not open (another password,
+# damage) is an error of its own, never hidden behind a failed init.
+if ! opened=$(restic cat config 2>&1 >/dev/null); then
+  case "$opened" in
+    *"unable to open config file"*|*"Is there a repository"*) restic init >/dev/null ;;
+    *) printf 'cannot open the repository: %s\n' "$opened" >&2; exit 1 ;;
+  esac
+fi
 exec restic backup --json --tag ns8rs --host "$NS8RS_MODULE_ID" --exclude-file "$excludes" $targets
 "#;
 
@@ -634,7 +652,7 @@ async fn backup_module(
             });
             // The store's own words, when the gateway saw the failure.
             done.map_err(|e| match gateway.last_error() {
-                Some(cause) => format!("{e} (the destination said: {cause})"),
+                Some(cause) => format!("{e} (the destination said: {cause}){}", hint(&cause)),
                 None => e,
             })
         })

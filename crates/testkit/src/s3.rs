@@ -124,6 +124,34 @@ for user, actions in [{users}]:
         self.keys.get(user).cloned().unwrap_or_else(|| panic!("no moto user {user}"))
     }
 
+    /// Replace `user`'s access key by a new one (the old one expired or was revoked:
+    /// requests signed with it are refused from now on); the new key.
+    pub fn rotate_key(&mut self, user: &str) -> Result<(String, String)> {
+        // Signed with the `rw` user's key (the bootstrap's free calls are spent).
+        let (id, _) = self.key(user);
+        let (admin_id, admin_secret) = self.key("rw");
+        let python = moto_server().with_file_name("python3");
+        let script = format!(
+            r#"
+import boto3
+iam = boto3.client("iam", endpoint_url="{endpoint}", region_name="us-east-1",
+                   aws_access_key_id={admin_id:?}, aws_secret_access_key={admin_secret:?})
+k = iam.create_access_key(UserName={user:?})["AccessKey"]
+iam.delete_access_key(UserName={user:?}, AccessKeyId={id:?})
+print(k["AccessKeyId"], k["SecretAccessKey"])
+"#,
+            endpoint = self.endpoint()
+        );
+        let out = Command::new(&python).args(["-c", &script]).env_clear().env("PATH", "/usr/bin:/bin").output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some((new_id, secret)) = text.trim().split_once(' ').filter(|_| out.status.success()) else {
+            bail!("rotating {user}'s key failed: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let key = (new_id.to_owned(), secret.to_owned());
+        self.keys.insert(user.to_owned(), key.clone());
+        Ok(key)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
     }

@@ -8,8 +8,9 @@
 //! run adds little; retention keeps the plan's count; `list-backups` shows each
 //! module's last run (success, snapshot, sizes); the run history keeps every run; the
 //! webhook receives the report of each run, success included; a second run of a plan
-//! while one runs is refused naming the first; an S3 server that went away fails the
-//! run with the reason, recorded; restores as a copy and as a replacement bring the
+//! while one runs is refused naming the first; a repository made with another password
+//! and revoked S3 credentials fail the run by name, the snapshots intact; an S3 server
+//! that went away fails the run with the reason, recorded; restores as a copy and as a replacement bring the
 //! same files back (content, owner, mode), a bad snapshot or destination installs
 //! nothing; plans run on schedule and stop when disabled; a `kill -9` of the node
 //! agent mid-backup fails the run, takes the gateway with it, and the next run clears
@@ -231,8 +232,42 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     assert!(err.contains("backup_repository_not_found"), "{err}");
     assert_eq!(modules(&c), before);
 
-    // The S3 server goes away: the run fails with the reason, and it is recorded.
+    // Faults, each named, the snapshots already made left as they were. A repository
+    // that another password made (a destination's password changed behind its back):
+    let other_disk = tempfile::tempdir().unwrap();
+    let foreign = other_disk.path().join("dokuwiki").join(&uuid);
+    std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+    let init = Command::new("restic")
+        .args(["--no-cache", "init", "-r"])
+        .arg(&foreign)
+        .env("RESTIC_PASSWORD", "somebody else's password")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let url = format!("local:{}", other_disk.path().display());
+    let other = run(&c, "add-backup-repository", "cluster", json!({"provider": "local", "url": url})).unwrap();
+    let mut quiet = plan(other["id"].as_str().unwrap());
+    quiet.as_object_mut().unwrap().remove("webhook_url");
+    let other_plan = run(&c, "add-backup", "cluster", quiet).unwrap().as_u64().unwrap();
+    let err = run(&c, "run-backup", "cluster", json!({"id": other_plan})).unwrap_err();
+    assert!(err.contains(&id) && err.contains("wrong password"), "{err}");
+    assert!(status(&c, other_plan)["error"].as_str().unwrap().contains("wrong password"));
+    // S3 credentials revoked (an expired key): refused by the store, named.
+    let s3_snapshots = status(&c, s3_plan)["snapshots_count"].clone();
     let mut s3 = s3;
+    let (key, secret) = s3.rotate_key("rw").unwrap();
+    let err = run(&c, "run-backup", "cluster", json!({"id": s3_plan})).unwrap_err();
+    assert!(err.contains(&id) && err.contains("403") && err.contains("refused the credentials"), "{err}");
+    assert_eq!(status(&c, s3_plan)["success"], false);
+    let alter = json!({"id": remote, "provider": "generic-s3",
+                       "parameters": {"aws_access_key_id": key, "aws_secret_access_key": secret}});
+    run(&c, "alter-backup-repository", "cluster", alter).unwrap();
+    let snaps =
+        run(&c, "read-backup-snapshots", "cluster", json!({"repository": remote, "path": format!("dokuwiki/{uuid}")}))
+            .unwrap();
+    assert_eq!(json!(snaps.as_array().unwrap().len()), s3_snapshots, "the S3 snapshots are intact: {snaps}");
+
+    // The S3 server goes away: the run fails with the reason, and it is recorded.
     s3.stop();
     let err = run(&c, "run-backup", "cluster", json!({"id": s3_plan})).unwrap_err();
     assert!(err.contains(&id) && err.contains("connection refused"), "{err}");
@@ -240,7 +275,9 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     assert_eq!(failed["success"], false, "{failed}");
     assert!(failed["error"].as_str().unwrap().contains("connection refused"), "{failed}");
     let report = std::iter::from_fn(|| reports.recv_timeout(Duration::from_secs(10)).ok())
-        .find(|r| r["success"] == false)
+        .find(|r| {
+            r["success"] == false && r["modules"][0]["status"]["error"].to_string().contains("connection refused")
+        })
         .expect("a webhook report of the failure");
     assert!(report["modules"][0]["status"]["error"].as_str().unwrap().contains("connection refused"), "{report}");
 
