@@ -104,7 +104,7 @@ impl Remote {
 fn hint(cause: &str) -> &'static str {
     if cause.contains("status code: 403") || cause.contains("InvalidAccessKeyId") || cause.contains("AccessDenied") {
         "; the destination refused the credentials: expired, revoked or not allowed to write there"
-    } else if cause.contains("no space left") || cause.contains("QuotaExceeded") {
+    } else if ["no space left", "remaining disk space", "QuotaExceeded"].iter().any(|s| cause.contains(s)) {
         "; the destination is full"
     } else {
         ""

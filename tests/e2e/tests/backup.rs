@@ -9,7 +9,8 @@
 //! module's last run (success, snapshot, sizes); the run history keeps every run; the
 //! webhook receives the report of each run, success included; a second run of a plan
 //! while one runs is refused naming the first; a repository made with another password
-//! and revoked S3 credentials fail the run by name, the snapshots intact; an S3 server
+//! revoked S3 credentials and a full destination disk fail the run by name, the
+//! snapshots intact; an S3 server
 //! that went away fails the run with the reason, recorded; restores as a copy and as a replacement bring the
 //! same files back (content, owner, mode), a bad snapshot or destination installs
 //! nothing; plans run on schedule and stop when disabled; a `kill -9` of the node
@@ -252,6 +253,38 @@ fn dokuwiki_backed_up_to_a_local_disk_and_s3() {
     let err = run(&c, "run-backup", "cluster", json!({"id": other_plan})).unwrap_err();
     assert!(err.contains(&id) && err.contains("wrong password"), "{err}");
     assert!(status(&c, other_plan)["error"].as_str().unwrap().contains("wrong password"));
+    // A full destination disk (a 300 MiB tmpfs, filled after a first run): the run
+    // fails saying so, and the snapshot already there stays readable.
+    let small = tempfile::tempdir().unwrap();
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=300m,mode=0755", "tmpfs"]).arg(small.path()).status();
+    assert!(mounted.unwrap().success(), "mount a tmpfs");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    let url = format!("local:{}", small.path().display());
+    let full =
+        run(&c, "add-backup-repository", "cluster", json!({"provider": "local", "url": url, "password": PASSWORD}))
+            .unwrap();
+    let mut quiet_full = plan(full["id"].as_str().unwrap());
+    quiet_full.as_object_mut().unwrap().remove("webhook_url");
+    let full_plan = run(&c, "add-backup", "cluster", quiet_full).unwrap().as_u64().unwrap();
+    run(&c, "run-backup", "cluster", json!({"id": full_plan})).unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}/filler", small.path().display()))
+        .args(["bs=1M", "status=none"])
+        .status();
+    let started = Instant::now();
+    let err = run(&c, "run-backup", "cluster", json!({"id": full_plan})).unwrap_err();
+    assert!(err.contains(&id) && err.contains("the destination is full"), "{err}");
+    eprintln!("a full destination failed the run in {:?}", started.elapsed());
+    let kept = restic(&small.path().join("dokuwiki").join(&uuid), &["snapshots", "--json", "--no-lock"]);
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap().as_array().unwrap().len(), 1, "{kept}");
     // S3 credentials revoked (an expired key): refused by the store, named.
     let s3_snapshots = status(&c, s3_plan)["snapshots_count"].clone();
     let mut s3 = s3;
