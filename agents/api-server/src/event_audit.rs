@@ -175,8 +175,8 @@ impl Feed {
             raw.into_xread_response()?;
         let events = reply.remove(&self.stream).unwrap_or_default().into_iter().map(|(id, fields)| Event {
             id,
-            name: fields.get("name").map(text).unwrap_or_default(),
-            payload: fields.get("payload").map(text).unwrap_or_default(),
+            name: fields.get(keys::EVENT_ENTRY_NAME).map(text).unwrap_or_default(),
+            payload: fields.get(keys::EVENT_ENTRY_PAYLOAD).map(text).unwrap_or_default(),
         });
         // The newest entry of the current run of entries that are not audited.
         let mut skipped: Option<String> = None;

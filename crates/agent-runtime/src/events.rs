@@ -112,9 +112,9 @@ async fn record(
                 "~".into(),
                 (keys::EVENT_STREAM_MAXLEN as i64).into(),
                 "*".into(),
-                "name".into(),
+                keys::EVENT_ENTRY_NAME.into(),
                 name.as_str().into(),
-                "payload".into(),
+                keys::EVENT_ENTRY_PAYLOAD.into(),
                 payload.as_str().into(),
             ];
             retry(&format!("cannot record event {name}"), || {
@@ -186,8 +186,8 @@ fn parse_xread(reply: Value) -> Vec<Entry> {
             for pair in pairs.chunks(2) {
                 if let [k, v] = pair {
                     match value_text(k).as_str() {
-                        "name" => name = value_text(v),
-                        "payload" => payload = value_text(v),
+                        keys::EVENT_ENTRY_NAME => name = value_text(v),
+                        keys::EVENT_ENTRY_PAYLOAD => payload = value_text(v),
                         _ => {}
                     }
                 }

@@ -110,6 +110,11 @@ pub fn event_stream(source: &AgentId) -> String {
     format!("{source}/events")
 }
 
+/// The fields of an [`event_stream`] entry: the event's name and its payload as
+/// published. Every reader of the streams (agents, the api-server's audit) uses these.
+pub const EVENT_ENTRY_NAME: &str = "name";
+pub const EVENT_ENTRY_PAYLOAD: &str = "payload";
+
 /// `SCAN` pattern for all event streams.
 pub const EVENT_STREAM_PATTERN: &str = "*/events";
 
