@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use agent_runtime::{ActionContext, ActionError, CallError};
+use bus::fred::clients::Transaction;
 use bus::fred::prelude::*;
 use protocol::AgentId;
 use protocol::actions::backup::{
@@ -114,9 +115,16 @@ pub async fn add(ctx: ActionContext, req: AddBackupRepositoryRequest) -> Result<
 
 /// Destination `d` saved as `name`, its secrets sealed under `key`, in one transaction.
 pub async fn store(ctx: &ActionContext, key: &SealKey, d: &DestinationAccess, name: &str) -> Result<(), ActionError> {
+    let tx = ctx.redis.multi();
+    stage(&tx, key, d, name).await?;
+    let _: () = tx.exec(true).await?;
+    Ok(())
+}
+
+/// The writes of [`store`], queued on `tx` (a larger transaction may hold them).
+pub async fn stage(tx: &Transaction, key: &SealKey, d: &DestinationAccess, name: &str) -> Result<(), ActionError> {
     let id = &d.id;
     let params = serde_json::to_string(&d.parameters).expect("parameters always serialize");
-    let tx = ctx.redis.multi();
     let _: () = tx
         .hset(
             keys::backup_repository(id),
@@ -132,7 +140,6 @@ pub async fn store(ctx: &ActionContext, key: &SealKey, d: &DestinationAccess, na
             ],
         )
         .await?;
-    let _: () = tx.exec(true).await?;
     Ok(())
 }
 

@@ -55,15 +55,6 @@ fn failed(what: &str, e: impl std::fmt::Display) -> ActionError {
     ActionError::failed(format!("{what}: {e}"))
 }
 
-/// A module's Redis credentials must not reach the cluster's secrets, whatever a
-/// grant says.
-fn core_only(ctx: &ActionContext, action: &str) -> Result<(), ActionError> {
-    match ctx.user.strip_prefix("module/") {
-        Some(m) => Err(ActionError::failed(format!("module {m} may not run {action}: only administrators do"))),
-        None => Ok(()),
-    }
-}
-
 /// The cluster's UUID, made the first time it is asked for.
 async fn cluster_uuid(redis: &Client) -> Result<String, ActionError> {
     let fresh = uuid::Uuid::new_v4().to_string();
@@ -217,7 +208,7 @@ async fn stored_passphrase(ctx: &ActionContext, key: &SealKey) -> Result<Option<
 }
 
 pub async fn download(ctx: ActionContext, req: DownloadRequest) -> Result<DownloadReply, ActionError> {
-    core_only(&ctx, DownloadClusterBackup::NAME)?;
+    ctx.core_only(DownloadClusterBackup::NAME)?;
     let key = crate::backup::seal_key(&ctx)?;
     let passphrase = match req.password {
         Some(p) if p.chars().count() < MIN_PASSPHRASE => {
@@ -261,7 +252,7 @@ pub async fn upload_copy(ctx: &ActionContext, destination: &DestinationAccess) -
 }
 
 pub async fn retrieve(ctx: ActionContext, req: RetrieveRequest) -> Result<RetrieveReply, ActionError> {
-    core_only(&ctx, "retrieve-cluster-backup")?;
+    ctx.core_only("retrieve-cluster-backup")?;
     let data = match req.kind {
         RetrieveType::File => {
             let file = req.file.as_deref().filter(|f| !f.is_empty());
@@ -347,7 +338,7 @@ pub async fn retrieved_modules(ctx: &ActionContext) -> Vec<DumpedModule> {
 }
 
 pub async fn restore_cluster(ctx: ActionContext, _: Value) -> Result<RestoreClusterReply, ActionError> {
-    core_only(&ctx, "restore-cluster")?;
+    ctx.core_only("restore-cluster")?;
     let dump = retrieved(&ctx).await?;
     let redis = &ctx.redis;
     // Onto a cluster that has its own destinations or plans, ids and schedules would
@@ -359,65 +350,61 @@ pub async fn restore_cluster(ctx: ActionContext, _: Value) -> Result<RestoreClus
             format!("this cluster has {} destinations and {} backup plans already", have.0, have.1),
         ));
     }
-    ctx.set_progress(10);
+    // Who is here already is read first; then everything is written in one
+    // transaction, so a crash or an error leaves the cluster as it was, and the
+    // restore can simply run again.
+    let (mut users_added, mut users_kept) = (Vec::new(), Vec::new());
+    for u in dump.users.iter().filter(|u| u.profile.get("password_hash").is_some_and(|h| !h.is_empty())) {
+        let exists: bool = redis.exists(keys::user(&u.name)).await?;
+        if exists { users_kept.push(u.name.clone()) } else { users_added.push(u.name.clone()) }
+    }
+    let passphrase: Option<String> = redis.hget(keys::CLUSTER_BACKUP, "retrieved_passphrase").await?;
+    let seq: Option<u64> = redis.get(keys::BACKUP_SEQUENCE).await?;
+    let key = crate::backup::seal_key(&ctx)?;
+    let pairs = |h: &BTreeMap<String, String>| h.clone().into_iter().collect::<Vec<_>>();
+    let tx = redis.multi();
     if !dump.ui_name.is_empty() {
-        let _: () = redis.set(keys::cluster_ui_name(), dump.ui_name.as_str(), None, None, false).await?;
+        let _: () = tx.set(keys::cluster_ui_name(), dump.ui_name.as_str(), None, None, false).await?;
     }
     if !dump.cluster_uuid.is_empty() {
-        let _: () = redis.set(keys::CLUSTER_UUID, dump.cluster_uuid.as_str(), None, None, false).await?;
+        let _: () = tx.set(keys::CLUSTER_UUID, dump.cluster_uuid.as_str(), None, None, false).await?;
     }
-    for (name, h) in &dump.repositories {
-        if !h.is_empty() {
-            let _: () = redis.hset(keys::repository(name), h.clone().into_iter().collect::<Vec<_>>()).await?;
-        }
+    for (name, h) in dump.repositories.iter().filter(|(_, h)| !h.is_empty()) {
+        let _: () = tx.hset(keys::repository(name), pairs(h)).await?;
     }
-    let key = crate::backup::seal_key(&ctx)?;
-    let mut destinations = Vec::new();
     for d in &dump.destinations {
         let name = dump.destination_names.get(&d.id).cloned().unwrap_or_default();
-        crate::backup::store(&ctx, &key, d, &name).await?;
-        crate::backup::publish_changed(&ctx, &d.id).await;
-        destinations.push(d.id.clone());
+        crate::backup::stage(&tx, &key, d, &name).await?;
     }
-    ctx.set_progress(50);
-    let mut backups = Vec::new();
     for (id, h) in &dump.plans {
         let mut h = h.clone();
         h.retain(|k, _| !PLAN_LEFT_OUT.contains(&k.as_str()));
         h.insert("instances".into(), String::new());
-        let _: () = redis.hset(keys::backup_plan(*id), h.into_iter().collect::<Vec<_>>()).await?;
-        backups.push(*id);
+        let _: () = tx.hset(keys::backup_plan(*id), pairs(&h)).await?;
     }
-    if let Some(max) = backups.iter().max() {
-        let seq: Option<u64> = redis.get(keys::BACKUP_SEQUENCE).await?;
-        if seq.unwrap_or(0) < *max {
-            let _: () = redis.set(keys::BACKUP_SEQUENCE, *max, None, None, false).await?;
-        }
-        crate::plans::publish_changed(&ctx, &backups).await;
+    let backups: Vec<u64> = dump.plans.keys().copied().collect();
+    if let Some(max) = backups.iter().max().filter(|max| seq.unwrap_or(0) < **max) {
+        let _: () = tx.set(keys::BACKUP_SEQUENCE, *max, None, None, false).await?;
     }
-    let (mut users_added, mut users_kept) = (Vec::new(), Vec::new());
-    for u in &dump.users {
-        if u.profile.get("password_hash").is_none_or(|h| h.is_empty()) {
-            continue;
-        }
-        let created: bool =
-            redis.hsetnx(keys::user(&u.name), "password_hash", u.profile["password_hash"].as_str()).await?;
-        if !created {
-            users_kept.push(u.name.clone());
-            continue;
-        }
-        let _: () = redis.hset(keys::user(&u.name), u.profile.clone().into_iter().collect::<Vec<_>>()).await?;
+    for u in dump.users.iter().filter(|u| users_added.contains(&u.name)) {
+        let _: () = tx.hset(keys::user(&u.name), pairs(&u.profile)).await?;
         if !u.grants.is_empty() {
-            let _: () = redis.hset(keys::grants(&u.name), u.grants.clone().into_iter().collect::<Vec<_>>()).await?;
+            let _: () = tx.hset(keys::grants(&u.name), pairs(&u.grants)).await?;
         }
-        users_added.push(u.name.clone());
     }
-    let passphrase: Option<String> = redis.hget(keys::CLUSTER_BACKUP, "retrieved_passphrase").await?;
     if let Some(sealed) = passphrase {
-        let _: () = redis.hset(keys::CLUSTER_BACKUP, ("passphrase", sealed)).await?;
+        let _: () = tx.hset(keys::CLUSTER_BACKUP, ("passphrase", sealed)).await?;
     }
     if let Some(head) = &dump.audit_head {
-        let _: () = redis.hset(keys::CLUSTER_BACKUP, ("restored_audit_head", head.as_str())).await?;
+        let _: () = tx.hset(keys::CLUSTER_BACKUP, ("restored_audit_head", head.as_str())).await?;
+    }
+    let _: () = tx.exec(true).await?;
+    let destinations: Vec<String> = dump.destinations.iter().map(|d| d.id.clone()).collect();
+    for id in &destinations {
+        crate::backup::publish_changed(&ctx, id).await;
+    }
+    if !backups.is_empty() {
+        crate::plans::publish_changed(&ctx, &backups).await;
     }
     ctx.set_progress(100);
     Ok(RestoreClusterReply {
@@ -439,7 +426,7 @@ pub async fn restore_modules(
     items: Vec<RestoreItem>,
     sagas: Sagas,
 ) -> Result<Vec<RestoreOutcome>, ActionError> {
-    core_only(&ctx, "restore-modules")?;
+    ctx.core_only("restore-modules")?;
     if items.is_empty() {
         return Err(refuse(DisasterRefusal::Empty, "nothing to restore"));
     }

@@ -7,6 +7,12 @@
 //! nothing of the agent's environment (a proxy, a CA bundle) changes what it does. A
 //! local destination must be a directory that only root can change, reached through
 //! no symlink: root writes there.
+//!
+//! Every backup action of the node refuses a module as its caller
+//! (`ActionContext::core_only`): through the API with its Redis credentials, or with a
+//! `node:reader` grant that matches `read-*`, a module could otherwise have root read
+//! another module's repository with a password learnt from its own backups, or write
+//! to any local path.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -129,22 +135,8 @@ fn reason(e: &hostcmd::CmdError) -> Value {
     Value::from(text.chars().take(400).collect::<String>())
 }
 
-/// The node's backup actions run for the cluster, administrators and root only: a
-/// module (through the API with its Redis credentials, or a `node:reader` grant that
-/// matches `read-*`) could otherwise have root read another module's repository with
-/// a password it learnt from its own backups, or write to any local path.
-pub(crate) fn core_only(ctx: &ActionContext, action: &str) -> Result<(), ActionError> {
-    match ctx.user.strip_prefix("module/") {
-        Some(module) => Err(ActionError::failed(format!(
-            "module {module} may not run {action} on {}: only the cluster and administrators do",
-            ctx.agent
-        ))),
-        None => Ok(()),
-    }
-}
-
 pub async fn validate(ctx: ActionContext, req: ValidateRequest) -> Result<ValidateReply, ActionError> {
-    core_only(&ctx, "validate-backup-destination")?;
+    ctx.core_only("validate-backup-destination")?;
     let AgentId::Node(node_id) = ctx.agent else {
         return Err(ActionError::failed("validate-backup-destination runs on a node agent"));
     };
@@ -159,7 +151,7 @@ pub async fn validate(ctx: ActionContext, req: ValidateRequest) -> Result<Valida
 /// leaves a half copy where the last good one was.
 pub async fn upload_cluster_backup(ctx: ActionContext, req: UploadRequest) -> Result<(), ActionError> {
     use base64::Engine as _;
-    core_only(&ctx, UploadClusterBackup::NAME)?;
+    ctx.core_only(UploadClusterBackup::NAME)?;
     let data = base64::engine::general_purpose::STANDARD
         .decode(req.data.as_bytes())
         .map_err(|e| ActionError::failed(format!("the dump is not base64: {e}")))?;
@@ -184,7 +176,7 @@ pub async fn upload_cluster_backup(ctx: ActionContext, req: UploadRequest) -> Re
 /// What a destination lists is not trusted: only names of the repository path's shape
 /// are returned.
 pub async fn read_repositories(ctx: ActionContext, req: DestinationOnly) -> Result<Vec<RepositoryFound>, ActionError> {
-    core_only(&ctx, NodeReadRepositories::NAME)?;
+    ctx.core_only(NodeReadRepositories::NAME)?;
     let d = req.destination;
     blocking::run(move || {
         let remote = Remote::new(d.provider, &d.url, &d.parameters)
@@ -205,7 +197,6 @@ pub async fn read_repositories(ctx: ActionContext, req: DestinationOnly) -> Resu
 /// The repositories in an `rclone lsjson` listing of `*/*/config` and
 /// `*/*/snapshots/*`.
 fn found_repositories(entries: &[Value]) -> Vec<RepositoryFound> {
-    let shape = repository_path_shaped;
     let mut found: std::collections::BTreeMap<String, (bool, i64)> = std::collections::BTreeMap::new();
     for e in entries {
         let Some(path) = e["Path"].as_str() else { continue };
@@ -215,7 +206,7 @@ fn found_repositories(entries: &[Value]) -> Vec<RepositoryFound> {
             [image, uuid, "snapshots", _] => (format!("{image}/{uuid}"), false),
             _ => continue,
         };
-        if !shape(&repo) {
+        if !repository_path_shaped(&repo) {
             continue;
         }
         let time = e["ModTime"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map_or(0, |t| t.as_second());
@@ -483,7 +474,7 @@ pub async fn run_backup(
     req: NodeRunBackupRequest,
     setup: NodeSetup,
 ) -> Result<NodeRunBackupReply, ActionError> {
-    core_only(&ctx, "run-backup")?;
+    ctx.core_only("run-backup")?;
     let AgentId::Node(node_id) = ctx.agent else {
         return Err(ActionError::failed("run-backup runs on a node agent"));
     };

@@ -17,7 +17,7 @@ use protocol::actions::backup::{
 };
 use serde_json::Value;
 
-use crate::backup::{Remote, core_only, restic, restic_error};
+use crate::backup::{Remote, restic, restic_error};
 use crate::modules::{ModulePaths, NodeSetup};
 
 fn remote(d: &DestinationAccess) -> Result<Remote, ActionError> {
@@ -44,7 +44,7 @@ async fn read(
 }
 
 pub async fn snapshots(ctx: ActionContext, req: NodeSnapshotsRequest) -> Result<Vec<Snapshot>, ActionError> {
-    core_only(&ctx, "read-backup-snapshots")?;
+    ctx.core_only("read-backup-snapshots")?;
     let out = read(&ctx, &req.destination, &req.path, vec!["snapshots".into(), "--json".into()]).await?;
     let list: Vec<Value> =
         serde_json::from_str(&out).map_err(|e| ActionError::failed(format!("restic snapshots: {e}")))?;
@@ -74,7 +74,7 @@ fn parse_env(text: &str) -> BTreeMap<String, String> {
 }
 
 pub async fn environment(ctx: ActionContext, req: SnapshotRef) -> Result<BTreeMap<String, String>, ActionError> {
-    core_only(&ctx, "read-backup-environment")?;
+    ctx.core_only("read-backup-environment")?;
     let args = vec!["dump".into(), req.snapshot.clone(), "/state/environment".into()];
     let out = read(&ctx, &req.destination, &req.path, args).await?;
     Ok(parse_env(&out))
@@ -114,7 +114,7 @@ pub async fn restore_data(
     req: RestoreDataRequest,
     setup: NodeSetup,
 ) -> Result<RestoreDataReply, ActionError> {
-    core_only(&ctx, "restore-module-data")?;
+    ctx.core_only("restore-module-data")?;
     let from = &req.from;
     // The snapshot's volumes: the names under /volumes.
     let args = vec!["ls".into(), "--json".into(), from.snapshot.clone(), "/volumes".into()];
@@ -178,7 +178,7 @@ pub async fn restore_data(
 }
 
 pub async fn check(ctx: ActionContext, req: CheckRepositoryRequest) -> Result<CheckRepositoryReply, ActionError> {
-    core_only(&ctx, "check-backup-repository")?;
+    ctx.core_only("check-backup-repository")?;
     let d = &req.destination;
     let subset = format!("--read-data-subset={}%", req.read_percent);
     read(&ctx, d, &req.path, vec!["check".into(), subset]).await.map_err(|e| match e {

@@ -84,6 +84,20 @@ impl ActionContext {
     pub fn set_progress(&self, percent: u8) {
         crate::redis_ops::progress(&self.redis, &self.agent, &self.task_id, TaskStatus::Running, percent.min(100));
     }
+
+    /// Refuse a module as the caller of `action` (the task's `user` is `module/<id>`
+    /// when a module sent it through the API), whatever its grants: for the actions
+    /// that hand out or use what only the core may hold (destinations' secrets, the
+    /// cluster backup).
+    pub fn core_only(&self, action: &str) -> Result<(), ActionError> {
+        match self.user.strip_prefix("module/") {
+            Some(module) => Err(ActionError::failed(format!(
+                "module {module} may not run {action} on {}: only the cluster and administrators do",
+                self.agent
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The request of a typed action. The schema has passed it already, so a failure here
