@@ -535,8 +535,9 @@ if [ -f "$install/etc/state-exclude.conf" ]; then
 fi
 export RESTIC_CACHE_DIR="${HOME:-$install}/.cache/restic"
 cd /srv
-# Init only a repository that is not there: one that does not open (another password,
-# damage) is an error of its own, never hidden behind a failed init.
+# Init only a repository that is not there: one that opens with another password is an
+# error of its own, never hidden behind a failed init. (restic also says "Is there a
+# repository" when the store fails; init then fails with the store's words.)
 if ! opened=$(restic cat config 2>&1 >/dev/null); then
   case "$opened" in
     *"unable to open config file"*|*"Is there a repository"*) restic init >/dev/null ;;
